@@ -1,0 +1,131 @@
+//! What a leader knows about each follower (Figure 2, "Volatile state on leaders":
+//! `nextIndex[]` and `matchIndex[]`), plus the flow control that decides when to send.
+//!
+//! A follower is in one of two states, as in etcd's raft:
+//! - `Probe`: we do not know where its log matches ours. Send one append, wait for the
+//!   answer (or a heartbeat interval), step back on rejection (§5.3).
+//! - `Replicate`: its log matches up to `match_index`; stream new entries optimistically,
+//!   advancing `next_index` without waiting for acknowledgements.
+
+use crate::types::Index;
+
+/// How the leader is replicating to one follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressState {
+    /// Finding the point where the follower's log matches ours.
+    Probe,
+    /// Streaming entries after a known match.
+    Replicate,
+}
+
+/// The leader's view of one follower.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// The highest index known to be replicated on the follower (Figure 2 `matchIndex`).
+    pub match_index: Index,
+    /// The index of the next entry to send (Figure 2 `nextIndex`).
+    pub next_index: Index,
+    /// Probe or replicate.
+    pub state: ProgressState,
+    /// In `Probe`, an append is outstanding: wait for its answer or the next heartbeat.
+    pub probe_sent: bool,
+    /// The newest read round (§6.4) the follower has acknowledged.
+    pub read_round: u64,
+    /// Heard from since the last CheckQuorum (§6.2).
+    pub recent_active: bool,
+}
+
+impl Progress {
+    /// A fresh leader knows nothing: "initialized to leader last log index + 1" (Figure 2).
+    pub fn new(last_index: Index) -> Progress {
+        Progress {
+            match_index: 0,
+            next_index: last_index + 1,
+            state: ProgressState::Probe,
+            probe_sent: false,
+            read_round: 0,
+            recent_active: false,
+        }
+    }
+
+    /// Whether the leader may send an append now.
+    pub fn can_send(&self) -> bool {
+        match self.state {
+            ProgressState::Probe => !self.probe_sent,
+            ProgressState::Replicate => true,
+        }
+    }
+
+    /// Records that entries up to `last_sent` are on their way.
+    pub fn sent(&mut self, last_sent: Index) {
+        match self.state {
+            ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Replicate => self.next_index = self.next_index.max(last_sent + 1),
+        }
+    }
+
+    /// The follower accepted entries up to `match_index`. Returns whether that is news.
+    /// A stale (reordered) acknowledgement never moves `match_index` back.
+    pub fn accepted(&mut self, match_index: Index) -> bool {
+        self.probe_sent = false;
+        if match_index <= self.match_index {
+            return false;
+        }
+        self.match_index = match_index;
+        self.next_index = self.next_index.max(match_index + 1);
+        self.state = ProgressState::Replicate;
+        true
+    }
+
+    /// The follower rejected an append whose `prev_index` was `rejected`; step back to
+    /// `next_index` (which the caller computed from the hint, §5.3). Returns whether the
+    /// rejection was current; rejections of older messages are ignored, since they say
+    /// nothing about where we are now.
+    pub fn rejected(&mut self, rejected: Index, next_index: Index) -> bool {
+        let current = match self.state {
+            // In Replicate we sent from past match_index; only a rejection above it is news.
+            ProgressState::Replicate => rejected > self.match_index,
+            // In Probe only one append is outstanding, for next_index - 1.
+            ProgressState::Probe => rejected + 1 == self.next_index,
+        };
+        if !current {
+            return false;
+        }
+        // Never step back past what the follower is known to hold, nor forward.
+        self.next_index = next_index.clamp(self.match_index + 1, rejected.max(self.match_index + 1));
+        self.state = ProgressState::Probe;
+        self.probe_sent = false;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_acks_and_rejects_are_ignored() {
+        let mut p = Progress::new(10);
+        assert!(p.rejected(10, 5));
+        assert_eq!(p.next_index, 5);
+        // A duplicate of the same rejection no longer matches next_index - 1.
+        assert!(!p.rejected(10, 3));
+        assert!(p.accepted(6));
+        assert_eq!(p.state, ProgressState::Replicate);
+        assert!(!p.accepted(4), "reordered older ack");
+        assert_eq!(p.match_index, 6);
+        assert!(!p.rejected(5, 1), "rejection at or below match is stale");
+    }
+
+    #[test]
+    fn probe_sends_one_at_a_time_replicate_streams() {
+        let mut p = Progress::new(3);
+        assert!(p.can_send());
+        p.sent(3);
+        assert!(!p.can_send());
+        p.accepted(3);
+        p.sent(7);
+        assert!(p.can_send());
+        assert_eq!(p.next_index, 8);
+    }
+}

@@ -1,0 +1,97 @@
+//! The one output type: [`Ready`]. Every call into a [`crate::Node`] may add to it; the
+//! driver takes it with [`crate::Node::ready`] and carries it out in this order:
+//!
+//! 1. Send `messages` at once. These are a leader's appends and heartbeats, which are safe
+//!    before the leader's own disk write finishes: the leader counts itself towards a
+//!    commit only once [`crate::Node::advance`] says its entries are durable (§10.2.1).
+//! 2. Make durable, in order: `hard_state`, then truncate the log from `truncate_from`,
+//!    then append `entries`. Sync to disk (one fsync for the whole batch).
+//! 3. Send `persisted_messages`: votes and acknowledgements promise something about
+//!    durable state, so they must not leave before step 2 (Figure 2, "Persistent state").
+//! 4. Apply `committed` entries to the state machine, in order.
+//! 5. Answer clients: `proposals` outcomes, then `reads`, which are safe to serve now
+//!    that step 4 has applied at least up to each read's index.
+//! 6. Call [`crate::Node::advance`] with the ready, so the node knows what is durable.
+
+use crate::message::{Message, ReadId};
+use crate::types::{Entry, HardState, Index, NodeId, Role, Term};
+
+/// Work for the driver, to be carried out in the order of the module docs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Step 1: send now, before the disk write.
+    pub messages: Vec<Message>,
+    /// Step 2: the new term and vote, if they changed.
+    pub hard_state: Option<HardState>,
+    /// Step 2: delete every durable entry with an index at or above this one.
+    pub truncate_from: Option<Index>,
+    /// Step 2: append these entries (after any truncation).
+    pub entries: Vec<Entry>,
+    /// Step 3: send only once step 2 is durable.
+    pub persisted_messages: Vec<Message>,
+    /// Step 4: apply these, in order.
+    pub committed: Vec<Entry>,
+    /// Step 5: what became of proposals made on this node.
+    pub proposals: Vec<ProposalOutcome>,
+    /// Step 5: reads that may now be served, or that failed.
+    pub reads: Vec<ReadOutcome>,
+    /// The node's role, term or known leader changed (for logs and client routing).
+    pub status_change: Option<SoftState>,
+}
+
+impl Ready {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        *self == Ready::default()
+    }
+}
+
+/// Role, term and leader: what a driver needs to route clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    /// The node's role.
+    pub role: Role,
+    /// The node's current term.
+    pub term: Term,
+    /// The leader this node knows of in `term`, if any.
+    pub leader: Option<NodeId>,
+}
+
+/// The fate of a proposal, identified by the (term, index) that `propose` returned.
+/// Exactly one outcome is reported per proposal, unless the node restarts first, in
+/// which case the driver must tell its client the outcome is unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProposalOutcome {
+    /// The entry is committed and included in this ready's `committed` (or an earlier one).
+    Committed {
+        /// The proposal's term.
+        term: Term,
+        /// The proposal's index.
+        index: Index,
+    },
+    /// A different entry took this index: the proposal will never be applied.
+    Lost {
+        /// The proposal's term.
+        term: Term,
+        /// The proposal's index.
+        index: Index,
+    },
+}
+
+/// The answer to a linearizable read request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// The id the driver gave the read.
+    pub id: ReadId,
+    /// `Ok(index)`: serve the read from the state machine (applied at least to `index`).
+    pub result: Result<Index, ReadError>,
+}
+
+/// Why a read could not be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// No leader is known; try again later.
+    NoLeader,
+    /// Leadership changed or the leader did not answer in time; the read may be retried.
+    Aborted,
+}

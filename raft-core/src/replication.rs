@@ -1,0 +1,212 @@
+//! Log replication (§5.3) and commitment (§5.4.2).
+//!
+//! The leader sends each follower the entries after the point where their logs match.
+//! The follower accepts them only if it holds the entry just before them (the consistency
+//! check); otherwise it rejects with a hint and the leader steps back. Once a majority
+//! holds an entry of the leader's own term, that entry and all before it are committed.
+//!
+//! Heartbeats (§5.2) are separate, empty messages: they assert leadership, carry the
+//! commit index to followers that are caught up, and confirm leadership for reads (§6.4).
+
+use crate::message::{AppendResult, MessageKind};
+use crate::node::{Node, RoleState};
+use crate::progress::ProgressState;
+use crate::quorum::quorum_index;
+use crate::types::{Entry, Index, NodeId};
+
+impl Node {
+    /// Sends what [`Node::propose`], a commit advance or a new read round left pending.
+    /// Called once per ready, so many proposals share one message per follower.
+    pub(crate) fn flush_leader_sends(&mut self) {
+        let last_index = self.log.last_index();
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let new_entries = std::mem::take(&mut leader.broadcast_pending);
+        let new_commit = self.commit_index > leader.commit_sent;
+        leader.commit_sent = self.commit_index;
+        if std::mem::take(&mut leader.read_round_pending) {
+            // Heartbeats start the round and carry the commit index too.
+            leader.read_round += 1;
+            self.broadcast_heartbeat();
+        } else if new_commit && !new_entries {
+            // Followers that have everything learn the new commit index from a heartbeat;
+            // the others learn it with the entries they still need.
+            let caught_up: Vec<NodeId> =
+                leader.progress.iter().filter(|(_, pr)| pr.match_index >= last_index).map(|(&p, _)| p).collect();
+            for peer in caught_up {
+                self.send_heartbeat(peer);
+            }
+        }
+        if new_entries {
+            for peer in self.peers.clone() {
+                self.send_append(peer, false);
+            }
+        }
+    }
+
+    /// Sends `peer` the entries it lacks, if its progress allows. A follower in Probe gets
+    /// a probe even with nothing new, to find where its log matches ours; so does one in
+    /// Replicate if `even_if_empty` (see [`Node::handle_heartbeat_resp`]).
+    pub(crate) fn send_append(&mut self, peer: NodeId, even_if_empty: bool) {
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let Some(pr) = leader.progress.get_mut(&peer) else { return };
+        if !pr.can_send() {
+            return;
+        }
+        if pr.state == ProgressState::Replicate && pr.next_index > self.log.last_index() && !even_if_empty {
+            return;
+        }
+        let prev_index = pr.next_index - 1;
+        let Some(prev_term) = self.log.term_at(prev_index) else { return };
+        let entries = self.log.entries_from(pr.next_index, self.config.max_append_bytes);
+        pr.sent(entries.last().map_or(prev_index, |e| e.index));
+        let commit = self.commit_index;
+        self.send(peer, MessageKind::Append { prev_index, prev_term, entries, commit });
+    }
+
+    /// Heartbeats to every follower (§5.2), carrying the current read round (§6.4).
+    pub(crate) fn broadcast_heartbeat(&mut self) {
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        leader.heartbeat_elapsed = 0;
+        for pr in leader.progress.values_mut() {
+            // A probe still unanswered by now was probably lost: allow another.
+            pr.probe_sent = false;
+        }
+        for peer in self.peers.clone() {
+            self.send_heartbeat(peer);
+        }
+    }
+
+    /// One heartbeat. A follower may commit only what the leader knows it holds, so the
+    /// commit index sent is capped by the follower's match index.
+    fn send_heartbeat(&mut self, peer: NodeId) {
+        let RoleState::Leader(leader) = &self.role else { return };
+        let Some(pr) = leader.progress.get(&peer) else { return };
+        let commit = self.commit_index.min(pr.match_index);
+        let read_round = leader.read_round;
+        self.send(peer, MessageKind::Heartbeat { commit, read_round });
+    }
+
+    /// Figure 2, AppendEntries receiver.
+    pub(crate) fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_index: Index,
+        prev_term: Index,
+        entries: &[Entry],
+        leader_commit: Index,
+    ) {
+        if matches!(self.role, RoleState::Leader(_)) {
+            // Two leaders in one term is impossible (Election Safety, §5.2).
+            return;
+        }
+        // §5.2: a candidate that hears from a leader of its term steps down; every
+        // follower restarts its election timer.
+        self.become_follower(self.term, Some(from));
+
+        // Receiver rule 2: "Reply false if log doesn't contain an entry at prevLogIndex
+        // whose term matches prevLogTerm". The hint lets the leader skip back a whole term
+        // at a time instead of one entry per round trip (§5.3).
+        if !self.log.matches(prev_index, prev_term) {
+            let (hint_index, hint_term) = match self.log.term_at(prev_index) {
+                None => (self.log.last_index() + 1, None),
+                Some(term) => (self.log.first_index_of_term(term, prev_index), Some(term)),
+            };
+            let result = AppendResult::Rejected { rejected: prev_index, hint_index, hint_term };
+            return self.send(from, MessageKind::AppendResp(result));
+        }
+
+        // Receiver rules 3 and 4: delete conflicting entries, append new ones.
+        let outcome = self.log.store(prev_index, entries);
+        self.record_store(outcome);
+
+        // Receiver rule 5: commit up to the leader's commit, but only as far as this message
+        // proved our log matches the leader's: an unverified tail may still be wrong.
+        let match_index = prev_index + entries.len() as Index;
+        self.commit_to(leader_commit.min(match_index));
+        self.send(from, MessageKind::AppendResp(AppendResult::Accepted { match_index }));
+    }
+
+    /// The leader learns how a follower answered an append.
+    pub(crate) fn handle_append_resp(&mut self, from: NodeId, result: AppendResult) {
+        let last_index = self.log.last_index();
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let Some(pr) = leader.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        match result {
+            AppendResult::Accepted { match_index } => {
+                if pr.accepted(match_index) {
+                    self.maybe_commit();
+                    self.maybe_send_timeout_now(from);
+                }
+            }
+            AppendResult::Rejected { rejected, hint_index, hint_term } => {
+                let next = match hint_term {
+                    // The follower's log ends before `rejected`: continue right after it.
+                    None => hint_index,
+                    // The follower holds `term` at `rejected`. If we hold that term too, our
+                    // logs may agree up to our last entry of it; otherwise skip the follower's
+                    // whole term (§5.3).
+                    Some(term) => {
+                        let j = self.log.last_index_at_or_below_term(term, rejected.saturating_sub(1));
+                        if self.log.term_at(j) == Some(term) {
+                            j + 1
+                        } else {
+                            (j + 1).min(hint_index)
+                        }
+                    }
+                };
+                if !pr.rejected(rejected, next.min(last_index + 1)) {
+                    return;
+                }
+            }
+        }
+        self.send_append(from, false);
+    }
+
+    /// A follower handles a heartbeat: the leader lives; commit what it says we hold.
+    pub(crate) fn handle_heartbeat(&mut self, from: NodeId, commit: Index, read_round: u64) {
+        if matches!(self.role, RoleState::Leader(_)) {
+            return;
+        }
+        self.become_follower(self.term, Some(from));
+        self.commit_to(commit.min(self.log.last_index()));
+        self.send(from, MessageKind::HeartbeatResp { read_round });
+    }
+
+    /// The leader handles a heartbeat answer: note the read round, and if the follower
+    /// still lacks entries, send what it lacks. In Replicate that send may be empty: the
+    /// follower rejects it if an earlier append was lost, which puts it back in Probe.
+    pub(crate) fn handle_heartbeat_resp(&mut self, from: NodeId, read_round: u64) {
+        let last_index = self.log.last_index();
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let Some(pr) = leader.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        pr.read_round = pr.read_round.max(read_round);
+        if pr.match_index < last_index {
+            self.send_append(from, true);
+        }
+    }
+
+    /// §5.3/§5.4.2: commit the highest index a majority holds, but only if it is from our
+    /// own term. Counting replicas of an older term's entry is unsafe: Figure 8 shows such
+    /// an entry overwritten after being on a majority. Our own copy counts only once the
+    /// driver has made it durable (§10.2.1).
+    pub(crate) fn maybe_commit(&mut self) -> bool {
+        let RoleState::Leader(leader) = &self.role else { return false };
+        let mut matches: Vec<Index> = leader.progress.values().map(|p| p.match_index).collect();
+        matches.push(self.durable_index);
+        let index = quorum_index(matches);
+        if index <= self.commit_index || self.log.term_at(index) != Some(self.term) {
+            return false;
+        }
+        self.commit_to(index);
+        true
+    }
+
+    /// Raises the commit index; it never moves back.
+    pub(crate) fn commit_to(&mut self, index: Index) {
+        if index > self.commit_index {
+            self.commit_index = index;
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The vocabulary of Raft: node ids, terms, log indexes, entries and the durable
+//! "hard state" of Figure 2 ("Persistent state on all servers").
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies a server. Configured by the operator; unique within a cluster.
+pub type NodeId = u64;
+
+/// A Raft term (§5.1): a logical clock that increases with every election.
+/// Term 0 is "before any election"; the first real term is 1.
+pub type Term = u64;
+
+/// A position in the log (§5.3). The first entry has index 1; index 0 means "nothing",
+/// with term 0, so the consistency check for the first entry always succeeds.
+pub type Index = u64;
+
+/// A span of logical time, counted in calls to [`crate::Node::tick`].
+pub type Ticks = u64;
+
+/// What a log entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// Appended by every new leader at the start of its term, so that it can commit an
+    /// entry of its own term and thereby everything before it (§5.4.2, §8).
+    Noop,
+    /// An opaque command for the state machine, as passed to [`crate::Node::propose`].
+    Command(Vec<u8>),
+}
+
+/// One log entry (§5.3): a command tagged with the term of the leader that created it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The entry's position in the log.
+    pub index: Index,
+    /// The term in which a leader created the entry.
+    pub term: Term,
+    /// What the entry carries.
+    pub payload: Payload,
+}
+
+impl Entry {
+    /// Approximate encoded size, used to cap the bytes in one append message.
+    pub fn size(&self) -> usize {
+        const HEADER: usize = 24;
+        match &self.payload {
+            Payload::Noop => HEADER,
+            Payload::Command(data) => HEADER + data.len(),
+        }
+    }
+}
+
+/// The term and vote, which must be durable before a node answers anyone (Figure 2:
+/// "updated on stable storage before responding to RPCs"). Together with the log this is
+/// everything a node needs to restart safely.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// The latest term this node has seen.
+    pub term: Term,
+    /// The candidate this node voted for in `term`, if any. One vote per term (§5.2).
+    pub voted_for: Option<NodeId>,
+}
+
+/// The role a node plays (§5.1, plus the pre-candidate of §9.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Passive: answers leaders and candidates.
+    Follower,
+    /// Asking whether it could win an election before disrupting anyone (§9.6).
+    PreCandidate,
+    /// Asking for votes in a new term (§5.2).
+    Candidate,
+    /// Handles all client requests and replicates the log (§5.3).
+    Leader,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        };
+        f.write_str(name)
+    }
+}

@@ -1,0 +1,1 @@
+//! Applies committed SQL to SQLite on every replica. Built in the next issue.

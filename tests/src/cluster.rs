@@ -1,0 +1,487 @@
+//! A cluster of `raft-core` nodes in one process, with a simulated network and disks.
+//!
+//! The cluster plays the driver for every node: it carries out each [`Ready`] in the
+//! documented order, keeps each node's durable state (what survives a crash), plays the
+//! clients, and reports every event to the [`Checker`]. Every action returns an error
+//! naming the violated property, and narrates what happened as lines of text: the golden
+//! scenarios print them, the simulator keeps the last few hundred as a trace.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use raft_core::{
+    Config, Entry, HardState, Index, Message, Node, NodeId, Payload, ProposalOutcome, ProposeError, ReadId, Ready,
+    Restored, Role, Term,
+};
+
+use crate::checker::{Checker, Violation};
+use crate::rng::SimRng;
+
+/// What survives a crash: the durable Raft state and the state machine (which the real
+/// driver keeps in SQLite, with its applied index).
+#[derive(Clone, Debug, Default)]
+pub struct Disk {
+    /// The durable term and vote.
+    pub hard_state: HardState,
+    /// The durable log.
+    pub entries: Vec<Entry>,
+    /// The state machine: every entry applied, in order.
+    pub applied: Vec<Entry>,
+}
+
+/// One simulated server.
+#[derive(Debug)]
+pub struct SimNode {
+    /// The node's config (its seed changes on every restart).
+    pub config: Config,
+    /// The running node, or `None` while crashed.
+    pub raft: Option<Node>,
+    /// Durable state.
+    pub disk: Disk,
+    /// Readies whose disk write (step 2 onwards) is still in progress: (due time, ready).
+    writing: VecDeque<(u64, Ready)>,
+    /// How often the node has restarted.
+    restarts: u64,
+}
+
+/// A message on the wire.
+#[derive(Clone, Debug)]
+pub struct InFlight {
+    /// When it may be delivered.
+    pub due: u64,
+    /// The message.
+    pub msg: Message,
+}
+
+/// How the simulated network and disks misbehave.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Probability that a message is lost.
+    pub drop: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Message delays are uniform in `[0, max_delay]` time units; differing delays reorder.
+    pub max_delay: u64,
+    /// Probability that a disk write takes a while (up to `max_disk_delay` units).
+    pub slow_disk: f64,
+    /// The longest disk write.
+    pub max_disk_delay: u64,
+}
+
+/// A cluster of simulated nodes plus everything the driver and clients keep.
+pub struct Cluster {
+    /// The nodes by id.
+    pub nodes: BTreeMap<NodeId, SimNode>,
+    /// Simulated time.
+    pub now: u64,
+    /// Messages in flight.
+    pub network: Vec<InFlight>,
+    /// Cut links: (from, to).
+    pub blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Current misbehaviour.
+    pub faults: Faults,
+    /// The safety checker.
+    pub checker: Checker,
+    /// Narrated events not yet taken: (time, text).
+    pub events: VecDeque<(u64, String)>,
+    /// Keep at most this many events (older ones are dropped); `usize::MAX` keeps all.
+    pub event_limit: usize,
+    /// Proposals awaiting an outcome: (node, term, index).
+    pub proposals: BTreeSet<(NodeId, Term, Index)>,
+    /// Reads awaiting an outcome: (node, id) -> newest write they must see.
+    pub reads: BTreeMap<(NodeId, ReadId), Index>,
+    /// How many proposals and reads were acknowledged.
+    pub acked_writes: u64,
+    /// How many linearizable reads were served.
+    pub served_reads: u64,
+    next_read: ReadId,
+    rng: SimRng,
+}
+
+impl Cluster {
+    /// A cluster of `size` fresh nodes with ids 1..=size; `tune` adjusts each config.
+    pub fn new(size: u64, seed: u64, tune: impl Fn(&mut Config)) -> Cluster {
+        let voters: Vec<NodeId> = (1..=size).collect();
+        let mut nodes = BTreeMap::new();
+        for &id in &voters {
+            let mut config = Config::new(id, voters.clone());
+            tune(&mut config);
+            config.seed = config.seed.wrapping_add(seed.wrapping_mul(1000));
+            let raft = Node::new(config.clone(), Restored::default()).expect("valid test config");
+            nodes.insert(id, SimNode { config, raft: Some(raft), disk: Disk::default(), writing: VecDeque::new(), restarts: 0 });
+        }
+        Cluster {
+            nodes,
+            now: 0,
+            network: Vec::new(),
+            blocked: BTreeSet::new(),
+            faults: Faults::default(),
+            checker: Checker::new(),
+            events: VecDeque::new(),
+            event_limit: usize::MAX,
+            proposals: BTreeSet::new(),
+            reads: BTreeMap::new(),
+            acked_writes: 0,
+            served_reads: 0,
+            next_read: 1,
+            rng: SimRng::new(seed),
+        }
+    }
+
+    /// The ids of all nodes.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// The ids of running nodes.
+    pub fn live(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|(_, n)| n.raft.is_some()).map(|(&id, _)| id).collect()
+    }
+
+    /// The running node `id`, if any.
+    pub fn raft(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(&id).and_then(|n| n.raft.as_ref())
+    }
+
+    /// Records a line of narrative.
+    pub fn say(&mut self, text: String) {
+        if self.events.len() >= self.event_limit {
+            self.events.pop_front();
+        }
+        self.events.push_back((self.now, text));
+    }
+
+    /// Takes the narrative so far, one event per line.
+    pub fn take_events(&mut self) -> String {
+        let mut out = String::new();
+        for (_, line) in self.events.drain(..) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The narrative kept so far, with times, for a failure report.
+    pub fn trace(&self) -> String {
+        self.events.iter().map(|(t, line)| format!("[{t:>6}] {line}\n")).collect()
+    }
+
+    // ---- inputs -----------------------------------------------------------------------
+
+    /// Ticks node `id` once.
+    pub fn tick(&mut self, id: NodeId) -> Result<(), Violation> {
+        let Some(raft) = self.raft_mut(id) else { return Ok(()) };
+        raft.tick();
+        self.process(id)
+    }
+
+    /// Makes node `id` start an election now.
+    pub fn campaign(&mut self, id: NodeId) -> Result<(), Violation> {
+        let Some(raft) = self.raft_mut(id) else { return Ok(()) };
+        raft.campaign();
+        self.process(id)
+    }
+
+    /// A client proposes `command` at node `id`. Returns where it was placed, if accepted.
+    pub fn propose(&mut self, id: NodeId, command: &str) -> Result<Option<(Term, Index)>, Violation> {
+        let Some(raft) = self.raft_mut(id) else { return Ok(None) };
+        let placed = match raft.propose(command.as_bytes().to_vec()) {
+            Ok((term, index)) => {
+                self.proposals.insert((id, term, index));
+                self.say(format!("n{id} propose {command:?} -> {index}@{term}"));
+                Some((term, index))
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                let leader = leader.map_or("unknown".to_string(), |l| format!("n{l}"));
+                self.say(format!("n{id} propose {command:?} refused: not leader (leader {leader})"));
+                None
+            }
+            Err(ProposeError::TransferInProgress) => {
+                self.say(format!("n{id} propose {command:?} refused: leadership transfer in progress"));
+                None
+            }
+        };
+        self.process(id)?;
+        Ok(placed)
+    }
+
+    /// A client asks node `id` for a linearizable read. Returns the read's id.
+    pub fn read(&mut self, id: NodeId) -> Result<Option<ReadId>, Violation> {
+        let read_id = self.next_read;
+        let must_see = self.checker.read_started();
+        let Some(raft) = self.raft_mut(id) else { return Ok(None) };
+        raft.read(read_id);
+        self.next_read += 1;
+        self.reads.insert((id, read_id), must_see);
+        self.say(format!("n{id} read {read_id} requested"));
+        self.process(id)?;
+        Ok(Some(read_id))
+    }
+
+    /// Asks leader `id` to hand leadership to `target`.
+    pub fn transfer(&mut self, id: NodeId, target: NodeId) -> Result<(), Violation> {
+        let Some(raft) = self.raft_mut(id) else { return Ok(()) };
+        let result = raft.transfer_leadership(target);
+        self.say(format!("n{id} transfer leadership to n{target}: {result:?}"));
+        self.process(id)
+    }
+
+    /// Crashes node `id`: it loses everything not yet durable, and its clients lose
+    /// track of their requests (the outcome is unknown to them).
+    pub fn crash(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        if node.raft.take().is_none() {
+            return;
+        }
+        node.writing.clear();
+        self.proposals.retain(|&(n, _, _)| n != id);
+        self.reads.retain(|&(n, _), _| n != id);
+        self.say(format!("n{id} CRASH"));
+    }
+
+    /// Restarts node `id` from its durable state.
+    pub fn restart(&mut self, id: NodeId) -> Result<(), Violation> {
+        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        if node.raft.is_some() {
+            return Ok(());
+        }
+        node.restarts += 1;
+        let mut config = node.config.clone();
+        config.seed = config.seed.wrapping_add(node.restarts);
+        let restored = Restored {
+            hard_state: node.disk.hard_state,
+            entries: node.disk.entries.clone(),
+            applied: node.disk.applied.len() as Index,
+        };
+        let raft = Node::new(config, restored).map_err(|e| format!("Durability: node {id} cannot restart: {e}"))?;
+        let applied = node.disk.applied.len() as Index;
+        self.checker.restarted(id, applied, raft.log())?;
+        let hs = node.disk.hard_state;
+        node.raft = Some(raft);
+        self.say(format!("n{id} RESTART term={} vote={} applied={applied}", hs.term, fmt_vote(hs.voted_for)));
+        Ok(())
+    }
+
+    /// Delivers one message.
+    pub fn deliver(&mut self, msg: Message) -> Result<(), Violation> {
+        let to = msg.to;
+        if self.blocked.contains(&(msg.from, msg.to)) {
+            self.say(format!("drop {msg} (partitioned)"));
+            return Ok(());
+        }
+        let Some(raft) = self.raft_mut(to) else {
+            self.say(format!("drop {msg} (n{to} is down)"));
+            return Ok(());
+        };
+        raft.step(msg.clone());
+        self.say(format!("recv {msg}"));
+        self.process(to)
+    }
+
+    /// Delivers every message due by now, in random order among themselves.
+    pub fn deliver_due(&mut self) -> Result<(), Violation> {
+        let now = self.now;
+        let (mut due, later): (Vec<InFlight>, Vec<InFlight>) = self.network.drain(..).partition(|m| m.due <= now);
+        self.network = later;
+        // Shuffle (Fisher-Yates) so equal delays still reorder.
+        for i in (1..due.len()).rev() {
+            let j = self.rng.range(0, i as u64 + 1) as usize;
+            due.swap(i, j);
+        }
+        for m in due {
+            self.deliver(m.msg)?;
+        }
+        Ok(())
+    }
+
+    /// Finishes disk writes due by now on every node.
+    pub fn process_all(&mut self) -> Result<(), Violation> {
+        for id in self.ids() {
+            self.process(id)?;
+        }
+        Ok(())
+    }
+
+    // ---- the driver -------------------------------------------------------------------
+
+    fn raft_mut(&mut self, id: NodeId) -> Option<&mut Node> {
+        self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut())
+    }
+
+    /// Runs node `id`'s driver loop until it has nothing more to do right now.
+    pub fn process(&mut self, id: NodeId) -> Result<(), Violation> {
+        loop {
+            self.finish_due_writes(id)?;
+            let Some(raft) = self.raft_mut(id) else { return Ok(()) };
+            if !raft.has_ready() {
+                break;
+            }
+            let ready = raft.ready();
+            self.start_ready(id, ready)?;
+        }
+        self.check_node(id)
+    }
+
+    /// Ready steps 1 and 2a: send the leader's messages now, start the disk write.
+    fn start_ready(&mut self, id: NodeId, ready: Ready) -> Result<(), Violation> {
+        if let Some(soft) = ready.status_change {
+            let leader = soft.leader.map_or("none".to_string(), |l| format!("n{l}"));
+            self.say(format!("n{id} is {} term={} leader={leader}", soft.role, soft.term));
+            if soft.role == Role::Leader {
+                let raft = self.raft(id).ok_or("leader vanished")?;
+                let log = raft.log().clone();
+                self.checker.leader_elected(id, soft.term, &log)?;
+            }
+        }
+        if !ready.entries.is_empty() {
+            let log = self.raft(id).ok_or("node vanished")?.log().clone();
+            self.checker.entries_placed(id, &log, &ready.entries)?;
+        }
+        for msg in &ready.messages {
+            self.send(msg.clone());
+        }
+        let delay = if self.rng.chance(self.faults.slow_disk) { self.rng.range(1, self.faults.max_disk_delay + 1) } else { 0 };
+        let node = self.nodes.get_mut(&id).ok_or("unknown node")?;
+        node.writing.push_back((self.now + delay, ready));
+        Ok(())
+    }
+
+    /// Ready steps 2b to 6 for every write that has completed.
+    fn finish_due_writes(&mut self, id: NodeId) -> Result<(), Violation> {
+        loop {
+            let now = self.now;
+            let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+            if node.writing.front().is_none_or(|(due, _)| *due > now) {
+                return Ok(());
+            }
+            let Some((_, ready)) = node.writing.pop_front() else { return Ok(()) };
+            self.finish_ready(id, ready)?;
+        }
+    }
+
+    fn finish_ready(&mut self, id: NodeId, ready: Ready) -> Result<(), Violation> {
+        let node = self.nodes.get_mut(&id).ok_or("unknown node")?;
+        // Step 2: make it durable.
+        let mut durable = Vec::new();
+        if let Some(hs) = ready.hard_state {
+            node.disk.hard_state = hs;
+            durable.push(format!("term={} vote={}", hs.term, fmt_vote(hs.voted_for)));
+        }
+        if let Some(from) = ready.truncate_from {
+            node.disk.entries.truncate(from.saturating_sub(1) as usize);
+            durable.push(format!("truncate {from}.."));
+        }
+        if !ready.entries.is_empty() {
+            node.disk.entries.extend(ready.entries.iter().cloned());
+            durable.push(format!("append {}", fmt_entries(&ready.entries)));
+        }
+        if !durable.is_empty() {
+            self.say(format!("n{id} persist {}", durable.join(", ")));
+        }
+        // Step 3: messages that speak for durable state.
+        for msg in &ready.persisted_messages {
+            self.send(msg.clone());
+        }
+        // Step 4: apply.
+        for entry in &ready.committed {
+            let node = self.nodes.get_mut(&id).ok_or("unknown node")?;
+            let applied = node.disk.applied.len() as Index;
+            node.disk.applied.push(entry.clone());
+            self.checker.applied(id, applied, entry)?;
+            self.say(format!("n{id} apply {}", fmt_entry(entry)));
+        }
+        // Step 5: answer clients.
+        for outcome in &ready.proposals {
+            match *outcome {
+                ProposalOutcome::Committed { term, index } => {
+                    if self.proposals.remove(&(id, term, index)) {
+                        self.checker.acknowledged(id, term, index)?;
+                        self.acked_writes += 1;
+                    }
+                    self.say(format!("n{id} proposal {index}@{term} committed"));
+                }
+                ProposalOutcome::Lost { term, index } => {
+                    self.proposals.remove(&(id, term, index));
+                    self.checker.lost(id, term, index)?;
+                    self.say(format!("n{id} proposal {index}@{term} lost"));
+                }
+            }
+        }
+        for read in &ready.reads {
+            let must_see = self.reads.remove(&(id, read.id));
+            let applied = self.nodes.get(&id).map_or(0, |n| n.disk.applied.len() as Index);
+            match read.result {
+                Ok(index) => {
+                    if index > applied {
+                        return Err(format!("read {} on n{id} ready at {index} but applied is {applied}", read.id));
+                    }
+                    if let Some(must_see) = must_see {
+                        self.checker.read_served(id, read.id, must_see, applied)?;
+                        self.served_reads += 1;
+                    }
+                    self.say(format!("n{id} read {} served at index {index} (applied {applied})", read.id));
+                }
+                Err(e) => self.say(format!("n{id} read {} failed: {e:?}", read.id)),
+            }
+        }
+        // Step 6.
+        if let Some(raft) = self.raft_mut(id) {
+            raft.advance(&ready);
+        }
+        Ok(())
+    }
+
+    /// Puts a message on the wire, subject to partitions and faults.
+    fn send(&mut self, msg: Message) {
+        if self.blocked.contains(&(msg.from, msg.to)) {
+            self.say(format!("drop {msg} (partitioned)"));
+            return;
+        }
+        if self.rng.chance(self.faults.drop) {
+            self.say(format!("drop {msg} (lost)"));
+            return;
+        }
+        let copies = if self.rng.chance(self.faults.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let due = self.now + self.rng.range(0, self.faults.max_delay + 1);
+            self.network.push(InFlight { due, msg: msg.clone() });
+        }
+    }
+
+    /// Checks one node's state after it acted.
+    fn check_node(&mut self, id: NodeId) -> Result<(), Violation> {
+        // Borrow the nodes and the checker separately.
+        let Cluster { nodes, checker, .. } = self;
+        let Some(raft) = nodes.get(&id).and_then(|n| n.raft.as_ref()) else { return Ok(()) };
+        let status = raft.status();
+        let leaders: Vec<(NodeId, Term, &raft_core::Log)> = nodes
+            .iter()
+            .filter_map(|(&n, node)| node.raft.as_ref().map(|r| (n, r)))
+            .filter(|(_, r)| r.role() == Role::Leader)
+            .map(|(n, r)| (n, r.status().term, r.log()))
+            .collect();
+        checker.node_state(id, status.term, status.commit_index, raft.log(), &leaders)
+    }
+
+    /// Log Matching over all running nodes' whole logs.
+    pub fn check_logs(&self) -> Result<(), Violation> {
+        let logs: Vec<(NodeId, &raft_core::Log)> =
+            self.nodes.iter().filter_map(|(&id, n)| n.raft.as_ref().map(|r| (id, r.log()))).collect();
+        self.checker.logs_match(&logs)
+    }
+}
+
+fn fmt_vote(vote: Option<NodeId>) -> String {
+    vote.map_or("none".to_string(), |v| format!("n{v}"))
+}
+
+/// `3@2` for a no-op, `3@2 "cmd"` for a command.
+pub fn fmt_entry(entry: &Entry) -> String {
+    match &entry.payload {
+        Payload::Noop => format!("{}@{} noop", entry.index, entry.term),
+        Payload::Command(data) => format!("{}@{} {:?}", entry.index, entry.term, String::from_utf8_lossy(data)),
+    }
+}
+
+fn fmt_entries(entries: &[Entry]) -> String {
+    entries.iter().map(fmt_entry).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,319 @@
+//! The randomized simulator: a cluster under a seeded storm of faults, checked after every
+//! step, then healed and checked for liveness.
+//!
+//! One run has two phases:
+//! 1. Chaos, for `chaos_ticks`: messages are delayed, reordered, lost and duplicated;
+//!    partitions (symmetric, one-way, isolating the leader) come and go; nodes crash and
+//!    restart with only their durable state; disk writes are slow; clients propose writes,
+//!    ask for linearizable reads and occasionally ask for a leadership transfer.
+//! 2. Heal: every fault stops and every node runs. Within [`LIVENESS_TICKS`] ticks a
+//!    leader must be known to every node and every pending request must be resolved.
+//!
+//! Everything derives from the seed, so `LIGHTRAFT_SEED=<seed>` replays a run exactly.
+
+use std::fmt;
+
+use raft_core::{NodeId, Role};
+
+use crate::checker::Violation;
+use crate::cluster::{Cluster, Faults};
+use crate::rng::SimRng;
+
+/// Time units per node tick. Message delays are counted in units, so they can be
+/// shorter than a tick.
+pub const UNITS_PER_TICK: u64 = 10;
+
+/// Once faults heal, a leader is known everywhere and every pending proposal and read is
+/// resolved within this many ticks (20 minimum election timeouts).
+pub const LIVENESS_TICKS: u64 = 200;
+
+/// Everything a run depends on; all derived from the seed.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// The seed.
+    pub seed: u64,
+    /// Cluster size: 3 or 5.
+    pub nodes: u64,
+    /// PreVote on (§9.6).
+    pub pre_vote: bool,
+    /// CheckQuorum and leases on (§6.2).
+    pub check_quorum: bool,
+    /// Network and disk faults during chaos.
+    pub faults: Faults,
+    /// Length of the chaos phase, in ticks.
+    pub chaos_ticks: u64,
+    /// Per time unit: probability of a client write.
+    pub propose_rate: f64,
+    /// Per time unit: probability of a client linearizable read.
+    pub read_rate: f64,
+    /// Per time unit: probability that the partitions change.
+    pub partition_rate: f64,
+    /// Per time unit: probability that a node crashes.
+    pub crash_rate: f64,
+}
+
+impl Params {
+    /// The parameters for `seed`: sizes, features and fault rates vary from seed to seed.
+    pub fn from_seed(seed: u64) -> Params {
+        let mut rng = SimRng::new(seed ^ 0x5EED);
+        Params {
+            seed,
+            nodes: if rng.chance(0.5) { 3 } else { 5 },
+            pre_vote: rng.chance(0.8),
+            check_quorum: rng.chance(0.8),
+            faults: Faults {
+                drop: rng.range(0, 15) as f64 / 100.0,
+                duplicate: rng.range(0, 5) as f64 / 100.0,
+                max_delay: rng.range(1, 3 * UNITS_PER_TICK),
+                slow_disk: rng.range(0, 30) as f64 / 100.0,
+                max_disk_delay: rng.range(1, 2 * UNITS_PER_TICK),
+            },
+            chaos_ticks: rng.range(500, 1500),
+            propose_rate: rng.range(2, 20) as f64 / 100.0,
+            read_rate: rng.range(1, 10) as f64 / 100.0,
+            partition_rate: rng.range(5, 30) as f64 / 10_000.0,
+            crash_rate: rng.range(0, 10) as f64 / 10_000.0,
+        }
+    }
+}
+
+/// What a successful run did, to show the simulation exercised something.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Entries committed.
+    pub committed: usize,
+    /// Writes acknowledged to clients.
+    pub acked_writes: u64,
+    /// Linearizable reads served.
+    pub served_reads: u64,
+    /// Ticks the heal phase needed to become live.
+    pub heal_ticks: u64,
+}
+
+/// A failed run: the seed, what went wrong and the last events before it.
+#[derive(Debug)]
+pub struct Failure {
+    /// The run's parameters.
+    pub params: Params,
+    /// The violated property.
+    pub violation: Violation,
+    /// The last events, oldest first.
+    pub trace: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "simulation seed {} failed: {}", self.params.seed, self.violation)?;
+        writeln!(f, "parameters: {:?}", self.params)?;
+        writeln!(f, "replay: LIGHTRAFT_SEED={} cargo test --release -p lightraft-tests --test simulation", self.params.seed)?;
+        writeln!(f, "last events before the failure:")?;
+        f.write_str(&self.trace)
+    }
+}
+
+/// Runs one simulation.
+pub fn run(params: &Params) -> Result<Report, Failure> {
+    let mut sim = Sim::new(params);
+    match sim.run() {
+        Ok(report) => Ok(report),
+        Err(violation) => Err(Failure { params: params.clone(), violation, trace: sim.cluster.trace() }),
+    }
+}
+
+struct Sim<'a> {
+    params: &'a Params,
+    cluster: Cluster,
+    rng: SimRng,
+    next_command: u64,
+}
+
+impl<'a> Sim<'a> {
+    fn new(params: &'a Params) -> Sim<'a> {
+        let mut cluster = Cluster::new(params.nodes, params.seed, |c| {
+            c.pre_vote = params.pre_vote;
+            c.check_quorum = params.check_quorum;
+            c.max_append_bytes = 256; // small, so multi-message catch-up is exercised
+        });
+        cluster.event_limit = 300;
+        cluster.faults = params.faults;
+        Sim { params, cluster, rng: SimRng::new(params.seed), next_command: 1 }
+    }
+
+    fn run(&mut self) -> Result<Report, Violation> {
+        let chaos_end = self.params.chaos_ticks * UNITS_PER_TICK;
+        while self.cluster.now < chaos_end {
+            self.chaos()?;
+            self.step()?;
+        }
+        self.cluster.say("HEAL: faults stop, every node restarts".into());
+        self.cluster.faults = Faults { max_delay: self.params.faults.max_delay, ..Faults::default() };
+        self.cluster.blocked.clear();
+        for id in self.cluster.ids() {
+            self.cluster.restart(id)?;
+        }
+        let heal_start = self.cluster.now;
+        loop {
+            self.step()?;
+            let ticks = (self.cluster.now - heal_start) / UNITS_PER_TICK;
+            if self.is_live() {
+                self.cluster.check_logs()?;
+                return Ok(Report {
+                    committed: self.cluster.checker.committed_count(),
+                    acked_writes: self.cluster.acked_writes,
+                    served_reads: self.cluster.served_reads,
+                    heal_ticks: ticks,
+                });
+            }
+            if ticks > LIVENESS_TICKS {
+                return Err(format!(
+                    "Liveness: {LIVENESS_TICKS} ticks after healing, leader agreement is {:?}, {} proposals and {} reads pending",
+                    self.leaders(),
+                    self.cluster.proposals.len(),
+                    self.cluster.reads.len()
+                ));
+            }
+        }
+    }
+
+    /// One time unit: deliver due messages, tick the nodes whose tick is due, finish disk
+    /// writes; every few hundred units compare whole logs.
+    fn step(&mut self) -> Result<(), Violation> {
+        self.cluster.now += 1;
+        let now = self.cluster.now;
+        self.cluster.deliver_due()?;
+        for id in self.cluster.ids() {
+            // Nodes tick out of phase with each other, as real clocks would.
+            if (now + id * 3) % UNITS_PER_TICK == 0 {
+                self.cluster.tick(id)?;
+            }
+        }
+        self.cluster.process_all()?;
+        if now % 200 == 0 {
+            self.cluster.check_logs()?;
+        }
+        Ok(())
+    }
+
+    /// Every node runs, agrees on one leader, and nothing is pending.
+    fn is_live(&self) -> bool {
+        let leaders = self.leaders();
+        leaders.len() == self.params.nodes as usize
+            && leaders.iter().all(|l| l.is_some() && *l == leaders[0])
+            && self.cluster.proposals.is_empty()
+            && self.cluster.reads.is_empty()
+    }
+
+    /// The leader each node believes in, if it is the real leader of that term.
+    fn leaders(&self) -> Vec<Option<NodeId>> {
+        self.cluster
+            .ids()
+            .into_iter()
+            .map(|id| {
+                let status = self.cluster.raft(id)?.status();
+                let leader = status.leader?;
+                let leader_status = self.cluster.raft(leader)?.status();
+                (leader_status.role == Role::Leader && leader_status.term == status.term).then_some(leader)
+            })
+            .collect()
+    }
+
+    /// Random faults and client requests for one time unit.
+    fn chaos(&mut self) -> Result<(), Violation> {
+        let p = self.params;
+        if self.rng.chance(p.partition_rate) {
+            self.repartition();
+        }
+        let live = self.cluster.live();
+        if !live.is_empty() && self.rng.chance(p.crash_rate) {
+            let id = self.rng.pick(&live);
+            self.cluster.crash(id);
+        }
+        let down: Vec<NodeId> = self.cluster.ids().into_iter().filter(|id| !live.contains(id)).collect();
+        if !down.is_empty() && self.rng.chance(0.003) {
+            let id = self.rng.pick(&down);
+            self.cluster.restart(id)?;
+        }
+        let live = self.cluster.live();
+        if live.is_empty() {
+            return Ok(());
+        }
+        if self.rng.chance(p.propose_rate) {
+            let id = self.rng.pick(&live);
+            let command = format!("c{}", self.next_command);
+            self.next_command += 1;
+            if self.cluster.propose(id, &command)?.is_none() {
+                // A real driver forwards to the leader it knows of.
+                if let Some(leader) = self.cluster.raft(id).and_then(|r| r.status().leader) {
+                    self.cluster.propose(leader, &command)?;
+                }
+            }
+        }
+        if self.rng.chance(p.read_rate) {
+            let id = self.rng.pick(&live);
+            self.cluster.read(id)?;
+        }
+        if self.rng.chance(0.0005) {
+            if let Some(leader) = self.current_leader() {
+                let target = self.rng.pick(&self.cluster.ids());
+                if target != leader {
+                    self.cluster.transfer(leader, target)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A running node that believes it is leader (the newest, if several).
+    fn current_leader(&self) -> Option<NodeId> {
+        self.cluster
+            .live()
+            .into_iter()
+            .filter_map(|id| self.cluster.raft(id).map(|r| (r.status(), id)))
+            .filter(|(s, _)| s.role == Role::Leader)
+            .max_by_key(|(s, _)| s.term)
+            .map(|(_, id)| id)
+    }
+
+    /// Replaces the current partitions with a random new arrangement.
+    fn repartition(&mut self) {
+        let ids = self.cluster.ids();
+        let leader = self.current_leader().unwrap_or(ids[0]);
+        let blocked = &mut self.cluster.blocked;
+        blocked.clear();
+        let description = match self.rng.range(0, 5) {
+            0 => "healed".to_string(),
+            1 => {
+                // Isolate the leader, if there is one: the classic stale-leader setup.
+                isolate(blocked, &ids, &[leader]);
+                format!("n{leader} isolated")
+            }
+            2 => {
+                let id = self.rng.pick(&ids);
+                isolate(blocked, &ids, &[id]);
+                format!("n{id} isolated")
+            }
+            3 => {
+                let group: Vec<NodeId> = ids.iter().copied().filter(|_| self.rng.chance(0.5)).collect();
+                isolate(blocked, &ids, &group);
+                format!("split {group:?} from the rest")
+            }
+            _ => {
+                let from = self.rng.pick(&ids);
+                let to = ids[((from + self.rng.range(0, ids.len() as u64 - 1)) % ids.len() as u64) as usize];
+                blocked.insert((from, to));
+                format!("one-way cut n{from} -> n{to}")
+            }
+        };
+        self.cluster.say(format!("PARTITION {description}"));
+    }
+}
+
+/// Cuts every link between `group` and the other nodes, both ways.
+fn isolate(blocked: &mut std::collections::BTreeSet<(NodeId, NodeId)>, ids: &[NodeId], group: &[NodeId]) {
+    for &a in group {
+        for &b in ids.iter().filter(|b| !group.contains(b)) {
+            blocked.insert((a, b));
+            blocked.insert((b, a));
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Length-prefixed JSON frames over TCP between nodes. Built in the next issue.
