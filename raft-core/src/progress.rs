@@ -64,16 +64,18 @@ impl Progress {
         }
     }
 
-    /// The follower accepted entries up to `match_index`. Returns whether that is news.
-    /// A stale (reordered) acknowledgement never moves `match_index` back.
+    /// The follower accepted entries up to `match_index`. Returns whether that is news;
+    /// a duplicated or reordered acknowledgement changes nothing.
     pub fn accepted(&mut self, match_index: Index) -> bool {
-        self.probe_sent = false;
-        if match_index <= self.match_index {
+        let news = match_index > self.match_index
+            || (match_index == self.match_index && self.state == ProgressState::Probe);
+        if !news {
             return false;
         }
         self.match_index = match_index;
         self.next_index = self.next_index.max(match_index + 1);
         self.state = ProgressState::Replicate;
+        self.probe_sent = false;
         true
     }
 

@@ -134,10 +134,11 @@ impl Node {
         pr.recent_active = true;
         match result {
             AppendResult::Accepted { match_index } => {
-                if pr.accepted(match_index) {
-                    self.maybe_commit();
-                    self.maybe_send_timeout_now(from);
+                if !pr.accepted(match_index) {
+                    return;
                 }
+                self.maybe_commit();
+                self.maybe_send_timeout_now(from);
             }
             AppendResult::Rejected { rejected, hint_index, hint_term } => {
                 let next = match hint_term {
