@@ -32,7 +32,9 @@ impl Node {
         }
         leader.transfer = Some((target, 0));
         self.maybe_send_timeout_now(target);
-        self.send_append(target, false);
+        // Step 2. Sent even if we believe nothing is missing: if an earlier append was
+        // lost, the target's rejection reveals it now rather than at the next heartbeat.
+        self.send_append(target, true);
         Ok(())
     }
 

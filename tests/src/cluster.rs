@@ -85,6 +85,8 @@ pub struct Cluster {
     pub events: VecDeque<(u64, String)>,
     /// Keep at most this many events (older ones are dropped); `usize::MAX` keeps all.
     pub event_limit: usize,
+    /// Narrate every message sent, not just those delivered or dropped.
+    pub narrate_sends: bool,
     /// Proposals awaiting an outcome: (node, term, index).
     pub proposals: BTreeSet<(NodeId, Term, Index)>,
     /// Reads awaiting an outcome: (node, id) -> newest write they must see.
@@ -118,6 +120,7 @@ impl Cluster {
             checker: Checker::new(),
             events: VecDeque::new(),
             event_limit: usize::MAX,
+            narrate_sends: false,
             proposals: BTreeSet::new(),
             reads: BTreeMap::new(),
             acked_writes: 0,
@@ -220,8 +223,11 @@ impl Cluster {
     /// Asks leader `id` to hand leadership to `target`.
     pub fn transfer(&mut self, id: NodeId, target: NodeId) -> Result<(), Violation> {
         let Some(raft) = self.raft_mut(id) else { return Ok(()) };
-        let result = raft.transfer_leadership(target);
-        self.say(format!("n{id} transfer leadership to n{target}: {result:?}"));
+        let result = match raft.transfer_leadership(target) {
+            Ok(()) => "started".to_string(),
+            Err(e) => format!("refused: {e:?}"),
+        };
+        self.say(format!("n{id} transfer leadership to n{target}: {result}"));
         self.process(id)
     }
 
@@ -291,6 +297,20 @@ impl Cluster {
             self.deliver(m.msg)?;
         }
         Ok(())
+    }
+
+    /// Delivers, in the order sent, the messages now in flight to the nodes in `to` (all
+    /// nodes if empty). Messages these deliveries produce stay in flight. Returns how
+    /// many were delivered.
+    pub fn deliver_in_order(&mut self, to: &[NodeId]) -> Result<usize, Violation> {
+        let (chosen, rest): (Vec<InFlight>, Vec<InFlight>) =
+            self.network.drain(..).partition(|m| to.is_empty() || to.contains(&m.msg.to));
+        self.network = rest;
+        let count = chosen.len();
+        for m in chosen {
+            self.deliver(m.msg)?;
+        }
+        Ok(count)
     }
 
     /// Finishes disk writes due by now on every node.
@@ -432,6 +452,9 @@ impl Cluster {
 
     /// Puts a message on the wire, subject to partitions and faults.
     fn send(&mut self, msg: Message) {
+        if self.narrate_sends {
+            self.say(format!("send {msg}"));
+        }
         if self.blocked.contains(&(msg.from, msg.to)) {
             self.say(format!("drop {msg} (partitioned)"));
             return;

@@ -1,0 +1,189 @@
+//! Golden scenario tests: each file in `tests/scenarios/` is a script of cluster actions
+//! followed by the transcript they produced (messages, persistence, applies, role
+//! changes). A learner reads them as annotated protocol traces. Every step also runs the
+//! simulator's safety checker, so a script fails if any Raft property breaks.
+//!
+//! Regenerate after an intended change with `UPDATE_GOLDENFILES=1 cargo test -p
+//! lightraft-tests --test scenarios`, then read the diff.
+//!
+//! Commands (nodes are numbered from 1):
+//! - `cluster nodes=N [prevote=bool] [checkquorum=bool] [maxappend=BYTES]`: a new cluster
+//! - `campaign N`: node N starts an election now
+//! - `tick [N...] [count=K]`: tick the nodes (all if none named) K times
+//! - `deliver [N...]`: deliver the messages in flight (to the named nodes), in send order
+//! - `stabilize`: deliver until no message is in flight
+//! - `propose N COMMAND`, `read N`, `transfer N to=M`
+//! - `partition N...`: cut the named nodes off from the others; `heal` removes all cuts
+//! - `crash N`, `restart N`
+//! - `status`, `log [N...]`: show node state and logs
+
+use std::error::Error;
+use std::fmt::Write as _;
+
+use goldenscript::{Argument, Command, Context};
+use lightraft_tests::cluster::{fmt_entry, Cluster};
+use raft_core::NodeId;
+
+struct Runner {
+    cluster: Option<Cluster>,
+}
+
+fn nodes(command: &Command) -> Result<Vec<NodeId>, Box<dyn Error>> {
+    let mut ids = Vec::new();
+    for arg in &command.args {
+        if let Argument::Positional(value) = arg {
+            ids.push(value.parse()?);
+        }
+    }
+    Ok(ids)
+}
+
+fn key<T: std::str::FromStr>(command: &Command, name: &str, default: T) -> Result<T, Box<dyn Error>>
+where
+    T::Err: Error + 'static,
+{
+    for arg in &command.args {
+        if let Argument::KeyValue(k, v) = arg {
+            if k == name {
+                return Ok(v.parse()?);
+            }
+        }
+    }
+    Ok(default)
+}
+
+fn one_node(command: &Command) -> Result<NodeId, Box<dyn Error>> {
+    match nodes(command)?.as_slice() {
+        [id] => Ok(*id),
+        _ => Err(format!("{} takes exactly one node", command.name).into()),
+    }
+}
+
+impl goldenscript::Runner for Runner {
+    type Command = Command;
+
+    fn run(&mut self, command: &Command, _context: &Context) -> Result<String, Box<dyn Error>> {
+        if command.name == "cluster" {
+            let size = key(command, "nodes", 3u64)?;
+            let pre_vote = key(command, "prevote", true)?;
+            let check_quorum = key(command, "checkquorum", true)?;
+            let max_append = key(command, "maxappend", 1usize << 20)?;
+            let mut cluster = Cluster::new(size, 0, |c| {
+                c.pre_vote = pre_vote;
+                c.check_quorum = check_quorum;
+                c.max_append_bytes = max_append;
+            });
+            cluster.narrate_sends = true;
+            self.cluster = Some(cluster);
+            return Ok(String::new());
+        }
+        let cluster = self.cluster.as_mut().ok_or("no cluster: start with `cluster`")?;
+        let mut out = String::new();
+        match command.name.as_str() {
+            "campaign" => cluster.campaign(one_node(command)?)?,
+            "tick" => {
+                let mut ids = nodes(command)?;
+                if ids.is_empty() {
+                    ids = cluster.ids();
+                }
+                for _ in 0..key(command, "count", 1u64)? {
+                    for &id in &ids {
+                        cluster.tick(id)?;
+                    }
+                }
+            }
+            "deliver" => {
+                cluster.deliver_in_order(&nodes(command)?)?;
+            }
+            "stabilize" => {
+                let mut rounds = 0;
+                while cluster.deliver_in_order(&[])? > 0 {
+                    rounds += 1;
+                    if rounds > 100 {
+                        return Err("stabilize: still messages after 100 rounds".into());
+                    }
+                }
+            }
+            "propose" => {
+                let [Argument::Positional(id), Argument::Positional(cmd)] = command.args.as_slice() else {
+                    return Err("propose N COMMAND".into());
+                };
+                cluster.propose(id.parse()?, cmd)?;
+            }
+            "read" => {
+                cluster.read(one_node(command)?)?;
+            }
+            "transfer" => {
+                let target = key(command, "to", 0u64)?;
+                cluster.transfer(one_node(command)?, target)?;
+            }
+            "partition" => {
+                let group = nodes(command)?;
+                cluster.blocked.clear();
+                for a in cluster.ids() {
+                    for b in cluster.ids() {
+                        if group.contains(&a) != group.contains(&b) {
+                            cluster.blocked.insert((a, b));
+                        }
+                    }
+                }
+                let rest: Vec<NodeId> = cluster.ids().into_iter().filter(|id| !group.contains(id)).collect();
+                cluster.say(format!("partition {group:?} | {rest:?}"));
+            }
+            "heal" => {
+                cluster.blocked.clear();
+                cluster.say("healed".into());
+            }
+            "crash" => cluster.crash(one_node(command)?),
+            "restart" => cluster.restart(one_node(command)?)?,
+            "status" => {
+                for id in cluster.ids() {
+                    match cluster.raft(id) {
+                        None => writeln!(out, "n{id}: down")?,
+                        Some(raft) => {
+                            let s = raft.status();
+                            let leader = s.leader.map_or("none".into(), |l| format!("n{l}"));
+                            let vote = s.voted_for.map_or("none".into(), |v| format!("n{v}"));
+                            writeln!(
+                                out,
+                                "n{id}: {} term={} leader={leader} vote={vote} last={} commit={} applied={}",
+                                s.role, s.term, s.last_index, s.commit_index, s.applied_index
+                            )?;
+                        }
+                    }
+                }
+            }
+            "log" => {
+                let mut ids = nodes(command)?;
+                if ids.is_empty() {
+                    ids = cluster.ids();
+                }
+                for id in ids {
+                    let Some(raft) = cluster.raft(id) else {
+                        writeln!(out, "n{id}: down")?;
+                        continue;
+                    };
+                    let log = raft.log();
+                    let entries: Vec<String> =
+                        (1..=log.last_index()).filter_map(|i| log.entry(i)).map(fmt_entry).collect();
+                    writeln!(out, "n{id}: [{}]", entries.join(", "))?;
+                }
+            }
+            other => return Err(format!("unknown command {other}").into()),
+        }
+        cluster.check_logs()?;
+        Ok(cluster.take_events() + &out)
+    }
+}
+
+#[test]
+fn scenarios() -> std::io::Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no scenarios in {}", dir.display());
+    for path in paths {
+        goldenscript::run(&mut Runner { cluster: None }, &path)?;
+    }
+    Ok(())
+}
