@@ -119,9 +119,8 @@ impl Node {
     /// (§4.2.3), and its proposed term is ahead of ours (or equal, with our vote free).
     pub(crate) fn handle_pre_vote(&mut self, from: NodeId, term: Term, last_index: Index, last_term: Term) {
         let vote_free = self.voted_for.is_none_or(|v| v == from) && self.leader.is_none();
-        let granted = (term > self.term || vote_free)
-            && !self.in_leader_lease()
-            && self.log.is_up_to_date(last_index, last_term);
+        let granted =
+            (term > self.term || vote_free) && !self.in_leader_lease() && self.log.is_up_to_date(last_index, last_term);
         // A grant echoes the candidate's term; a refusal carries ours, so a candidate that
         // is behind catches up.
         let reply_term = if granted { term } else { self.term };
@@ -147,8 +146,7 @@ impl Node {
     /// Figure 2, RequestVote receiver: grant if we have not voted for someone else this
     /// term and the candidate's log is at least as up-to-date as ours (§5.4.1).
     pub(crate) fn handle_vote(&mut self, from: NodeId, last_index: Index, last_term: Term) {
-        let granted =
-            self.voted_for.is_none_or(|v| v == from) && self.log.is_up_to_date(last_index, last_term);
+        let granted = self.voted_for.is_none_or(|v| v == from) && self.log.is_up_to_date(last_index, last_term);
         if granted {
             self.voted_for = Some(from);
             // §5.2: granting a vote resets the election timer.

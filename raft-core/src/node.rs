@@ -66,9 +66,13 @@ pub struct Status {
 pub(crate) enum RoleState {
     Follower,
     /// Granted pre-votes and rejections by voter, this node included (§9.6).
-    PreCandidate { votes: BTreeMap<NodeId, bool> },
+    PreCandidate {
+        votes: BTreeMap<NodeId, bool>,
+    },
     /// Granted votes and rejections by voter, this node included (§5.2).
-    Candidate { votes: BTreeMap<NodeId, bool> },
+    Candidate {
+        votes: BTreeMap<NodeId, bool>,
+    },
     Leader(Box<LeaderState>),
 }
 

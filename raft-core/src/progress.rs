@@ -67,8 +67,8 @@ impl Progress {
     /// The follower accepted entries up to `match_index`. Returns whether that is news;
     /// a duplicated or reordered acknowledgement changes nothing.
     pub fn accepted(&mut self, match_index: Index) -> bool {
-        let news = match_index > self.match_index
-            || (match_index == self.match_index && self.state == ProgressState::Probe);
+        let news =
+            match_index > self.match_index || (match_index == self.match_index && self.state == ProgressState::Probe);
         if !news {
             return false;
         }

@@ -110,9 +110,7 @@ impl Checker {
                 }
                 for k in 1..=index {
                     if log_a.entry(k) != log_b.entry(k) {
-                        return Err(format!(
-                            "Log Matching: nodes {a} and {b} share entry {index} but differ at {k}"
-                        ));
+                        return Err(format!("Log Matching: nodes {a} and {b} share entry {index} but differ at {k}"));
                     }
                 }
             }

@@ -109,7 +109,10 @@ impl Cluster {
             tune(&mut config);
             config.seed = config.seed.wrapping_add(seed.wrapping_mul(1000));
             let raft = Node::new(config.clone(), Restored::default()).expect("valid test config");
-            nodes.insert(id, SimNode { config, raft: Some(raft), disk: Disk::default(), writing: VecDeque::new(), restarts: 0 });
+            nodes.insert(
+                id,
+                SimNode { config, raft: Some(raft), disk: Disk::default(), writing: VecDeque::new(), restarts: 0 },
+            );
         }
         Cluster {
             nodes,
@@ -359,7 +362,8 @@ impl Cluster {
         for msg in &ready.messages {
             self.send(msg.clone());
         }
-        let delay = if self.rng.chance(self.faults.slow_disk) { self.rng.range(1, self.faults.max_disk_delay + 1) } else { 0 };
+        let delay =
+            if self.rng.chance(self.faults.slow_disk) { self.rng.range(1, self.faults.max_disk_delay + 1) } else { 0 };
         let node = self.nodes.get_mut(&id).ok_or("unknown node")?;
         node.writing.push_back((self.now + delay, ready));
         Ok(())

@@ -105,18 +105,22 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "simulation seed {} failed: {}", self.params.seed, self.violation)?;
         writeln!(f, "parameters: {:?}", self.params)?;
-        writeln!(f, "replay: LIGHTRAFT_SEED={} cargo test --release -p lightraft-tests --test simulation", self.params.seed)?;
+        writeln!(
+            f,
+            "replay: LIGHTRAFT_SEED={} cargo test --release -p lightraft-tests --test simulation",
+            self.params.seed
+        )?;
         writeln!(f, "last events before the failure:")?;
         f.write_str(&self.trace)
     }
 }
 
 /// Runs one simulation.
-pub fn run(params: &Params) -> Result<Report, Failure> {
+pub fn run(params: &Params) -> Result<Report, Box<Failure>> {
     let mut sim = Sim::new(params);
     match sim.run() {
         Ok(report) => Ok(report),
-        Err(violation) => Err(Failure { params: params.clone(), violation, trace: sim.cluster.trace() }),
+        Err(violation) => Err(Box::new(Failure { params: params.clone(), violation, trace: sim.cluster.trace() })),
     }
 }
 

@@ -1,0 +1,133 @@
+//! The contract between raft-core and its driver, tested through the public API only.
+
+use raft_core::{
+    Config, Entry, HardState, Message, MessageKind, Node, Payload, ProposalOutcome, ProposeError, ReadError, Ready,
+    Restored, Role,
+};
+
+fn single_node() -> Node {
+    Node::new(Config::new(1, vec![1]), Restored::default()).expect("valid config")
+}
+
+/// Carries out a ready the way a driver must, returning it for inspection.
+fn drive(node: &mut Node) -> Ready {
+    let ready = node.ready();
+    node.advance(&ready);
+    ready
+}
+
+#[test]
+fn a_single_node_elects_itself_and_commits_only_after_its_write_is_durable() {
+    let mut node = single_node();
+    node.campaign();
+    let ready = drive(&mut node);
+    assert_eq!(node.role(), Role::Leader);
+    assert_eq!(ready.hard_state, Some(HardState { term: 1, voted_for: Some(1) }));
+    assert_eq!(ready.entries.len(), 1, "the leader's no-op");
+    assert!(ready.committed.is_empty(), "nothing is committed before it is durable");
+
+    let (term, index) = node.propose(b"x".to_vec()).expect("leader accepts");
+    let ready = node.ready();
+    assert_eq!(ready.entries.last().map(|e| e.index), Some(index));
+    // Not yet advanced: the entry is not durable, so not committed.
+    assert!(!ready.committed.iter().any(|e| e.index == index));
+    node.advance(&ready);
+    let ready = drive(&mut node);
+    assert_eq!(ready.committed.last().map(|e| e.index), Some(index));
+    assert_eq!(ready.proposals, vec![ProposalOutcome::Committed { term, index }]);
+}
+
+#[test]
+fn followers_refuse_proposals_and_name_the_leader_they_know() {
+    let mut node = Node::new(Config::new(2, vec![1, 2, 3]), Restored::default()).expect("valid config");
+    assert_eq!(node.propose(b"x".to_vec()), Err(ProposeError::NotLeader { leader: None }));
+    node.step(Message { from: 1, to: 2, term: 1, kind: MessageKind::Heartbeat { commit: 0, read_round: 0 } });
+    assert_eq!(node.propose(b"x".to_vec()), Err(ProposeError::NotLeader { leader: Some(1) }));
+    node.read(7);
+    let ready = drive(&mut node);
+    assert!(ready.persisted_messages.iter().any(|m| m.kind == MessageKind::ReadIndex { id: 7 }));
+}
+
+#[test]
+fn reads_without_a_leader_fail_at_once() {
+    let mut node = Node::new(Config::new(2, vec![1, 2, 3]), Restored::default()).expect("valid config");
+    node.read(1);
+    let ready = drive(&mut node);
+    assert_eq!(ready.reads.len(), 1);
+    assert_eq!(ready.reads[0].result, Err(ReadError::NoLeader));
+}
+
+#[test]
+fn messages_from_unknown_nodes_or_for_others_change_nothing() {
+    let mut node = Node::new(Config::new(2, vec![1, 2, 3]), Restored::default()).expect("valid config");
+    let before = node.status();
+    for (from, to) in [(9, 2), (1, 3), (2, 2)] {
+        node.step(Message { from, to, term: 99, kind: MessageKind::TimeoutNow });
+        node.step(Message {
+            from,
+            to,
+            term: 99,
+            kind: MessageKind::Vote { last_index: 100, last_term: 99, transfer: true },
+        });
+    }
+    assert_eq!(node.status(), before);
+    assert!(!node.has_ready());
+}
+
+#[test]
+fn messages_round_trip_through_json() {
+    let msg = Message {
+        from: 1,
+        to: 2,
+        term: 3,
+        kind: MessageKind::Append {
+            prev_index: 4,
+            prev_term: 2,
+            entries: vec![
+                Entry { index: 5, term: 3, payload: Payload::Noop },
+                Entry { index: 6, term: 3, payload: Payload::Command(b"insert".to_vec()) },
+            ],
+            commit: 4,
+        },
+    };
+    let json = serde_json::to_string(&msg).expect("serializes");
+    let back: Message = serde_json::from_str(&json).expect("deserializes");
+    assert_eq!(back, msg);
+}
+
+#[test]
+fn restarting_from_impossible_durable_state_is_refused() {
+    let entries = vec![Entry { index: 1, term: 1, payload: Payload::Noop }];
+    let bad_applied = Restored { hard_state: HardState::default(), entries: entries.clone(), applied: 2 };
+    assert!(Node::new(Config::new(1, vec![1]), bad_applied).is_err());
+    let gap = Restored { entries: vec![Entry { index: 2, term: 1, payload: Payload::Noop }], ..Restored::default() };
+    assert!(Node::new(Config::new(1, vec![1]), gap).is_err());
+    let good = Restored { hard_state: HardState { term: 1, voted_for: Some(1) }, entries, applied: 1 };
+    let node = Node::new(Config::new(1, vec![1]), good).expect("consistent state restarts");
+    assert_eq!(node.status().commit_index, 1, "applied entries are known committed");
+}
+
+#[test]
+fn invalid_configs_are_refused_with_a_reason() {
+    let mut config = Config::new(4, vec![1, 2, 3]);
+    assert!(Node::new(config.clone(), Restored::default()).unwrap_err().contains("not among the voters"));
+    config.voters = vec![1, 2, 4, 4];
+    assert!(Node::new(config.clone(), Restored::default()).unwrap_err().contains("duplicate"));
+    config.voters = vec![4];
+    config.election_ticks = 2;
+    assert!(Node::new(config, Restored::default()).unwrap_err().contains("election_ticks"));
+}
+
+#[test]
+fn the_same_inputs_give_the_same_outputs() {
+    let run = || {
+        let mut node = Node::new(Config::new(1, vec![1, 2, 3]), Restored::default()).expect("valid config");
+        let mut out = Vec::new();
+        for _ in 0..50 {
+            node.tick();
+            out.push(format!("{:?}", drive(&mut node)));
+        }
+        out
+    };
+    assert_eq!(run(), run());
+}
