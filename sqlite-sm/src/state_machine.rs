@@ -312,11 +312,12 @@ fn run_line(conn: &Connection, sql: &str, writes_allowed: bool) -> rusqlite::Res
         }
         let columns: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
         if columns.is_empty() {
+            // changes() keeps its old value across statements that change nothing (DDL),
+            // so count it only if this statement changed something.
+            let before = conn.total_changes();
             stmt.raw_execute()?;
-            results.push(StatementResult::Changes {
-                rows_affected: conn.changes(),
-                last_insert_rowid: conn.last_insert_rowid(),
-            });
+            let rows_affected = if conn.total_changes() > before { conn.changes() } else { 0 };
+            results.push(StatementResult::Changes { rows_affected, last_insert_rowid: conn.last_insert_rowid() });
         } else {
             let mut rows = Vec::new();
             let mut cursor = stmt.raw_query();

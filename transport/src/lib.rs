@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 /// A node's index in the cluster configuration.
 pub type NodeId = u64;
@@ -136,15 +136,20 @@ where
     /// (sender, message).
     pub async fn start(config: TransportConfig, inbound: mpsc::Sender<(NodeId, T)>) -> io::Result<Transport<T>> {
         let listener = TcpListener::bind(config.listen).await?;
-        tokio::spawn(accept_loop(listener, config.clone(), inbound));
+        tokio::spawn(accept_loop(listener, config.clone(), inbound).in_current_span());
         let mut queues = BTreeMap::new();
         for (&peer, &addr) in &config.peers {
             let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
             queues.insert(peer, tx);
             let hello = Hello { cluster: config.cluster.clone(), from: config.me, to: peer };
-            tokio::spawn(dial_loop(peer, addr, hello, rx));
+            tokio::spawn(dial_loop(peer, addr, hello, rx).in_current_span());
         }
         Ok(Transport { queues })
+    }
+
+    /// The configured peers.
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.queues.keys().copied().collect()
     }
 
     /// Queues `msg` for `to` without waiting; drops it if the queue is full.
@@ -163,7 +168,7 @@ where
         match listener.accept().await {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_peer(stream, addr, config.clone(), inbound.clone()));
+                tokio::spawn(serve_peer(stream, addr, config.clone(), inbound.clone()).in_current_span());
             }
             Err(e) => {
                 // Usually running out of file descriptors: wait, do not spin.

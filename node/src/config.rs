@@ -1,0 +1,252 @@
+//! `lightraft.toml`: the original's keys, plus optional tuning with sensible defaults.
+//!
+//! ```toml
+//! [cluster]
+//! name = "lightraft"
+//!
+//! [[nodes]]                      # node 0; one block per node
+//! clientBindAddress = "127.0.0.1"
+//! clientBindPort = 6453
+//! rpcBindAddress = "127.0.0.1"
+//! rpcBindPort = 56453
+//!
+//! [driver]
+//! name = "sqlite"
+//! pathPrefix = "lighraft"        # node N's database: <dataDir>/<pathPrefix>-N.sqlite
+//! dataDir = "."                  # optional; Raft state: <dataDir>/<cluster name>-N.meta.sqlite
+//!
+//! [raft]                         # optional
+//! tickMs = 100                   # one Raft tick
+//! electionTicks = 10             # election timeout: 10 to 20 ticks
+//! heartbeatTicks = 2
+//!
+//! [client]                       # optional
+//! timeoutMs = 5000               # how long a request may wait for a leader and a commit
+//! maxLineBytes = 1048576         # longer lines are refused
+//! ```
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[cluster]`.
+    pub cluster: ClusterSection,
+    /// `[[nodes]]`, indexed from 0.
+    pub nodes: Vec<NodeSection>,
+    /// `[driver]`.
+    pub driver: DriverSection,
+    /// `[raft]`, optional.
+    #[serde(default)]
+    pub raft: RaftSection,
+    /// `[client]`, optional.
+    #[serde(default)]
+    pub client: ClientSection,
+}
+
+/// `[cluster]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Names the cluster; nodes of different clusters refuse each other.
+    pub name: String,
+}
+
+/// One `[[nodes]]` block.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeSection {
+    /// Where clients connect (`nc`).
+    pub client_bind_address: String,
+    /// The client port.
+    pub client_bind_port: u16,
+    /// Where other nodes connect.
+    pub rpc_bind_address: String,
+    /// The RPC port.
+    pub rpc_bind_port: u16,
+}
+
+/// `[driver]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DriverSection {
+    /// Must be "sqlite".
+    pub name: String,
+    /// Prefix of each node's database file.
+    pub path_prefix: String,
+    /// Directory for both database files; relative to the working directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".")
+}
+
+/// `[raft]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct RaftSection {
+    /// Milliseconds per Raft tick.
+    pub tick_ms: u64,
+    /// Minimum election timeout in ticks.
+    pub election_ticks: u64,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: u64,
+    /// PreVote (§9.6).
+    pub pre_vote: bool,
+    /// CheckQuorum (§6.2).
+    pub check_quorum: bool,
+}
+
+impl Default for RaftSection {
+    fn default() -> RaftSection {
+        RaftSection { tick_ms: 100, election_ticks: 10, heartbeat_ticks: 2, pre_vote: true, check_quorum: true }
+    }
+}
+
+/// `[client]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ClientSection {
+    /// How long a request may wait for a leader and for its outcome.
+    pub timeout_ms: u64,
+    /// The longest accepted input line, in bytes.
+    pub max_line_bytes: usize,
+}
+
+impl Default for ClientSection {
+    fn default() -> ClientSection {
+        ClientSection { timeout_ms: 5000, max_line_bytes: 1 << 20 }
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file. Errors are one sentence, naming the file.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| format!("config {} is malformed: {}", path.display(), e.message().trim()))?;
+        config.validate().map_err(|e| format!("config {}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.nodes.is_empty() {
+            return Err("no [[nodes]] are listed".into());
+        }
+        if self.cluster.name.is_empty() {
+            return Err("[cluster] name is empty".into());
+        }
+        if self.driver.name != "sqlite" {
+            return Err(format!("[driver] name {:?} is not supported (only \"sqlite\")", self.driver.name));
+        }
+        let r = &self.raft;
+        if r.tick_ms == 0 || r.heartbeat_ticks == 0 || r.election_ticks <= r.heartbeat_ticks {
+            return Err("[raft] needs tickMs > 0 and electionTicks > heartbeatTicks > 0".into());
+        }
+        if self.client.timeout_ms == 0 || self.client.max_line_bytes == 0 {
+            return Err("[client] timeoutMs and maxLineBytes must be positive".into());
+        }
+        for (i, _) in self.nodes.iter().enumerate() {
+            self.client_addr(i)?;
+            self.rpc_addr(i)?;
+        }
+        Ok(())
+    }
+
+    /// Node `index`'s client address.
+    pub fn client_addr(&self, index: usize) -> Result<SocketAddr, String> {
+        let n = self.node(index)?;
+        resolve(&n.client_bind_address, n.client_bind_port, index, "client")
+    }
+
+    /// Node `index`'s RPC address.
+    pub fn rpc_addr(&self, index: usize) -> Result<SocketAddr, String> {
+        let n = self.node(index)?;
+        resolve(&n.rpc_bind_address, n.rpc_bind_port, index, "rpc")
+    }
+
+    fn node(&self, index: usize) -> Result<&NodeSection, String> {
+        self.nodes.get(index).ok_or_else(|| {
+            format!(
+                "there is no node with index {index}: the config lists {} (0 to {})",
+                self.nodes.len(),
+                self.nodes.len() - 1
+            )
+        })
+    }
+
+    /// Node `index`'s state machine database.
+    pub fn sm_path(&self, index: usize) -> PathBuf {
+        self.driver.data_dir.join(format!("{}-{index}.sqlite", self.driver.path_prefix))
+    }
+
+    /// Node `index`'s Raft state database.
+    pub fn meta_path(&self, index: usize) -> PathBuf {
+        self.driver.data_dir.join(format!("{}-{index}.meta.sqlite", self.cluster.name))
+    }
+
+    /// One Raft tick.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.raft.tick_ms)
+    }
+
+    /// The client timeout.
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_millis(self.client.timeout_ms)
+    }
+}
+
+fn resolve(host: &str, port: u16, index: usize, what: &str) -> Result<SocketAddr, String> {
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| format!("node {index}'s {what} address {host}:{port} is not a valid address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIGINAL: &str = include_str!("../../lightraft.toml");
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        Config::load(&path)
+    }
+
+    #[test]
+    fn the_shipped_config_is_the_originals_three_nodes_with_defaults() {
+        let c = parse(ORIGINAL).expect("parses");
+        assert_eq!(c.nodes.len(), 3);
+        assert_eq!(c.client_addr(0).expect("addr").port(), 6453);
+        assert_eq!(c.rpc_addr(2).expect("addr").port(), 56455);
+        assert_eq!(c.sm_path(1), PathBuf::from("./lighraft-1.sqlite"));
+        assert_eq!(c.meta_path(1), PathBuf::from("./lightraft-1.meta.sqlite"));
+        assert_eq!(c.raft.tick_ms, 100);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(parse("[cluster]\nname=\"x\"").unwrap_err().contains("malformed"));
+        assert!(parse(&ORIGINAL.replace("clientBindPort = 6453", "clientBindPort = \"x\""))
+            .unwrap_err()
+            .contains("malformed"));
+        assert!(parse(&ORIGINAL.replace("name = \"sqlite\"", "name = \"mysql\""))
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(parse(&format!("{ORIGINAL}\n[raft]\ntickMs = 0\n")).unwrap_err().contains("tickMs"));
+        assert!(parse(&format!("{ORIGINAL}\n[raft]\nbogus = 1\n")).unwrap_err().contains("malformed"));
+        let c = parse(ORIGINAL).expect("parses");
+        assert!(c.client_addr(3).unwrap_err().contains("no node with index 3"));
+    }
+}

@@ -1,0 +1,18 @@
+//! The `lightraft` node: raft-core, the SQLite state machine and the TCP transport,
+//! composed with tokio. `main.rs` is only the command line.
+//!
+//! - [`config`]: `lightraft.toml`.
+//! - [`server`]: one node's startup and shutdown.
+//! - [`core`]: the thread that drives raft-core and answers every client request.
+//! - [`session`] and [`format`]: what `nc` users see.
+//! - [`up`]: a whole local cluster in one command; [`bench`]: the benchmark.
+
+pub mod bench;
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod format;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod up;

@@ -1,0 +1,122 @@
+//! What nodes and client sessions say to the Raft core: requests, replies, and the
+//! messages peers exchange (Raft's own, plus forwarded client writes).
+
+use serde::{Deserialize, Serialize};
+use sqlite_sm::StatementResult;
+use tokio::sync::oneshot;
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read began (ReadIndex, §6.4).
+    Linearizable,
+    /// This node's copy, at once; possibly stale.
+    Local,
+}
+
+/// The error codes clients see, as documented for `.mode json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The SQL was rejected; nothing was applied.
+    SqlError,
+    /// No leader, or the request was not proposed; nothing was applied.
+    Unavailable,
+    /// Proposed, but the outcome could not be learned: it may or may not have been applied.
+    OutcomeUnknown,
+    /// Malformed input or an unknown command.
+    BadRequest,
+}
+
+impl ErrorCode {
+    /// The code's name in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::SqlError => "sql_error",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::OutcomeUnknown => "outcome_unknown",
+            ErrorCode::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// The answer to one client line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// One result per statement of the line.
+    Results(Vec<StatementResult>),
+    /// The line failed.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// A sentence for the user.
+        message: String,
+    },
+}
+
+impl Reply {
+    /// An error reply.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::Error { code, message: message.into() }
+    }
+}
+
+/// A node's state, for `.status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatusReport {
+    /// This node.
+    pub node: u64,
+    /// follower, pre-candidate, candidate or leader.
+    pub role: String,
+    /// The current term.
+    pub term: u64,
+    /// The known leader.
+    pub leader: Option<u64>,
+    /// The commit index.
+    pub commit_index: u64,
+    /// The state machine's applied index.
+    pub applied_index: u64,
+}
+
+/// What a client session asks of the Raft core.
+#[derive(Debug)]
+pub enum Request {
+    /// Run one line of SQL.
+    Sql {
+        /// The line.
+        sql: String,
+        /// For reads: how fresh.
+        consistency: Consistency,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Reply>,
+    },
+    /// Report the node's status.
+    Status(oneshot::Sender<StatusReport>),
+}
+
+/// A message between nodes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// A raft-core message.
+    Raft(raft_core::Message),
+    /// A follower forwards a client's write to the leader (id chosen by the follower).
+    Forward {
+        /// The follower's id for the request.
+        id: u64,
+        /// The client's line.
+        sql: String,
+    },
+    /// The leader's answer to a forwarded write.
+    ForwardReply {
+        /// The follower's id for the request.
+        id: u64,
+        /// The outcome, as if the client had asked the leader.
+        reply: Reply,
+    },
+    /// The receiver is not (or no longer) the leader and did not propose the write;
+    /// the follower may try again elsewhere.
+    ForwardRefused {
+        /// The follower's id for the request.
+        id: u64,
+    },
+}
