@@ -1,11 +1,11 @@
 //! The `lightraft` node: raft-core, the SQLite state machine and the TCP transport,
 //! composed with tokio. `main.rs` is only the command line.
 //!
-//! - [`config`]: `lightraft.toml`.
-//! - [`server`]: one node's startup and shutdown.
-//! - [`core`]: the thread that drives raft-core and answers every client request.
-//! - [`session`] and [`format`]: what `nc` users see.
-//! - [`up`]: a whole local cluster in one command; [`bench`]: the benchmark.
+//! - [`config`] holds `lightraft.toml`.
+//! - [`server`] starts and stops one node.
+//! - [`core`] is the thread that drives raft-core and answers every client request.
+//! - [`session`] and [`format`] are what `nc` users see.
+//! - [`up`] runs a whole local cluster in one command; [`bench`] is the benchmark.
 
 pub mod bench;
 pub mod client;

@@ -310,7 +310,7 @@ fn run_line(conn: &Connection, sql: &str, writes_allowed: bool) -> rusqlite::Res
         if !writes_allowed && !stmt.readonly() {
             return Err(rusqlite::Error::InvalidQuery);
         }
-        let columns: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+        let columns: Vec<String> = stmt.column_names().map(String::from).collect();
         if columns.is_empty() {
             // changes() keeps its old value across statements that change nothing (DDL),
             // so count it only if this statement changed something.

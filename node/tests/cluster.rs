@@ -1,0 +1,412 @@
+//! End-to-end tests: real `lightraft` processes on 127.0.0.1, ports picked free at run
+//! time, each in its own temporary directory. Every process is killed when the test ends,
+//! also when it fails (the harness kills them on drop).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lightraft::client::Client;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lightraft");
+
+/// A running cluster. Dropping it kills every node.
+struct Cluster {
+    dir: tempfile::TempDir,
+    nodes: Vec<Option<Child>>,
+    client_addrs: Vec<SocketAddr>,
+    rpc_addrs: Vec<SocketAddr>,
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("its address").port()
+}
+
+impl Cluster {
+    /// Writes a config for `size` nodes with fast timeouts and starts them all.
+    fn start(size: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = String::from("[cluster]\nname = \"test\"\n\n");
+        let mut client_addrs = Vec::new();
+        let mut rpc_addrs = Vec::new();
+        for _ in 0..size {
+            let (client, rpc) = (free_port(), free_port());
+            config += &format!(
+                "[[nodes]]\nclientBindAddress = \"127.0.0.1\"\nclientBindPort = {client}\nrpcBindAddress = \"127.0.0.1\"\nrpcBindPort = {rpc}\n\n"
+            );
+            client_addrs.push(SocketAddr::from(([127, 0, 0, 1], client)));
+            rpc_addrs.push(SocketAddr::from(([127, 0, 0, 1], rpc)));
+        }
+        config += "[driver]\nname = \"sqlite\"\npathPrefix = \"db\"\n\n[raft]\ntickMs = 20\n\n[client]\ntimeoutMs = 4000\nmaxLineBytes = 65536\n";
+        std::fs::write(dir.path().join("lightraft.toml"), config).expect("config written");
+        let mut cluster = Cluster { dir, nodes: (0..size).map(|_| None).collect(), client_addrs, rpc_addrs };
+        for i in 0..size {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{i}.log")))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg(i.to_string())
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("node starts");
+        self.nodes[i] = Some(child);
+    }
+
+    /// kill -9.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn db_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("db-{i}.sqlite"))
+    }
+
+    async fn client(&self, i: usize) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Client::connect(self.client_addrs[i]).await {
+                Ok(client) => return client,
+                Err(e) if Instant::now() > deadline => panic!("node {i} does not accept clients: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Waits until the running nodes agree on a leader; returns it.
+    async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let mut seen = Vec::new();
+            for i in (0..self.nodes.len()).filter(|&i| self.nodes[i].is_some()) {
+                let Ok(mut c) = Client::connect(self.client_addrs[i]).await else { continue };
+                if let Ok(status) = c.request(".status").await {
+                    seen.push(status["leader"].as_u64());
+                }
+            }
+            let running = self.nodes.iter().filter(|n| n.is_some()).count();
+            if seen.len() == running && seen.iter().all(|l| l.is_some() && *l == seen[0]) {
+                if let Some(&Some(leader)) = seen.first() {
+                    // A node that was just killed may still be believed in for a moment.
+                    if self.nodes.get(leader as usize).is_some_and(|n| n.is_some()) {
+                        return leader as usize;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no agreed leader within 20 s; logs in {}", self.dir.path().display());
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        if std::thread::panicking() {
+            // Leave the logs for whoever reads the failure.
+            for i in 0..self.nodes.len() {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("node-{i}.log"))).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                eprintln!("--- node {i} log (last lines) ---");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// Retries `request` until it succeeds (no "error" key) or 10 s pass.
+async fn until_ok(client: &mut Client, line: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = client.request(line).await.expect("session stays open");
+        if reply.get("error").is_none() {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "{line} kept failing: {reply}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn count(reply: &Value) -> i64 {
+    reply["rows"][0][0].as_i64().unwrap_or_else(|| panic!("expected a count, got {reply}"))
+}
+
+/// Every table's rows, in order, as read from a node's database file. The applied-index
+/// bookkeeping is left out: a node may apply a later no-op just before it is stopped.
+fn dump(path: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).expect("database opens");
+    let mut out = Vec::new();
+    let mut tables = conn
+        .prepare(
+            "SELECT name, sql FROM sqlite_schema WHERE type IN ('table', 'trigger') AND name NOT LIKE 'sqlite_%' \
+             AND name <> '_lightraft_applied' ORDER BY name",
+        )
+        .expect("schema query");
+    let tables: Vec<(String, String)> =
+        tables.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("schema").map(|r| r.expect("row")).collect();
+    for (name, sql) in tables {
+        let is_trigger = sql.starts_with("CREATE TRIGGER");
+        out.push(sql);
+        if is_trigger {
+            continue;
+        }
+        let mut rows = conn.prepare(&format!("SELECT * FROM \"{name}\" ORDER BY rowid")).expect("select");
+        let columns = rows.column_count();
+        let dumped: Vec<String> = rows
+            .query_map([], |r| {
+                let values: Vec<String> =
+                    (0..columns).map(|i| format!("{:?}", r.get_ref(i).map(|v| v.data_type()).ok())).collect();
+                let raw: Vec<String> = (0..columns).map(|i| format!("{:?}", r.get_ref(i).ok())).collect();
+                Ok(format!("{name}: {} {}", values.join(","), raw.join(",")))
+            })
+            .expect("rows")
+            .map(|r| r.expect("row"))
+            .collect();
+        out.extend(dumped);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_every_node_are_seen_by_linearizable_reads_on_every_node() {
+    let cluster = Cluster::start(3);
+    cluster.leader().await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(cluster.client(i).await);
+    }
+    until_ok(&mut clients[0], "CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER)").await;
+    for round in 0..5 {
+        for (i, client) in clients.iter_mut().enumerate() {
+            let reply = until_ok(client, &format!("INSERT INTO kv VALUES ('n{i}-{round}', {round})")).await;
+            assert_eq!(reply["rows_affected"], json!(1), "{reply}");
+            // A linearizable read on every node sees the write just acknowledged.
+            for j in 0..3 {
+                let seen = until_ok(&mut cluster.client(j).await, "SELECT count(*) FROM kv").await;
+                assert_eq!(count(&seen), (round * 3 + i + 1) as i64, "node {j} after write {i}/{round}");
+            }
+        }
+    }
+    // Local reads are possibly stale, but converge.
+    for (j, client) in clients.iter_mut().enumerate() {
+        assert_eq!(until_ok(client, ".consistency local").await, json!({"consistency": "local"}));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while count(&until_ok(client, "SELECT count(*) FROM kv").await) != 15 {
+            assert!(Instant::now() < deadline, "node {j}'s local copy never converged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A line of several statements is one transaction: all or nothing.
+    let failed =
+        clients[1].request("INSERT INTO kv VALUES ('x', 1); INSERT INTO kv VALUES ('n0-0', 2)").await.expect("answer");
+    assert_eq!(failed["code"], json!("sql_error"), "{failed}");
+    let x = until_ok(&mut clients[2], "SELECT count(*) FROM kv WHERE k = 'x'").await;
+    assert_eq!(count(&x), 0, "the first statement of the failed line was rolled back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_of_the_leader_writes_continue_and_the_node_catches_up_on_restart() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    let mut c = cluster.client((leader + 1) % 3).await;
+    until_ok(&mut c, "CREATE TABLE t (x)").await;
+    for i in 0..10 {
+        until_ok(&mut c, &format!("INSERT INTO t VALUES ({i})")).await;
+    }
+    cluster.kill(leader);
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    let survivor = (leader + 2) % 3;
+    let mut s = cluster.client(survivor).await;
+    for i in 10..20 {
+        until_ok(&mut s, &format!("INSERT INTO t VALUES ({i})")).await;
+    }
+    cluster.start_node(leader);
+    let mut back = cluster.client(leader).await;
+    until_ok(&mut back, ".consistency local").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&until_ok(&mut back, "SELECT count(*) FROM t").await) != 20 {
+        assert!(Instant::now() < deadline, "the restarted node never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_every_node_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3);
+    cluster.leader().await;
+    let mut acknowledged = 0;
+    {
+        let mut c = cluster.client(0).await;
+        until_ok(&mut c, "CREATE TABLE t (x)").await;
+        for i in 0..30 {
+            let reply = c.request(&format!("INSERT INTO t VALUES ({i})")).await.expect("answer");
+            if reply.get("error").is_none() {
+                acknowledged += 1;
+            }
+        }
+    }
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    for i in 0..3 {
+        cluster.start_node(i);
+    }
+    cluster.leader().await;
+    let mut c = cluster.client(1).await;
+    let seen = count(&until_ok(&mut c, "SELECT count(*) FROM t").await);
+    assert_eq!(seen, acknowledged, "every acknowledged write survives, and nothing else appears");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_and_now_leave_every_database_identical() {
+    let mut cluster = Cluster::start(3);
+    cluster.leader().await;
+    let mut c = cluster.client(2).await;
+    until_ok(
+        &mut c,
+        "CREATE TABLE r (id INTEGER PRIMARY KEY, a, b, c, at DEFAULT CURRENT_TIMESTAMP, d DEFAULT (random())); \
+         CREATE TABLE audit (at, r); \
+         CREATE TRIGGER tr AFTER INSERT ON r BEGIN INSERT INTO audit VALUES (datetime('now'), randomblob(4)); END",
+    )
+    .await;
+    for _ in 0..5 {
+        until_ok(&mut c, "INSERT INTO r (a, b, c) VALUES (random(), randomblob(8), datetime('now', 'localtime'))")
+            .await;
+    }
+    // Wait until every node applied everything, then stop them and compare the files.
+    // The leader's commit index covers every acknowledged write; followers may lag.
+    let mut target = 0;
+    for i in 0..3 {
+        let status = until_ok(&mut cluster.client(i).await, ".status").await;
+        target = target.max(status["commit_index"].as_u64().expect("commit index"));
+    }
+    for i in 0..3 {
+        let mut n = cluster.client(i).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while until_ok(&mut n, ".status").await["applied_index"].as_u64().unwrap_or(0) < target {
+            assert!(Instant::now() < deadline, "node {i} never applied up to {target}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    let dumps: Vec<Vec<String>> = (0..3).map(|i| dump(&cluster.db_path(i))).collect();
+    assert!(dumps[0].len() > 10, "the dump holds the rows: {:?}", dumps[0]);
+    assert_eq!(dumps[0], dumps[1]);
+    assert_eq!(dumps[0], dumps[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_long_lines_and_strangers_get_clear_errors_and_the_cluster_keeps_serving() {
+    let cluster = Cluster::start(3);
+    cluster.leader().await;
+    let mut c = cluster.client(0).await;
+    until_ok(&mut c, "CREATE TABLE t (x)").await;
+
+    // Binary garbage and invalid UTF-8 on the client port: an error each, session lives.
+    let reply = c.send_raw(&[0xff, 0xfe, 0x00, 0x80]).await.expect("answer");
+    assert_eq!(reply["code"], json!("bad_request"), "{reply}");
+    let reply = c.send_raw(b"\x01\x02\x03 DROP TABLE t \x04").await.expect("answer");
+    assert_eq!(reply["code"], json!("sql_error"), "{reply}");
+    // An over-long line (the test config allows 64 KiB).
+    let long = format!("SELECT '{}'", "x".repeat(100_000));
+    let reply = c.request(&long).await.expect("answer");
+    assert_eq!(reply["code"], json!("bad_request"), "{reply}");
+    assert!(reply["error"].as_str().unwrap_or_default().contains("longer than 65536"), "{reply}");
+    let reply = c.request(".nonsense").await.expect("answer");
+    assert_eq!(reply["code"], json!("bad_request"));
+    until_ok(&mut c, "INSERT INTO t VALUES (1)").await;
+
+    // Garbage on the RPC port, an oversized frame, and a handshake from another cluster:
+    // each connection is closed.
+    for i in 0..3 {
+        let mut junk = TcpStream::connect(cluster.rpc_addrs[i]).await.expect("connect");
+        junk.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        let mut huge = TcpStream::connect(cluster.rpc_addrs[i]).await.expect("connect");
+        huge.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
+        let mut stranger = TcpStream::connect(cluster.rpc_addrs[i]).await.expect("connect");
+        let hello = br#"{"cluster":"someone-else","from":1,"to":0}"#;
+        stranger.write_all(&(hello.len() as u32).to_be_bytes()).await.expect("write");
+        stranger.write_all(hello).await.expect("write");
+        for mut conn in [junk, huge, stranger] {
+            let mut byte = [0u8; 1];
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), conn.read(&mut byte)).await.expect("closed in time");
+            assert!(matches!(read, Ok(0) | Err(_)), "node {i} left a bad peer connection open");
+        }
+    }
+    // The cluster still serves, on every node.
+    for i in 0..3 {
+        let mut n = cluster.client(i).await;
+        until_ok(&mut n, "INSERT INTO t VALUES (2)").await;
+    }
+    let total = count(&until_ok(&mut c, "SELECT count(*) FROM t").await);
+    assert_eq!(total, 4);
+}
+
+#[test]
+fn bad_invocations_fail_with_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).current_dir(dir.path()).output().expect("runs");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).trim().to_string())
+    };
+    let (ok, err) = run(&["0"]);
+    assert!(!ok && err.contains("cannot read config") && err.lines().count() == 1, "{err}");
+    std::fs::write(dir.path().join("lightraft.toml"), "[cluster\nname=").expect("write");
+    let (ok, err) = run(&["0"]);
+    assert!(!ok && err.contains("malformed"), "{err}");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../lightraft.toml"), dir.path().join("lightraft.toml"))
+        .expect("copy");
+    let (ok, err) = run(&["7"]);
+    assert!(!ok && err.contains("no node with index 7"), "{err}");
+    let (ok, err) = run(&["abc"]);
+    assert!(!ok && err.contains("not a node index"), "{err}");
+    let (ok, out) = {
+        let out = Command::new(BIN).arg("--help").output().expect("runs");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    assert!(ok && out.contains("up") && out.contains("bench"), "{out}");
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let config = format!(
+        "[cluster]\nname = \"c\"\n[[nodes]]\nclientBindAddress = \"127.0.0.1\"\nclientBindPort = {port}\nrpcBindAddress = \"127.0.0.1\"\nrpcBindPort = {}\n[driver]\nname = \"sqlite\"\npathPrefix = \"db\"\n",
+        free_port()
+    );
+    std::fs::write(dir.path().join("lightraft.toml"), config).expect("write");
+    let out = Command::new(BIN).arg("0").current_dir(dir.path()).output().expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("cannot listen for clients") && last.contains(&port.to_string()), "{err}");
+}
