@@ -103,6 +103,11 @@ impl Guard {
             AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
                 self.refuse("ATTACH and DETACH are not supported: other database files are not replicated")
             }
+            // A PRAGMA that sets something changes this connection only, and a restart
+            // forgets it: replicas would drift apart. Introspection with an argument is fine.
+            AuthAction::Pragma { pragma_name, pragma_value: Some(_) } if !is_introspection(pragma_name) => {
+                self.refuse(&format!("PRAGMA {pragma_name} with a value is not supported: settings are not replicated"))
+            }
             AuthAction::Function { function_name } => {
                 let name = function_name.to_ascii_lowercase();
                 if name == "load_extension" || name == "total_changes" || name == "sqlite_offset" {
@@ -276,6 +281,23 @@ fn error_message(guard: &Guard, e: &rusqlite::Error) -> String {
         rusqlite::Error::InvalidQuery => "a read-only line changed the database".to_string(),
         other => other.to_string(),
     })
+}
+
+/// PRAGMAs whose argument names something to look at rather than a value to set.
+fn is_introspection(pragma: &str) -> bool {
+    const LOOKS: [&str; 10] = [
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_info",
+        "index_xinfo",
+        "index_list",
+        "foreign_key_list",
+        "foreign_key_check",
+        "integrity_check",
+        "quick_check",
+    ];
+    LOOKS.iter().any(|p| p.eq_ignore_ascii_case(pragma))
 }
 
 fn storage(e: rusqlite::Error) -> StorageError {

@@ -65,6 +65,8 @@ fn what_cannot_be_replicated_is_refused_with_a_reason() {
         ("SELECT load_extension('x')", "load_extension"),
         ("SELECT total_changes()", "total_changes"),
         ("DELETE FROM _lightraft_applied", "belongs to lightraft"),
+        ("PRAGMA foreign_keys = ON", "settings are not replicated"),
+        ("PRAGMA user_version = 3", "settings are not replicated"),
     ];
     for (sql, reason) in refused {
         let err = sm.classify(sql).expect_err(sql);

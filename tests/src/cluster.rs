@@ -332,7 +332,16 @@ impl Cluster {
 
     /// Runs node `id`'s driver loop until it has nothing more to do right now.
     pub fn process(&mut self, id: NodeId) -> Result<(), Violation> {
+        // A node that keeps producing output without any new input is stuck in a loop.
+        let mut rounds = 0;
         loop {
+            rounds += 1;
+            if rounds > 10_000 {
+                return Err(format!("Progress: node {id} produced 10000 readies in a row without new input"));
+            }
+            if self.network.len() > 200_000 {
+                return Err("Progress: over 200000 messages in flight; the nodes are flooding the network".into());
+            }
             self.finish_due_writes(id)?;
             let Some(raft) = self.raft_mut(id) else { return Ok(()) };
             if !raft.has_ready() {

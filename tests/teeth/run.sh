@@ -2,10 +2,11 @@
 # Shows that the simulator's checks have teeth: applies each deliberate bug from
 # mutations.txt to a scratch copy of the workspace, runs the simulation, and expects it
 # to fail. Prints, per bug, the first failing seed and the property that caught it.
-# Usage: tests/teeth/run.sh [seeds per bug, default 2000]
+# Usage: tests/teeth/run.sh [seeds per bug, default 2000] [only bugs whose name contains this]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 seeds=${1:-2000}
+only=${2:-}
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/teeth}
@@ -24,6 +25,7 @@ for b in blocks:
     print('\t'.join([b['name'], b['file'], b['from'], b['to']]))
 PY
 while IFS=$'\t' read -r name file from to; do
+  [[ -z "$only" || "$name" == *"$only"* ]] || continue
   rm -rf "$scratch/ws" && mkdir "$scratch/ws"
   (cd "$root" && git ls-files -co --exclude-standard | tar -cf - -T -) | tar -xf - -C "$scratch/ws"
   python3 - "$scratch/ws/$file" "$from" "$to" <<'PY'
