@@ -148,6 +148,11 @@ impl Cluster {
         self.nodes.get(&id).and_then(|n| n.raft.as_ref())
     }
 
+    /// Whether node `id` has a disk write in progress.
+    pub fn is_writing(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| !n.writing.is_empty())
+    }
+
     /// Records a line of narrative.
     pub fn say(&mut self, text: String) {
         if self.events.len() >= self.event_limit {

@@ -232,6 +232,13 @@ impl<'a> Sim<'a> {
             let id = self.rng.pick(&live);
             self.cluster.crash(id);
         }
+        // A leader crashing while its own disk write is in flight, after its appends left:
+        // the moment §10.2.1 is about. Made more likely than chance alone would.
+        if let Some(leader) = self.current_leader() {
+            if self.cluster.is_writing(leader) && self.rng.chance(p.crash_rate * 10.0) {
+                self.cluster.crash(leader);
+            }
+        }
         let down: Vec<NodeId> = self.cluster.ids().into_iter().filter(|id| !live.contains(id)).collect();
         if !down.is_empty() && self.rng.chance(0.003) {
             let id = self.rng.pick(&down);

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use lightraft_tests::sim::{self, Params, Report};
 
 /// Sized so the default run takes a couple of minutes on two cores in release mode.
-const DEFAULT_SEEDS: u64 = 300;
+const DEFAULT_SEEDS: u64 = 5000;
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
