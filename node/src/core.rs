@@ -50,7 +50,7 @@ struct Write {
 /// A linearizable read waiting for its read index.
 struct Read {
     sql: String,
-    reply: oneshot::Sender<Reply>,
+    waiter: Waiter,
     deadline: Instant,
 }
 
@@ -154,11 +154,7 @@ impl Core {
                     self.raft.step(msg);
                 }
             }
-            Event::Peer(from, PeerMessage::Forward { id, sql }) => {
-                let write =
-                    Write { sql, waiter: Waiter::Peer { node: from, id }, deadline: Instant::now() + self.timeout };
-                self.submit_write(write);
-            }
+            Event::Peer(from, PeerMessage::Forward { id, sql }) => self.forwarded_request(from, id, sql),
             Event::Peer(_, PeerMessage::ForwardReply { id, reply }) => {
                 if let Some(write) = self.forwarded.remove(&id) {
                     self.answer(write.waiter, reply);
@@ -195,16 +191,37 @@ impl Core {
             let _ = reply.send(Reply::error(ErrorCode::Unavailable, "the node is shutting down"));
             return;
         }
+        let waiter = Waiter::Client(reply);
         let deadline = Instant::now() + self.timeout;
         match self.sm.classify(&sql) {
-            Err(message) => {
-                let _ = reply.send(Reply::error(ErrorCode::SqlError, message));
-            }
-            Ok(Kind::Write) => self.submit_write(Write { sql, waiter: Waiter::Client(reply), deadline }),
             Ok(Kind::Read) if consistency == Consistency::Local => {
-                let _ = reply.send(reply_of(self.sm.query(&sql)));
+                let reply = reply_of(self.sm.query(&sql));
+                self.answer(waiter, reply);
             }
-            Ok(Kind::Read) => self.submit_read(Read { sql, reply, deadline }),
+            Ok(Kind::Read) => self.submit_read(Read { sql, waiter, deadline }),
+            Ok(Kind::Write) => self.submit_write(Write { sql, waiter, deadline }),
+            // This replica's schema may lag the leader's (a table created a moment ago),
+            // so unless the answer is final, let the leader judge the line.
+            Err(e) if e.is_final() || self.raft.role() == Role::Leader || consistency == Consistency::Local => {
+                self.answer(waiter, Reply::error(ErrorCode::SqlError, e.message()))
+            }
+            Err(_) => self.submit_write(Write { sql, waiter, deadline }),
+        }
+    }
+
+    /// A follower's client line, forwarded to us as the leader. We judge it against our
+    /// (freshest) state: errors are answered at once, reads served by ReadIndex, writes
+    /// proposed. If we are not the leader, we refuse and the follower tries again.
+    fn forwarded_request(&mut self, from: NodeId, id: u64, sql: String) {
+        let waiter = Waiter::Peer { node: from, id };
+        if self.raft.role() != Role::Leader || self.stopping.is_some() {
+            return self.send(from, PeerMessage::ForwardRefused { id });
+        }
+        let deadline = Instant::now() + self.timeout;
+        match self.sm.classify(&sql) {
+            Err(e) => self.answer(waiter, Reply::error(ErrorCode::SqlError, e.message())),
+            Ok(Kind::Read) => self.submit_read(Read { sql, waiter, deadline }),
+            Ok(Kind::Write) => self.submit_write(Write { sql, waiter, deadline }),
         }
     }
 
@@ -238,13 +255,21 @@ impl Core {
 
     fn submit_read(&mut self, read: Read) {
         if self.raft.status().leader.is_none() {
-            self.parked_reads.push(read);
-            return;
+            return self.park_read(read);
         }
         let id = self.next_id;
         self.next_id += 1;
         self.raft.read(id);
         self.reads.insert(id, read);
+    }
+
+    /// Keeps a read for a retry once a leader is known; a follower's read forwarded to us
+    /// goes back to that follower instead.
+    fn park_read(&mut self, read: Read) {
+        match read.waiter {
+            Waiter::Peer { node, id } => self.send(node, PeerMessage::ForwardRefused { id }),
+            Waiter::Client(_) => self.parked_reads.push(read),
+        }
     }
 
     /// Deadlines and retries, once per tick.
@@ -268,9 +293,10 @@ impl Core {
         let expired: Vec<ReadId> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(&k, _)| k).collect();
         for id in expired {
             if let Some(read) = self.reads.remove(&id) {
-                let _ = read
-                    .reply
-                    .send(Reply::error(ErrorCode::Unavailable, "the leader did not confirm the read in time"));
+                self.answer(
+                    read.waiter,
+                    Reply::error(ErrorCode::Unavailable, "the leader did not confirm the read in time"),
+                );
             }
         }
         self.retry_parked(now);
@@ -287,7 +313,7 @@ impl Core {
         }
         for read in std::mem::take(&mut self.parked_reads) {
             if read.deadline <= now {
-                let _ = read.reply.send(Reply::error(ErrorCode::Unavailable, "no leader could be reached in time"));
+                self.answer(read.waiter, Reply::error(ErrorCode::Unavailable, "no leader could be reached in time"));
             } else {
                 self.submit_read(read);
             }
@@ -356,9 +382,10 @@ impl Core {
             match outcome.result {
                 // Step 4 applied at least up to `index`, so the state machine is fresh enough.
                 Ok(_index) => {
-                    let _ = read.reply.send(reply_of(self.sm.query(&read.sql)));
+                    let reply = reply_of(self.sm.query(&read.sql));
+                    self.answer(read.waiter, reply);
                 }
-                Err(_) => self.parked_reads.push(read),
+                Err(_) => self.park_read(read),
             }
         }
     }
@@ -417,8 +444,10 @@ impl Core {
         for write in std::mem::take(&mut self.parked) {
             self.answer(write.waiter, gone());
         }
-        for read in self.reads.drain().map(|(_, r)| r).chain(std::mem::take(&mut self.parked_reads)) {
-            let _ = read.reply.send(gone());
+        let reads: Vec<Read> =
+            self.reads.drain().map(|(_, r)| r).chain(std::mem::take(&mut self.parked_reads)).collect();
+        for read in reads {
+            self.answer(read.waiter, gone());
         }
         if self.raft.role() == Role::Leader {
             warn!("shutting down while still leader: the others will elect a new one");

@@ -410,3 +410,25 @@ fn a_port_in_use_is_a_clear_error() {
     let last = err.lines().last().unwrap_or_default();
     assert!(last.contains("cannot listen for clients") && last.contains(&port.to_string()), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_created_through_one_node_is_usable_at_once_through_the_others() {
+    let cluster = Cluster::start(3);
+    cluster.leader().await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(cluster.client(i).await);
+    }
+    for k in 0..6 {
+        let (a, b, c) = (k % 3, (k + 1) % 3, (k + 2) % 3);
+        let created = clients[a].request(&format!("CREATE TABLE t{k} (x)")).await.expect("answer");
+        assert!(created.get("error").is_none(), "{created}");
+        // No retries: a replica whose copy lags must still not call the table missing.
+        let inserted = clients[b].request(&format!("INSERT INTO t{k} VALUES ({k})")).await.expect("answer");
+        assert_eq!(inserted["rows_affected"], json!(1), "{inserted}");
+        let read = clients[c].request(&format!("SELECT x FROM t{k}")).await.expect("answer");
+        assert_eq!(read["rows"], json!([[k]]), "{read}");
+    }
+    let missing = clients[1].request("SELECT * FROM nowhere").await.expect("answer");
+    assert_eq!(missing["code"], json!("sql_error"), "{missing}");
+}

@@ -11,5 +11,5 @@ pub mod state_machine;
 pub mod value;
 
 pub use raft_store::RaftStore;
-pub use state_machine::{Kind, StateMachine, StorageError, WriteCommand, APPLIED_TABLE};
+pub use state_machine::{ClassifyError, Kind, StateMachine, StorageError, WriteCommand, APPLIED_TABLE};
 pub use value::{results_to_json, LineResult, StatementResult, Value};

@@ -51,6 +51,33 @@ pub enum Kind {
     Write,
 }
 
+/// Why a line could not be classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassifyError {
+    message: String,
+    is_final: bool,
+}
+
+impl ClassifyError {
+    /// A sentence for the user.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// True if no other replica could judge the line differently: it was refused as
+    /// unreplicable, or is not SQL at all. False if it may only be this replica's schema
+    /// lagging (say, a table another node just created).
+    pub fn is_final(&self) -> bool {
+        self.is_final
+    }
+}
+
+impl std::fmt::Display for ClassifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// The disk failed under SQLite. Applying cannot continue safely on this replica.
 #[derive(Debug)]
 pub struct StorageError(pub String);
@@ -177,7 +204,7 @@ impl StateMachine {
     /// Decides, by preparing each statement, whether a line reads or writes. A statement
     /// that fails to prepare after an earlier write in the line (say, an INSERT into a
     /// table the line creates) is judged when applied; before any write it is an error now.
-    pub fn classify(&self, sql: &str) -> Result<Kind, String> {
+    pub fn classify(&self, sql: &str) -> Result<Kind, ClassifyError> {
         let mut batch = Batch::new(&self.conn, sql);
         let mut kind = None;
         loop {
@@ -191,15 +218,19 @@ impl StateMachine {
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    let refusal = self.guard.take_refusal();
+                    let refused = refusal.is_some() || is_refusal(&e);
                     // A refusal is final; other errors may be cured by an earlier write.
-                    if matches!(kind, Some(Kind::Write)) && !is_refusal(&e) {
+                    if matches!(kind, Some(Kind::Write)) && !refused {
                         return Ok(Kind::Write);
                     }
-                    return Err(error_message(&self.guard, &e));
+                    let is_final = refused || is_syntax_error(&e);
+                    let message = refusal.unwrap_or_else(|| error_message(&self.guard, &e));
+                    return Err(ClassifyError { message, is_final });
                 }
             }
         }
-        kind.ok_or_else(|| "the line holds no SQL statement".to_string())
+        kind.ok_or_else(|| ClassifyError { message: "the line holds no SQL statement".to_string(), is_final: true })
     }
 
     /// Runs a read-only line against the current state, in one read transaction.
@@ -306,6 +337,12 @@ fn storage(e: rusqlite::Error) -> StorageError {
 
 fn is_refusal(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(ErrorCode::AuthorizationForStatementDenied))
+}
+
+/// A syntax error reads the same against any schema.
+fn is_syntax_error(e: &rusqlite::Error) -> bool {
+    let text = e.to_string();
+    ["syntax error", "unrecognized token", "incomplete input"].iter().any(|s| text.contains(s))
 }
 
 /// Errors that mean the disk, not the SQL, is at fault.
