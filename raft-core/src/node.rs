@@ -5,7 +5,7 @@
 //! [`crate::step`] (terms and dispatch), [`crate::election`], [`crate::replication`],
 //! [`crate::read_index`], [`crate::transfer`] and [`crate::check_quorum`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Config;
 use crate::log::Log;
@@ -122,8 +122,9 @@ pub struct Node {
     /// This round's randomized election timeout (§5.2).
     pub(crate) election_timeout: Ticks,
     pub(crate) rng: Rng,
-    /// Proposals made on this node that await an outcome: index -> term.
-    pub(crate) proposals: BTreeMap<Index, Term>,
+    /// Proposals made on this node that await an outcome, as (index, term). One index
+    /// may hold proposals from several of our terms: any one of them may yet commit.
+    pub(crate) proposals: BTreeSet<(Index, Term)>,
     /// Linearizable reads requested on this node while a follower.
     pub(crate) follower_reads: Vec<FollowerRead>,
     /// Output accumulated since the last `ready()`.
@@ -164,7 +165,7 @@ impl Node {
             leader: None,
             election_elapsed: 0,
             election_timeout: 0,
-            proposals: BTreeMap::new(),
+            proposals: BTreeSet::new(),
             follower_reads: Vec::new(),
             ready: Ready::default(),
             last_hard_state: hard,
@@ -230,7 +231,7 @@ impl Node {
             return Err(ProposeError::TransferInProgress);
         }
         let entry = self.append_as_leader(Payload::Command(command));
-        self.proposals.insert(entry.index, entry.term);
+        self.proposals.insert((entry.index, entry.term));
         Ok((entry.term, entry.index))
     }
 
@@ -266,7 +267,7 @@ impl Node {
         if self.commit_index > self.applied {
             let entries = self.log.slice(self.applied + 1, self.commit_index);
             for entry in &entries {
-                self.resolve_proposal_on_commit(entry);
+                self.resolve_proposals_at(entry);
             }
             self.applied = self.commit_index;
             self.ready.committed.extend(entries);
@@ -368,28 +369,30 @@ impl Node {
         entry
     }
 
-    /// Records entries a follower stored, and the proposals a truncation destroyed.
+    /// Records entries a follower stored. A truncated suffix is gone from this log, so
+    /// the durable copy must follow, and a leader must not count our copy of it.
+    ///
+    /// Our proposals in that suffix are NOT reported lost here: another node may still
+    /// hold the entry, become leader and commit it. Only a different entry committed at
+    /// the same index proves a proposal lost (see `resolve_proposals_at`).
     pub(crate) fn record_store(&mut self, outcome: crate::log::StoreOutcome) {
         if let Some(from) = outcome.truncated_from {
-            // Truncated entries are gone from this log for good: the durable copy must
-            // follow, and the leader-side count of our own copy must not include them.
             self.ready.entries.retain(|e| e.index < from);
             self.ready.truncate_from = Some(self.ready.truncate_from.map_or(from, |t| t.min(from)));
             self.durable_index = self.durable_index.min(from - 1);
-            let lost: Vec<(Index, Term)> = self.proposals.range(from..).map(|(&i, &t)| (i, t)).collect();
-            for (index, term) in lost {
-                self.proposals.remove(&index);
-                self.ready.proposals.push(ProposalOutcome::Lost { term, index });
-            }
         }
         self.ready.entries.extend(outcome.appended);
     }
 
-    /// Reports the fate of a proposal at a newly committed index: committed if the entry
-    /// there is ours (same term), lost if another leader's entry won the index.
-    fn resolve_proposal_on_commit(&mut self, entry: &Entry) {
-        if let Some(term) = self.proposals.remove(&entry.index) {
-            let index = entry.index;
+    /// Reports the fate of our proposals at a newly committed index: committed if the
+    /// entry there is ours (same term, so the same entry, by Log Matching), lost if an
+    /// entry of another term was committed there (it can never be replaced, §5.4).
+    fn resolve_proposals_at(&mut self, entry: &Entry) {
+        let index = entry.index;
+        let ours: Vec<(Index, Term)> = self.proposals.range((index, 0)..=(index, Term::MAX)).copied().collect();
+        for key in ours {
+            self.proposals.remove(&key);
+            let term = key.1;
             self.ready.proposals.push(if term == entry.term {
                 ProposalOutcome::Committed { term, index }
             } else {

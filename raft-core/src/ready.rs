@@ -58,8 +58,11 @@ pub struct SoftState {
 }
 
 /// The fate of a proposal, identified by the (term, index) that `propose` returned.
-/// Exactly one outcome is reported per proposal, unless the node restarts first, in
-/// which case the driver must tell its client the outcome is unknown.
+/// It is known only once that index is committed: until then the entry may survive on
+/// some other node and still commit, even if this node's copy was overwritten. So an
+/// outcome is reported when this node learns the index is committed; if that never
+/// happens (the node restarts, or no later entry ever commits), the driver must tell its
+/// client, at its own deadline, that the outcome is unknown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProposalOutcome {
     /// The entry is committed and included in this ready's `committed` (or an earlier one).
@@ -69,7 +72,7 @@ pub enum ProposalOutcome {
         /// The proposal's index.
         index: Index,
     },
-    /// A different entry took this index: the proposal will never be applied.
+    /// A different entry was committed at this index: the proposal will never be applied.
     Lost {
         /// The proposal's term.
         term: Term,

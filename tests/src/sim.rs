@@ -6,8 +6,9 @@
 //!    partitions (symmetric, one-way, isolating the leader) come and go; nodes crash and
 //!    restart with only their durable state; disk writes are slow; clients propose writes,
 //!    ask for linearizable reads and occasionally ask for a leadership transfer.
-//! 2. Heal: every fault stops and every node runs. Within [`LIVENESS_TICKS`] ticks a
-//!    leader must be known to every node and every pending request must be resolved.
+//! 2. Heal: every fault stops and every node runs; clients write now and then. Within
+//!    [`LIVENESS_TICKS`] ticks a leader must be known to every node and every pending
+//!    request must be resolved.
 //!
 //! Everything derives from the seed, so `LIGHTRAFT_SEED=<seed>` replays a run exactly.
 
@@ -138,7 +139,7 @@ impl<'a> Sim<'a> {
             c.check_quorum = params.check_quorum;
             c.max_append_bytes = 256; // small, so multi-message catch-up is exercised
         });
-        cluster.event_limit = 300;
+        cluster.event_limit = std::env::var("LIGHTRAFT_TRACE_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
         cluster.faults = params.faults;
         Sim { params, cluster, rng: SimRng::new(params.seed), next_command: 1 }
     }
@@ -156,9 +157,18 @@ impl<'a> Sim<'a> {
             self.cluster.restart(id)?;
         }
         let heal_start = self.cluster.now;
+        let mut heal_writes = 0;
         loop {
             self.step()?;
             let ticks = (self.cluster.now - heal_start) / UNITS_PER_TICK;
+            // A proposal's fate is known only once its index commits, so clients keep
+            // writing a little: that carries the commit index past every pending proposal.
+            if self.cluster.now % (20 * UNITS_PER_TICK) == 0 && !self.cluster.proposals.is_empty() {
+                if let Some(leader) = self.current_leader() {
+                    heal_writes += 1;
+                    self.cluster.propose(leader, &format!("heal{heal_writes}"))?;
+                }
+            }
             if self.is_live() {
                 self.cluster.check_logs()?;
                 return Ok(Report {
