@@ -165,8 +165,14 @@ impl<'a> Sim<'a> {
             // writing a little: that carries the commit index past every pending proposal.
             if self.cluster.now % (20 * UNITS_PER_TICK) == 0 && !self.cluster.proposals.is_empty() {
                 if let Some(leader) = self.current_leader() {
-                    heal_writes += 1;
-                    self.cluster.propose(leader, &format!("heal{heal_writes}"))?;
+                    // Enough to reach the highest pending index (a deposed leader may have
+                    // accepted many proposals beyond the current leader's log).
+                    let highest = self.cluster.proposals.iter().map(|&(_, _, index)| index).max().unwrap_or(0);
+                    let last = self.cluster.raft(leader).map_or(0, |r| r.status().last_index);
+                    for _ in 0..highest.saturating_sub(last).max(1) {
+                        heal_writes += 1;
+                        self.cluster.propose(leader, &format!("heal{heal_writes}"))?;
+                    }
                 }
             }
             if self.is_live() {
