@@ -146,7 +146,12 @@ impl Node {
                     None => hint_index,
                     // The follower holds `term` at `rejected`. If we hold that term too, our
                     // logs may agree up to our last entry of it; otherwise skip the follower's
-                    // whole term (§5.3).
+                    // whole term (§5.3). For example:
+                    //   index     1 2 3 4 5 6 7 8 9 10
+                    //   leader    1 1 1 4 4 5 5 6 6 6
+                    //   follower  1 1 1 2 2 2 3 3 3 3    rejects prev 10 with hint 7@3
+                    // Our last entry of term <= 3 is index 3, of term 1, not 3: so next is
+                    // min(3 + 1, 7) = 4, and the next append (prev 3@1) matches.
                     Some(term) => {
                         let j = self.log.last_index_at_or_below_term(term, rejected.saturating_sub(1));
                         if self.log.term_at(j) == Some(term) {
