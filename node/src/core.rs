@@ -121,7 +121,11 @@ impl Core {
             match events.recv_timeout(wait) {
                 Ok(event) => self.handle(event),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => self.begin_shutdown(),
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Everyone who could send us work is gone: finish up, without spinning.
+                    self.begin_shutdown();
+                    std::thread::sleep(wait);
+                }
             }
             // Take everything already queued before persisting: this is the batching.
             for _ in 0..4096 {
