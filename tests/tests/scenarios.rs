@@ -177,13 +177,26 @@ impl goldenscript::Runner for Runner {
 }
 
 #[test]
-fn scenarios() -> std::io::Result<()> {
+fn scenarios() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     paths.sort();
     assert!(!paths.is_empty(), "no scenarios in {}", dir.display());
-    for path in paths {
-        goldenscript::run(&mut Runner { cluster: None }, &path)?;
+    // Run every script even if one fails, so one run reports every broken scenario.
+    let mut failures = Vec::new();
+    for path in &paths {
+        let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            goldenscript::run(&mut Runner { cluster: None }, path)
+        }));
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(format!("scenario {name}: {e}")),
+            Err(_) => failures.push(format!("scenario {name}: transcript differs (diff above)")),
+        }
     }
-    Ok(())
+    assert!(failures.is_empty(), "{} of {} scenarios failed:\n{}", failures.len(), paths.len(), failures.join("\n"));
 }
