@@ -18,6 +18,15 @@ use crate::value::{LineResult, StatementResult, Value};
 /// The table holding the applied index. Clients may read it but never write it.
 pub const APPLIED_TABLE: &str = "_lightraft_applied";
 
+/// The most SQLite virtual-machine instructions one line may run (well under a second
+/// of work). A runaway query would otherwise stall the Raft thread, and with it heartbeats.
+/// The count, unlike a clock, is the same on every replica, so a write stopped by it is
+/// stopped (and rolled back) everywhere alike.
+pub const MAX_LINE_STEPS: u64 = 100_000_000;
+
+/// How many instructions SQLite runs between two calls of the progress handler.
+const STEPS_PER_CHECK: u64 = 10_000;
+
 /// A replicated write: the client's SQL plus what the leader fixed for every replica.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteCommand {
@@ -97,6 +106,8 @@ struct Guard {
     internal: AtomicBool,
     /// The reason for the last refusal.
     refusal: Mutex<Option<String>>,
+    /// Progress-handler calls since the current line began.
+    checks: std::sync::atomic::AtomicU64,
 }
 
 impl Guard {
@@ -189,10 +200,17 @@ impl StateMachine {
         random.install(&conn).map_err(|e| format!("cannot install random(): {e}"))?;
         let guard = Arc::new(Guard::default());
         let hook = guard.clone();
+        let counter = guard.clone();
         let mut sm = StateMachine { conn, random, guard, applied: applied.max(0) as Index };
         sm.conn
             .authorizer(Some(move |ctx: AuthContext<'_>| hook.authorize(ctx)))
             .map_err(|e| format!("cannot install the authorizer: {e}"))?;
+        sm.conn
+            .progress_handler(
+                STEPS_PER_CHECK as i32,
+                Some(move || counter.checks.fetch_add(1, Ordering::Relaxed) + 1 > MAX_LINE_STEPS / STEPS_PER_CHECK),
+            )
+            .map_err(|e| format!("cannot install the progress handler: {e}"))?;
         Ok(sm)
     }
 
@@ -236,6 +254,7 @@ impl StateMachine {
     /// Runs a read-only line against the current state, in one read transaction.
     pub fn query(&mut self, sql: &str) -> LineResult {
         let guard = self.guard.clone();
+        guard.checks.store(0, Ordering::Relaxed);
         let tx = guard.internal(|| self.conn.transaction()).map_err(|e| e.to_string())?;
         let results = run_line(&tx, sql, false).map_err(|e| error_message(&guard, &e));
         // Nothing was written; ending the read transaction cannot lose anything.
@@ -273,6 +292,7 @@ impl StateMachine {
 
     fn apply_command(&mut self, index: Index, command: &WriteCommand) -> Result<LineResult, StorageError> {
         let guard = self.guard.clone();
+        guard.checks.store(0, Ordering::Relaxed);
         let tx = guard.internal(|| self.conn.transaction()).map_err(storage)?;
         // Start each entry from the same connection state on every replica, whatever
         // ran before on this connection or whether it restarted.
@@ -293,7 +313,14 @@ impl StateMachine {
             Err(e) if is_storage_failure(&e) => Err(storage(e)),
             Err(e) => {
                 let message = error_message(&guard, &e);
-                guard.internal(|| tx.rollback()).map_err(storage)?;
+                // SQLite may already have rolled back (an interrupted write does), which
+                // is what we want; only a rollback that failed and left a transaction open
+                // is a storage problem.
+                if let Err(failed) = guard.internal(|| tx.rollback()) {
+                    if !self.conn.is_autocommit() {
+                        return Err(storage(failed));
+                    }
+                }
                 Ok(Err(message))
             }
         }
@@ -307,6 +334,9 @@ impl StateMachine {
 
 /// The authorizer's sentence if it refused, else SQLite's message.
 fn error_message(guard: &Guard, e: &rusqlite::Error) -> String {
+    if e.sqlite_error_code() == Some(ErrorCode::OperationInterrupted) {
+        return format!("the line was stopped after {MAX_LINE_STEPS} SQLite steps: too much work for one request");
+    }
     guard.take_refusal().unwrap_or_else(|| match e {
         rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
         rusqlite::Error::InvalidQuery => "a read-only line changed the database".to_string(),

@@ -151,3 +151,18 @@ fn the_raft_store_keeps_term_vote_and_log_and_knows_whose_it_is() {
     assert!(RaftStore::open(&path, "c", 2).unwrap_err().contains("belongs to node 1"));
     assert!(RaftStore::open(&path, "other", 1).unwrap_err().contains("cluster"));
 }
+
+#[test]
+fn a_runaway_line_is_stopped_the_same_way_on_every_replica() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    let mut sm = open(&dir, "a.sqlite");
+    let err = sm.query(endless).expect_err("stopped");
+    assert!(err.contains("SQLite steps"), "{err}");
+    // A write that runs away is rolled back, deterministically, and the replica goes on.
+    let runaway_write = "CREATE TABLE t(x); INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c";
+    let result = sm.apply(&write(1, runaway_write, 0, 0)).expect("applies").expect("a result");
+    assert!(result.expect_err("stopped").contains("SQLite steps"));
+    assert!(sm.classify("SELECT * FROM t").is_err(), "the whole line was rolled back");
+    sm.apply(&write(2, "CREATE TABLE t(x)", 0, 0)).expect("applies").expect("a result").expect("ok");
+}
