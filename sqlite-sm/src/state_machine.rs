@@ -228,6 +228,9 @@ impl StateMachine {
         loop {
             match batch.next() {
                 Ok(Some(stmt)) => {
+                    if let Some(reason) = unreplicable(&stmt) {
+                        return Err(ClassifyError { message: reason.to_string(), is_final: true });
+                    }
                     if !stmt.readonly() {
                         kind = Some(Kind::Write);
                     } else if kind.is_none() {
@@ -369,6 +372,29 @@ fn is_refusal(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(ErrorCode::AuthorizationForStatementDenied))
 }
 
+/// What the authorizer cannot see: `VACUUM INTO` writes a file outside the replicated
+/// database (on every replica, at a path a client chose). SQLite has no authorizer code
+/// for VACUUM, so this looks at the prepared statement's own text.
+fn unreplicable(stmt: &rusqlite::Statement<'_>) -> Option<&'static str> {
+    let sql = stmt.expanded_sql()?.to_ascii_uppercase();
+    let mut rest = sql.as_str();
+    // Skip leading blanks and comments: what SQLite itself skips before the keyword.
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, tail)| tail);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, tail)| tail);
+        } else {
+            break;
+        }
+    }
+    let mut words = rest.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').filter(|w| !w.is_empty());
+    let first = words.next()?;
+    (first == "VACUUM" && words.any(|w| w == "INTO"))
+        .then_some("VACUUM INTO is not supported: it writes a file outside the replicated database")
+}
+
 /// A syntax error reads the same against any schema.
 fn is_syntax_error(e: &rusqlite::Error) -> bool {
     let text = e.to_string();
@@ -398,6 +424,12 @@ fn run_line(conn: &Connection, sql: &str, writes_allowed: bool) -> rusqlite::Res
     while let Some(mut stmt) = batch.next()? {
         if !writes_allowed && !stmt.readonly() {
             return Err(rusqlite::Error::InvalidQuery);
+        }
+        if let Some(reason) = unreplicable(&stmt) {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_AUTH),
+                Some(reason.to_string()),
+            ));
         }
         let columns: Vec<String> = stmt.column_names().map(String::from).collect();
         if columns.is_empty() {

@@ -69,6 +69,8 @@ fn what_cannot_be_replicated_is_refused_with_a_reason() {
         ("DELETE FROM _lightraft_applied", "belongs to lightraft"),
         ("PRAGMA foreign_keys = ON", "settings are not replicated"),
         ("PRAGMA user_version = 3", "settings are not replicated"),
+        ("VACUUM INTO '/tmp/lightraft-copy.db'", "VACUUM INTO"),
+        ("/* sneaky */ vacuum main into 'x.db'", "VACUUM INTO"),
     ];
     for (sql, reason) in refused {
         let err = sm.classify(sql).expect_err(sql);
