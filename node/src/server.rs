@@ -40,7 +40,8 @@ async fn serve(config: &Config, index: usize) -> Result<(), String> {
         .collect::<Result<_, String>>()?;
 
     // Durable state first: a node that cannot read its disk must not join the cluster.
-    if let Some(dir) = Some(&config.driver.data_dir).filter(|d| !d.as_os_str().is_empty()) {
+    let dir = &config.driver.data_dir;
+    if !dir.as_os_str().is_empty() {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
     }
     let store = RaftStore::open(&config.meta_path(index), &config.cluster.name, id)?;

@@ -61,6 +61,10 @@ fn simulated_clusters_stay_safe_under_faults_and_recover_once_healed() {
     let acked: u64 = reports.iter().map(|r| r.acked_writes).sum();
     let reads: u64 = reports.iter().map(|r| r.served_reads).sum();
     let slowest_heal = reports.iter().map(|r| r.heal_ticks).max().unwrap_or(0);
-    println!("{} seeds: {acked} writes acknowledged, {reads} linearizable reads served, slowest recovery {slowest_heal} ticks", seeds.len());
+    let committed: usize = reports.iter().map(|r| r.committed).sum();
+    println!(
+        "{} seeds: {committed} entries committed, {acked} writes acknowledged, {reads} linearizable reads served, slowest recovery {slowest_heal} ticks",
+        seeds.len()
+    );
     assert!(acked > 0 && reads > 0, "the simulation acknowledged no writes or served no reads");
 }
