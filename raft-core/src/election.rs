@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use crate::message::MessageKind;
 use crate::node::{LeaderState, Node, RoleState};
 use crate::progress::Progress;
-use crate::types::{Index, NodeId, Payload, Term};
+use crate::types::{Index, NodeId, Payload, Term, MAX_TERM};
 
 impl Node {
     /// A non-leader's tick: start an election when the timeout elapses (§5.2).
@@ -36,6 +36,12 @@ impl Node {
     /// Starts an election: a PreVote round if configured, else a real one. `transfer`
     /// skips PreVote: the leader asked us to take over (§3.10).
     pub(crate) fn start_election(&mut self, transfer: bool) {
+        if self.term >= MAX_TERM {
+            // Unreachable by honest nodes (see MAX_TERM); terms must never overflow.
+            self.reset_election_timer();
+            let reason = format!("this node's term reached the highest possible term {MAX_TERM}; it cannot campaign");
+            return self.refuse(self.id(), self.term, reason);
+        }
         if self.config.pre_vote && !transfer {
             self.become_pre_candidate();
         } else {

@@ -19,7 +19,8 @@
 //! 6. [`replication`] with [`progress`] and [`quorum`]: how entries spread and commit
 //!    (§5.3, §5.4.2).
 //! 7. [`check_quorum`], [`read_index`], [`transfer`]: the dissertation's additions.
-//! 8. [`ready`]: the contract with the driver, in the order it must be carried out.
+//! 8. [`refusal`]: messages no correct peer could send, and why they are dropped.
+//! 9. [`ready`]: the contract with the driver, in the order it must be carried out.
 //!
 //! ## The driver's loop
 //! ```text
@@ -33,6 +34,7 @@
 //!         3. send ready.persisted_messages
 //!         4. apply ready.committed
 //!         5. answer clients from ready.proposals and ready.reads
+//!         (any time) log ready.refused
 //!         node.advance(&ready);
 //!     }
 //! }
@@ -57,6 +59,7 @@ pub mod progress;
 pub mod quorum;
 pub mod read_index;
 pub mod ready;
+pub mod refusal;
 pub mod replication;
 mod rng;
 pub mod step;
@@ -68,5 +71,6 @@ pub use log::Log;
 pub use message::{AppendResult, Message, MessageKind, ReadId};
 pub use node::{Node, ProposeError, Restored, Status};
 pub use ready::{ProposalOutcome, ReadError, ReadOutcome, Ready, SoftState};
+pub use refusal::Refusal;
 pub use transfer::TransferError;
-pub use types::{Entry, HardState, Index, NodeId, Payload, Role, Term, Ticks};
+pub use types::{Entry, HardState, Index, NodeId, Payload, Role, Term, Ticks, MAX_TERM};

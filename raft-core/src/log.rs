@@ -8,7 +8,7 @@
 //! 2. If two logs hold an entry with the same index and term, they are identical up to it,
 //!    because AppendEntries refuses entries whose predecessor does not match.
 
-use crate::types::{Entry, Index, Payload, Term};
+use crate::types::{Entry, Index, Payload, Term, MAX_TERM};
 
 /// The in-memory log. Entries are contiguous, starting at index 1.
 ///
@@ -39,6 +39,9 @@ impl Log {
             }
             if i > 0 && e.term < entries[i - 1].term {
                 return Err(format!("log entry {} has term {} below its predecessor's", e.index, e.term));
+            }
+            if e.term > MAX_TERM {
+                return Err(format!("log entry {} has term {}, beyond the highest possible term", e.index, e.term));
             }
         }
         Ok(Log { entries })
@@ -126,6 +129,15 @@ impl Log {
             outcome.appended.push(entry);
         }
         outcome
+    }
+
+    /// The first index at which `entries` (to be stored after `prev_index`) conflict with
+    /// this log: same index, different term. `store` would truncate from there.
+    pub fn first_conflict(&self, prev_index: Index, entries: &[Entry]) -> Option<Index> {
+        (prev_index + 1..)
+            .zip(entries)
+            .find(|(index, entry)| self.term_at(*index).is_some_and(|term| term != entry.term))
+            .map(|(index, _)| index)
     }
 
     /// The election restriction (§5.4.1): a log is at least as up-to-date as ours if its
@@ -218,7 +230,8 @@ mod tests {
     fn entries_from_respects_byte_cap_but_sends_at_least_one() {
         let log = log_of(&[1, 1, 1, 1]);
         assert_eq!(log.entries_from(1, 0).len(), 1);
-        assert_eq!(log.entries_from(1, 48).len(), 2);
+        let noop = log.entry(1).map_or(0, Entry::size);
+        assert_eq!(log.entries_from(1, 2 * noop).len(), 2);
         assert_eq!(log.entries_from(3, usize::MAX).len(), 2);
         assert!(log.entries_from(5, usize::MAX).is_empty());
     }

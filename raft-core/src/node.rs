@@ -14,7 +14,7 @@ use crate::progress::Progress;
 use crate::read_index::{FollowerRead, LeaderRead};
 use crate::ready::{ProposalOutcome, Ready, SoftState};
 use crate::rng::Rng;
-use crate::types::{Entry, HardState, Index, NodeId, Payload, Role, Term, Ticks};
+use crate::types::{Entry, HardState, Index, NodeId, Payload, Role, Term, Ticks, MAX_TERM};
 
 /// What a restarting node reads back from durable storage.
 #[derive(Clone, Debug, Default)]
@@ -140,6 +140,12 @@ impl Node {
     /// durable state that cannot be right (e.g. applied beyond the log).
     pub fn new(config: Config, restored: Restored) -> Result<Node, String> {
         config.validate()?;
+        if restored.hard_state.term > MAX_TERM {
+            return Err(format!(
+                "the durable term {} is beyond the highest possible term {MAX_TERM}; this node's Raft state is damaged",
+                restored.hard_state.term
+            ));
+        }
         let log = Log::from_entries(restored.entries)?;
         if restored.applied > log.last_index() {
             return Err(format!(

@@ -29,6 +29,9 @@ pub struct Progress {
     pub state: ProgressState,
     /// In `Probe`, an append is outstanding: wait for its answer or the next heartbeat.
     pub probe_sent: bool,
+    /// The highest index sent to the follower in this term (the last entry of an append,
+    /// or its `prev_index` if empty). No correct follower answers for anything beyond it.
+    pub sent_up_to: Index,
     /// The newest read round (§6.4) the follower has acknowledged.
     pub read_round: u64,
     /// Heard from since the last CheckQuorum (§6.2).
@@ -43,6 +46,7 @@ impl Progress {
             next_index: last_index + 1,
             state: ProgressState::Probe,
             probe_sent: false,
+            sent_up_to: 0,
             read_round: 0,
             recent_active: false,
         }
@@ -58,6 +62,7 @@ impl Progress {
 
     /// Records that entries up to `last_sent` are on their way.
     pub fn sent(&mut self, last_sent: Index) {
+        self.sent_up_to = self.sent_up_to.max(last_sent);
         match self.state {
             ProgressState::Probe => self.probe_sent = true,
             ProgressState::Replicate => self.next_index = self.next_index.max(last_sent + 1),

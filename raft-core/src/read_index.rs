@@ -41,6 +41,8 @@ pub(crate) struct LeaderRead {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FollowerRead {
     pub id: ReadId,
+    /// The leader asked; only its answer counts.
+    pub leader: NodeId,
     /// The read index from the leader, once it has answered.
     pub index: Option<Index>,
     /// Ticks since the request; an unanswered read is abandoned after a while.
@@ -55,7 +57,7 @@ impl Node {
         }
         match self.leader {
             Some(leader) => {
-                self.follower_reads.push(FollowerRead { id, index: None, elapsed: 0 });
+                self.follower_reads.push(FollowerRead { id, leader, index: None, elapsed: 0 });
                 self.send(leader, MessageKind::ReadIndex { id });
             }
             None => self.ready.reads.push(ReadOutcome { id, result: Err(ReadError::NoLeader) }),
@@ -79,10 +81,14 @@ impl Node {
     }
 
     /// A follower gets the leader's answer.
-    pub(crate) fn handle_read_index_resp(&mut self, id: ReadId, index: Option<Index>) {
+    pub(crate) fn handle_read_index_resp(&mut self, from: NodeId, id: ReadId, index: Option<Index>) {
         let Some(pos) = self.follower_reads.iter().position(|r| r.id == id && r.index.is_none()) else {
             return; // Already answered or abandoned: a duplicate or a late reply.
         };
+        if self.follower_reads[pos].leader != from {
+            let reason = format!("it answers read {id}, which was sent to node {}", self.follower_reads[pos].leader);
+            return self.refuse(from, self.term, reason);
+        }
         match index {
             Some(index) => self.follower_reads[pos].index = Some(index),
             None => {

@@ -12,8 +12,12 @@
 //! 5. Answer clients: `proposals` outcomes, then `reads`, which are safe to serve now
 //!    that step 4 has applied at least up to each read's index.
 //! 6. Call [`crate::Node::advance`] with the ready, so the node knows what is durable.
+//!
+//! `refused` lists messages the node dropped because no correct peer could have sent them
+//! (see [`crate::refusal`]); log them at any point. They changed nothing.
 
 use crate::message::{Message, ReadId};
+use crate::refusal::Refusal;
 use crate::types::{Entry, HardState, Index, NodeId, Role, Term};
 
 /// Work for the driver, to be carried out in the order of the module docs.
@@ -37,6 +41,8 @@ pub struct Ready {
     pub reads: Vec<ReadOutcome>,
     /// The node's role, term or known leader changed (for logs and client routing).
     pub status_change: Option<SoftState>,
+    /// Messages dropped as impossible, for the driver to log.
+    pub refused: Vec<Refusal>,
 }
 
 impl Ready {

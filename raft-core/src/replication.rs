@@ -115,6 +115,15 @@ impl Node {
             return self.send(from, MessageKind::AppendResp(result));
         }
 
+        // Leader Completeness (§5.4): every later leader holds every committed entry, so
+        // no correct leader asks us to overwrite one. Refuse rather than lose it.
+        if let Some(conflict) = self.log.first_conflict(prev_index, entries) {
+            if conflict <= self.commit_index {
+                let reason = format!("the append would overwrite entry {conflict}, which is committed");
+                return self.refuse(from, self.term, reason);
+            }
+        }
+
         // Receiver rules 3 and 4: delete conflicting entries, append new ones.
         let outcome = self.log.store(prev_index, entries);
         self.record_store(outcome);
@@ -131,6 +140,14 @@ impl Node {
         let last_index = self.log.last_index();
         let RoleState::Leader(leader) = &mut self.role else { return };
         let Some(pr) = leader.progress.get_mut(&from) else { return };
+        // A follower answers only appends we sent in this term: it can neither hold nor
+        // reject anything beyond the last index we sent it.
+        let (AppendResult::Accepted { match_index: answered } | AppendResult::Rejected { rejected: answered, .. }) =
+            result;
+        if answered > pr.sent_up_to {
+            let reason = format!("it answers for index {answered}, but only up to {} was sent", pr.sent_up_to);
+            return self.refuse(from, self.term, reason);
+        }
         pr.recent_active = true;
         match result {
             AppendResult::Accepted { match_index } => {
@@ -185,6 +202,11 @@ impl Node {
     pub(crate) fn handle_heartbeat_resp(&mut self, from: NodeId, read_round: u64) {
         let last_index = self.log.last_index();
         let RoleState::Leader(leader) = &mut self.role else { return };
+        if read_round > leader.read_round {
+            // Confirming a round not yet started would confirm reads that no quorum saw (§6.4).
+            let reason = format!("it acknowledges read round {read_round}, but only {} was started", leader.read_round);
+            return self.refuse(from, self.term, reason);
+        }
         let Some(pr) = leader.progress.get_mut(&from) else { return };
         pr.recent_active = true;
         pr.read_round = pr.read_round.max(read_round);

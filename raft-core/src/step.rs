@@ -13,11 +13,12 @@ use crate::message::{AppendResult, Message, MessageKind};
 use crate::node::Node;
 
 impl Node {
-    /// Handles a message from another node. Messages for another node, from unknown
-    /// nodes or from itself are dropped: a misrouted packet must never change state.
+    /// Handles a message from another node. A message that no correct peer could send
+    /// (misaddressed, from a stranger, from an impossible term; see [`crate::refusal`]) is
+    /// dropped without effect and reported in [`crate::Ready::refused`].
     pub fn step(&mut self, msg: Message) {
-        if msg.to != self.id() || !self.peers.contains(&msg.from) {
-            return;
+        if let Err(reason) = self.check_message(&msg) {
+            return self.refuse(msg.from, msg.term, reason);
         }
         if msg.term > self.term {
             match msg.kind {
@@ -52,7 +53,7 @@ impl Node {
             MessageKind::Heartbeat { commit, read_round } => self.handle_heartbeat(msg.from, commit, read_round),
             MessageKind::HeartbeatResp { read_round } => self.handle_heartbeat_resp(msg.from, read_round),
             MessageKind::ReadIndex { id } => self.handle_read_index(msg.from, id),
-            MessageKind::ReadIndexResp { id, index } => self.handle_read_index_resp(id, index),
+            MessageKind::ReadIndexResp { id, index } => self.handle_read_index_resp(msg.from, id, index),
             MessageKind::TimeoutNow => self.handle_timeout_now(msg.from),
         }
     }

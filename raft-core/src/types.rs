@@ -10,6 +10,12 @@ pub type NodeId = u64;
 /// Term 0 is "before any election"; the first real term is 1.
 pub type Term = u64;
 
+/// The highest term a node will ever adopt. A node must always be able to start one more
+/// election (term + 1), so a message from a term at or near `u64::MAX` would leave whoever
+/// believed it unable to campaign ever again. No honest cluster gets here: at a million
+/// elections a second it would take 290,000 years. Messages beyond it are refused.
+pub const MAX_TERM: Term = u64::MAX / 2;
+
 /// A position in the log (§5.3). The first entry has index 1; index 0 means "nothing",
 /// with term 0, so the consistency check for the first entry always succeeds.
 pub type Index = u64;
@@ -24,7 +30,24 @@ pub enum Payload {
     /// entry of its own term and thereby everything before it (§5.4.2, §8).
     Noop,
     /// An opaque command for the state machine, as passed to [`crate::Node::propose`].
-    Command(Vec<u8>),
+    /// Serialized as base64 text: a JSON array of numbers would be up to 4 times larger.
+    Command(#[serde(with = "base64_bytes")] Vec<u8>),
+}
+
+/// Bytes as one base64 string in serialized form (4 characters per 3 bytes).
+mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
 }
 
 /// One log entry (§5.3): a command tagged with the term of the leader that created it.
@@ -39,12 +62,13 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Approximate encoded size, used to cap the bytes in one append message.
+    /// An upper bound on the entry's serialized size (its index, term and base64 command
+    /// in JSON), used to cap the bytes in one append message.
     pub fn size(&self) -> usize {
-        const HEADER: usize = 24;
+        const HEADER: usize = 96;
         match &self.payload {
             Payload::Noop => HEADER,
-            Payload::Command(data) => HEADER + data.len(),
+            Payload::Command(data) => HEADER + data.len().div_ceil(3) * 4,
         }
     }
 }

@@ -360,6 +360,12 @@ impl Cluster {
 
     /// Ready steps 1 and 2a: send the leader's messages now, start the disk write.
     fn start_ready(&mut self, id: NodeId, ready: Ready) -> Result<(), Violation> {
+        // Every node here is correct, so none may ever see a message it must refuse: a
+        // refusal means some rule produced a message the protocol forbids.
+        if let Some(refusal) = ready.refused.first() {
+            self.say(format!("n{id} {refusal}"));
+            return Err(format!("Honest peers: n{id} {refusal}"));
+        }
         if let Some(soft) = ready.status_change {
             let leader = soft.leader.map_or("none".to_string(), |l| format!("n{l}"));
             self.say(format!("n{id} is {} term={} leader={leader}", soft.role, soft.term));

@@ -137,7 +137,7 @@ impl<'a> Sim<'a> {
         let mut cluster = Cluster::new(params.nodes, params.seed, |c| {
             c.pre_vote = params.pre_vote;
             c.check_quorum = params.check_quorum;
-            c.max_append_bytes = 256; // small, so multi-message catch-up is exercised
+            c.max_append_bytes = 1024; // about 8 small entries, so multi-message catch-up is exercised
         });
         cluster.event_limit = std::env::var("LIGHTRAFT_TRACE_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
         cluster.faults = params.faults;
