@@ -3,6 +3,7 @@
 //! ```toml
 //! [cluster]
 //! name = "lightraft"
+//! secretFile = "cluster.secret"  # optional; or secret = "...", or LIGHTRAFT_SECRET
 //!
 //! [[nodes]]                      # node 0; one block per node
 //! clientBindAddress = "127.0.0.1"
@@ -23,6 +24,18 @@
 //! [client]                       # optional
 //! timeoutMs = 5000               # how long a request may wait for a leader and a commit
 //! maxLineBytes = 1048576         # longer lines are refused
+//! maxClients = 512               # more connections are turned away
+//! idleTimeoutMs = 1800000        # a session silent this long is closed
+//! writeTimeoutMs = 10000         # a client that does not read its answer this long is dropped
+//! readers = 4                    # threads serving reads
+//!
+//! [limits]                       # optional; what one line may consume (fixed per entry)
+//! maxSteps = 100000000           # SQLite steps
+//! maxValueBytes = 8388608        # the largest string or blob
+//! maxLineGrowthBytes = 67108864  # how much one line may grow the database
+//! maxDatabaseBytes = 0           # the largest the database may grow; 0: no limit
+//! maxResultBytes = 8388608       # result rows of one line
+//! maxTempBytes = 1073741824      # temporary files (sorting) of one line
 //! ```
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -30,6 +43,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use sqlite_sm::Limits;
+use transport::Secret;
+
+/// The environment variable that may hold the cluster secret (it wins over the file).
+pub const SECRET_ENV: &str = "LIGHTRAFT_SECRET";
+
+/// The shortest secret accepted: shorter ones are guessable.
+pub const MIN_SECRET_BYTES: usize = 16;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
@@ -47,14 +68,34 @@ pub struct Config {
     /// `[client]`, optional.
     #[serde(default)]
     pub client: ClientSection,
+    /// `[limits]`, optional.
+    #[serde(default)]
+    pub limits: LimitsSection,
 }
 
 /// `[cluster]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterSection {
     /// Names the cluster; nodes of different clusters refuse each other.
     pub name: String,
+    /// The shared secret peers prove they know. Prefer `secretFile`.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A file holding the secret; relative to the working directory.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClusterSection {
+    // Never print the secret, even by accident.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSection")
+            .field("name", &self.name)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_file", &self.secret_file)
+            .finish()
+    }
 }
 
 /// One `[[nodes]]` block.
@@ -118,11 +159,59 @@ pub struct ClientSection {
     pub timeout_ms: u64,
     /// The longest accepted input line, in bytes.
     pub max_line_bytes: usize,
+    /// Client connections served at once; more are turned away with an error.
+    pub max_clients: usize,
+    /// A session that sends nothing for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// A client that does not read its answer for this long is disconnected.
+    pub write_timeout_ms: u64,
+    /// Threads that serve reads (each with its own read-only connection).
+    pub readers: usize,
 }
 
 impl Default for ClientSection {
     fn default() -> ClientSection {
-        ClientSection { timeout_ms: 5000, max_line_bytes: 1 << 20 }
+        ClientSection {
+            timeout_ms: 5000,
+            max_line_bytes: 1 << 20,
+            max_clients: 512,
+            idle_timeout_ms: 30 * 60 * 1000,
+            write_timeout_ms: 10_000,
+            readers: 4,
+        }
+    }
+}
+
+/// `[limits]`: what one line may consume. The leader writes them into each entry, so
+/// every replica applies a write under the same limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct LimitsSection {
+    /// SQLite virtual-machine steps per line.
+    pub max_steps: u64,
+    /// The largest string or blob.
+    pub max_value_bytes: u64,
+    /// How much one line may grow the database.
+    pub max_line_growth_bytes: u64,
+    /// The largest the database may become; 0 for no limit.
+    pub max_database_bytes: u64,
+    /// The most result data one line may produce.
+    pub max_result_bytes: u64,
+    /// How much temporary files (sorting, subqueries) may grow during one line.
+    pub max_temp_bytes: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> LimitsSection {
+        let l = Limits::default();
+        LimitsSection {
+            max_steps: l.max_steps,
+            max_value_bytes: l.max_value_bytes,
+            max_line_growth_bytes: l.max_growth_bytes,
+            max_database_bytes: l.max_database_bytes,
+            max_result_bytes: l.max_result_bytes,
+            max_temp_bytes: l.max_temp_bytes,
+        }
     }
 }
 
@@ -150,8 +239,25 @@ impl Config {
         if r.tick_ms == 0 || r.heartbeat_ticks == 0 || r.election_ticks <= r.heartbeat_ticks {
             return Err("[raft] needs tickMs > 0 and electionTicks > heartbeatTicks > 0".into());
         }
-        if self.client.timeout_ms == 0 || self.client.max_line_bytes == 0 {
-            return Err("[client] timeoutMs and maxLineBytes must be positive".into());
+        let c = &self.client;
+        if c.timeout_ms == 0 || c.max_line_bytes == 0 || c.max_clients == 0 || c.readers == 0 {
+            return Err("[client] timeoutMs, maxLineBytes, maxClients and readers must be positive".into());
+        }
+        if c.idle_timeout_ms == 0 || c.write_timeout_ms == 0 {
+            return Err("[client] idleTimeoutMs and writeTimeoutMs must be positive".into());
+        }
+        let l = &self.limits;
+        if l.max_steps == 0 || l.max_line_growth_bytes == 0 || l.max_result_bytes == 0 {
+            return Err("[limits] maxSteps, maxLineGrowthBytes and maxResultBytes must be positive".into());
+        }
+        if l.max_value_bytes < Limits::MIN_VALUE_BYTES {
+            return Err(format!(
+                "[limits] maxValueBytes must be at least {} (SQLite's own R-tree and FTS5 pages need that much)",
+                Limits::MIN_VALUE_BYTES
+            ));
+        }
+        if self.cluster.secret.is_some() && self.cluster.secret_file.is_some() {
+            return Err("[cluster] has both secret and secretFile; keep one".into());
         }
         for (i, _) in self.nodes.iter().enumerate() {
             self.client_addr(i)?;
@@ -200,6 +306,50 @@ impl Config {
     /// The client timeout.
     pub fn client_timeout(&self) -> Duration {
         Duration::from_millis(self.client.timeout_ms)
+    }
+
+    /// The limits a line runs under.
+    pub fn line_limits(&self) -> Limits {
+        let l = &self.limits;
+        Limits {
+            max_steps: l.max_steps,
+            max_value_bytes: l.max_value_bytes,
+            max_growth_bytes: l.max_line_growth_bytes,
+            max_database_bytes: l.max_database_bytes,
+            max_result_bytes: l.max_result_bytes,
+            max_temp_bytes: l.max_temp_bytes,
+        }
+    }
+
+    /// The largest peer frame: a forwarded line or a reply as JSON, where one byte of a
+    /// string may need six (`\u0001`), or an append batch. Derived from the limits, so
+    /// whatever a session accepts fits on the wire.
+    pub fn max_frame(&self) -> usize {
+        let largest = (self.client.max_line_bytes as u64).max(self.limits.max_result_bytes);
+        (6 * largest + (1 << 20)).max(16 << 20).min(usize::MAX as u64) as usize
+    }
+
+    /// The cluster secret: from `LIGHTRAFT_SECRET` if set, else `secretFile`, else
+    /// `secret`; `None` if none is configured. Errors name the source, never the value.
+    pub fn secret(&self) -> Result<Option<(Secret, String)>, String> {
+        let (bytes, source) = if let Some(value) = std::env::var_os(SECRET_ENV).filter(|v| !v.is_empty()) {
+            (value.into_encoded_bytes(), format!("the {SECRET_ENV} environment variable"))
+        } else if let Some(path) = &self.cluster.secret_file {
+            let text = std::fs::read(path)
+                .map_err(|e| format!("cannot read the cluster secret file {}: {e}", path.display()))?;
+            (text.trim_ascii().to_vec(), format!("the file {}", path.display()))
+        } else if let Some(secret) = &self.cluster.secret {
+            (secret.as_bytes().to_vec(), "[cluster] secret".to_string())
+        } else {
+            return Ok(None);
+        };
+        if bytes.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "the cluster secret from {source} is {} bytes; use at least {MIN_SECRET_BYTES} (e.g. `openssl rand -base64 32`)",
+                bytes.len()
+            ));
+        }
+        Ok(Some((Secret::new(bytes), source)))
     }
 }
 

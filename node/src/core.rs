@@ -1,33 +1,42 @@
-//! The Raft core: one thread that owns the raft-core [`Node`], its durable store and the
-//! SQLite state machine, and carries out every [`Ready`] in the order raft-core demands.
+//! The Raft core: one thread that owns the raft-core [`Node`] and its durable store,
+//! carries out every [`Ready`] in the order raft-core demands, and keeps every pending
+//! client request until it can be answered.
 //!
-//! Everything else (client sessions, the transport) talks to it through one channel of
-//! [`Event`]s. The loop takes every event already waiting before it asks for a ready, so
-//! writes that arrive together share one log append, one fsync and one append message.
+//! Nothing slow runs here. Committed entries go to the apply thread ([`crate::applier`]),
+//! reads run on reader threads ([`crate::readers`]); this thread only waits for the disk
+//! (one fsync per batch) and the network. So a long write or a heavy read never delays a
+//! heartbeat, and a healthy leader never loses its leadership to one.
+//!
+//! Everything else talks to it through one channel of [`Event`]s. The loop takes every
+//! event already waiting before it asks for a ready, so writes that arrive together share
+//! one log append, one fsync and one append message.
 //!
 //! Client requests never get lost in here: each one is answered exactly once, either
 //! with its outcome or, when its deadline passes, with `unavailable` (never proposed)
 //! or `outcome_unknown` (proposed, fate unknown).
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use raft_core::{Index, Node, NodeId, ProposalOutcome, ProposeError, ReadId, Ready, Role, Term};
-use sqlite_sm::{Kind, LineResult, RaftStore, StateMachine, StorageError, WriteCommand};
+use raft_core::{Entry, Index, Node, NodeId, ProposalOutcome, ProposeError, ReadId, Ready, Role, Term};
+use sqlite_sm::{Limits, LineResult, RaftStore, StorageError, WriteCommand};
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use transport::Transport;
 
-use crate::protocol::{Consistency, ErrorCode, PeerMessage, Reply, Request, StatusReport};
+use crate::applier::Applied;
+use crate::protocol::{ErrorCode, PeerMessage, Reply, Request, StatusReport};
 
 /// An input to the core.
 #[derive(Debug)]
 pub enum Event {
-    /// A message from a peer.
+    /// A message from a peer (the transport authenticated the sender).
     Peer(NodeId, PeerMessage),
     /// A client request.
     Client(Request),
+    /// The apply thread's progress.
+    Applied(Applied),
     /// Stop: hand over leadership if we have it, answer everyone, return.
     Shutdown,
 }
@@ -40,18 +49,38 @@ enum Waiter {
     Peer { node: NodeId, id: u64 },
 }
 
-/// A client write and the time its client stops waiting.
+/// A client write and the time its client stops waiting for a leader or an outcome.
 struct Write {
     sql: String,
     waiter: Waiter,
     deadline: Instant,
 }
 
-/// A linearizable read waiting for its read index.
-struct Read {
-    sql: String,
-    waiter: Waiter,
+/// A linearizable read waiting for this node to be fresh enough.
+struct Barrier {
+    reply: oneshot::Sender<Result<(), Reply>>,
     deadline: Instant,
+}
+
+/// The core's timing and the limits it writes into every entry.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// One Raft tick.
+    pub tick: Duration,
+    /// The minimum election timeout.
+    pub election: Duration,
+    /// How long a request may wait for a leader and an outcome.
+    pub timeout: Duration,
+    /// What one line may consume, fixed in each entry this node proposes.
+    pub limits: Limits,
+}
+
+/// Request ids that never repeat, even across restarts: the durable count of this node's
+/// starts in the high bits, a counter in the low bits. A late answer to a request sent
+/// before a restart can never be taken for the answer to a new one.
+struct Ids {
+    incarnation: u64,
+    next: u64,
 }
 
 /// The Raft core's state.
@@ -59,63 +88,77 @@ pub struct Core {
     id: NodeId,
     raft: Node,
     store: RaftStore,
-    sm: StateMachine,
     transport: Transport<PeerMessage>,
-    tick: Duration,
-    election: Duration,
-    timeout: Duration,
-    /// Writes proposed here, by (term, index).
+    applier: Sender<Vec<Entry>>,
+    config: CoreConfig,
+    /// Writes proposed here, by (term, index), waiting for their fate.
     proposed: HashMap<(Term, Index), Write>,
-    /// Writes forwarded to the leader, by our id for them.
-    forwarded: HashMap<u64, Write>,
+    /// Writes committed, waiting for the apply thread's result.
+    committed: HashMap<Index, Write>,
+    /// Writes forwarded to a leader: our id for them -> (that leader, the write).
+    forwarded: HashMap<u64, (NodeId, Write)>,
     /// Writes waiting for a leader.
     parked: Vec<Write>,
     /// Reads waiting for their read index.
-    reads: HashMap<ReadId, Read>,
+    reads: HashMap<ReadId, Barrier>,
+    /// Reads whose index is known, waiting for the apply thread to reach it.
+    confirmed: Vec<(Index, Barrier)>,
     /// Reads waiting for a leader.
-    parked_reads: Vec<Read>,
-    /// Results of applied entries that a waiter here will collect.
-    results: HashMap<Index, LineResult>,
-    next_id: u64,
+    parked_reads: Vec<Barrier>,
+    /// The last index the apply thread reported applied.
+    applied: Index,
+    ids: Ids,
+    /// A storage failure met outside `process_ready`; the loop stops on it.
+    failed: Option<StorageError>,
     /// When shutdown began.
     stopping: Option<Instant>,
 }
 
 impl Core {
-    /// Assembles the core around a node restored from `store` and `sm`.
+    /// Assembles the core around a node restored from `store`, whose state machine (on
+    /// the apply thread) has applied up to `applied`.
     pub fn new(
         raft: Node,
-        store: RaftStore,
-        sm: StateMachine,
+        mut store: RaftStore,
+        applied: Index,
         transport: Transport<PeerMessage>,
-        tick: Duration,
-        election_ticks: u64,
-        timeout: Duration,
-    ) -> Core {
-        Core {
+        applier: Sender<Vec<Entry>>,
+        config: CoreConfig,
+    ) -> Result<Core, StorageError> {
+        let incarnation = store.next_incarnation()?;
+        Ok(Core {
             id: raft.id(),
             raft,
             store,
-            sm,
             transport,
-            tick,
-            election: tick * election_ticks as u32,
-            timeout,
+            applier,
+            config,
             proposed: HashMap::new(),
+            committed: HashMap::new(),
             forwarded: HashMap::new(),
             parked: Vec::new(),
             reads: HashMap::new(),
+            confirmed: Vec::new(),
             parked_reads: Vec::new(),
-            results: HashMap::new(),
-            next_id: 1,
+            applied,
+            ids: Ids { incarnation, next: 0 },
+            failed: None,
             stopping: None,
-        }
+        })
     }
 
     /// Runs until shutdown. Returns an error only if the disk fails: continuing would
     /// risk acknowledging what is not durable, so the node stops (fail-stop).
     pub fn run(mut self, events: Receiver<Event>) -> Result<(), StorageError> {
-        let mut next_tick = Instant::now() + self.tick;
+        let result = self.run_loop(&events);
+        if result.is_err() {
+            self.answer_everyone_on_shutdown();
+        }
+        result
+    }
+
+    fn run_loop(&mut self, events: &Receiver<Event>) -> Result<(), StorageError> {
+        let mut next_tick = Instant::now() + self.config.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match events.recv_timeout(wait) {
@@ -134,15 +177,18 @@ impl Core {
                     Err(_) => break,
                 }
             }
+            if let Some(e) = self.failed.take() {
+                return Err(e);
+            }
             let now = Instant::now();
             if now >= next_tick {
                 self.raft.tick();
-                next_tick = (next_tick + self.tick).max(now);
+                next_tick = (next_tick + self.config.tick).max(now);
                 self.on_tick(now);
             }
             self.process_ready()?;
             if let Some(since) = self.stopping {
-                if self.raft.role() != Role::Leader || since.elapsed() > 2 * self.election {
+                if self.raft.role() != Role::Leader || since.elapsed() > 2 * self.config.election {
                     self.answer_everyone_on_shutdown();
                     return Ok(());
                 }
@@ -153,28 +199,63 @@ impl Core {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Peer(from, PeerMessage::Raft(msg)) => {
-                // The transport vouched for `from`; the message must agree.
+                // The transport proved who `from` is; the message must agree.
                 if msg.from == from {
                     self.raft.step(msg);
+                } else {
+                    warn!("node {from} sent a Raft message claiming to be from node {}; dropped", msg.from);
                 }
             }
-            Event::Peer(from, PeerMessage::Forward { id, sql }) => self.forwarded_request(from, id, sql),
-            Event::Peer(_, PeerMessage::ForwardReply { id, reply }) => {
-                if let Some(write) = self.forwarded.remove(&id) {
+            Event::Peer(from, PeerMessage::Forward { id, sql }) => self.forwarded_write(from, id, sql),
+            Event::Peer(from, PeerMessage::ForwardReply { id, reply }) => {
+                if let Some(write) = self.take_forwarded(from, id) {
                     self.answer(write.waiter, reply);
                 }
             }
-            Event::Peer(_, PeerMessage::ForwardRefused { id }) => {
+            Event::Peer(from, PeerMessage::ForwardRefused { id }) => {
                 // Not proposed anywhere: safe to try again once we know a leader.
-                if let Some(write) = self.forwarded.remove(&id) {
+                if let Some(write) = self.take_forwarded(from, id) {
                     self.parked.push(write);
                 }
             }
             Event::Client(Request::Status(reply)) => {
                 let _ = reply.send(self.status());
             }
-            Event::Client(Request::Sql { sql, consistency, reply }) => self.client_sql(sql, consistency, reply),
+            Event::Client(Request::Write { sql, reply }) => {
+                if self.stopping.is_some() {
+                    let _ = reply.send(Reply::error(ErrorCode::Unavailable, "the node is shutting down"));
+                    return;
+                }
+                let deadline = Instant::now() + self.config.timeout;
+                self.submit_write(Write { sql, waiter: Waiter::Client(reply), deadline });
+            }
+            Event::Client(Request::ReadBarrier(reply)) => {
+                if self.stopping.is_some() {
+                    let _ = reply.send(Err(Reply::error(ErrorCode::Unavailable, "the node is shutting down")));
+                    return;
+                }
+                let deadline = Instant::now() + self.config.timeout;
+                self.submit_read(Barrier { reply, deadline });
+            }
+            Event::Applied(Applied::Up { index, results }) => self.applied(index, results),
+            Event::Applied(Applied::Failed(e)) => self.failed = Some(StorageError(e)),
             Event::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    /// Answers to a forwarded write count only from the node it was sent to: any other
+    /// peer is confused or lying, and its answer is ignored.
+    fn take_forwarded(&mut self, from: NodeId, id: u64) -> Option<Write> {
+        match self.forwarded.get(&id) {
+            Some((target, _)) if *target == from => self.forwarded.remove(&id).map(|(_, write)| write),
+            Some((target, _)) => {
+                warn!("node {from} answered request {id}, which was sent to node {target}; ignored");
+                None
+            }
+            None => {
+                debug!("node {from} answered request {id}, which is no longer waiting");
+                None
+            }
         }
     }
 
@@ -186,54 +267,30 @@ impl Core {
             term: s.term,
             leader: s.leader,
             commit_index: s.commit_index,
-            applied_index: self.sm.applied_index(),
+            applied_index: self.applied,
         }
     }
 
-    fn client_sql(&mut self, sql: String, consistency: Consistency, reply: oneshot::Sender<Reply>) {
-        if self.stopping.is_some() {
-            let _ = reply.send(Reply::error(ErrorCode::Unavailable, "the node is shutting down"));
-            return;
-        }
-        let waiter = Waiter::Client(reply);
-        let deadline = Instant::now() + self.timeout;
-        match self.sm.classify(&sql) {
-            Ok(Kind::Read) if consistency == Consistency::Local => {
-                let reply = reply_of(self.sm.query(&sql));
-                self.answer(waiter, reply);
-            }
-            Ok(Kind::Read) => self.submit_read(Read { sql, waiter, deadline }),
-            Ok(Kind::Write) => self.submit_write(Write { sql, waiter, deadline }),
-            // This replica's schema may lag the leader's (a table created a moment ago),
-            // so unless the answer is final, let the leader judge the line.
-            Err(e) if e.is_final() || self.raft.role() == Role::Leader || consistency == Consistency::Local => {
-                self.answer(waiter, Reply::error(ErrorCode::SqlError, e.message()))
-            }
-            Err(_) => self.submit_write(Write { sql, waiter, deadline }),
-        }
-    }
-
-    /// A follower's client line, forwarded to us as the leader. We judge it against our
-    /// (freshest) state: errors are answered at once, reads served by ReadIndex, writes
-    /// proposed. If we are not the leader, we refuse and the follower tries again.
-    fn forwarded_request(&mut self, from: NodeId, id: u64, sql: String) {
-        let waiter = Waiter::Peer { node: from, id };
+    /// A follower's client write, forwarded to us as the leader: propose it. If we are
+    /// not the leader, refuse, and the follower tries again elsewhere.
+    fn forwarded_write(&mut self, from: NodeId, id: u64, sql: String) {
         if self.raft.role() != Role::Leader || self.stopping.is_some() {
             return self.send(from, PeerMessage::ForwardRefused { id });
         }
-        let deadline = Instant::now() + self.timeout;
-        match self.sm.classify(&sql) {
-            Err(e) => self.answer(waiter, Reply::error(ErrorCode::SqlError, e.message())),
-            Ok(Kind::Read) => self.submit_read(Read { sql, waiter, deadline }),
-            Ok(Kind::Write) => self.submit_write(Write { sql, waiter, deadline }),
-        }
+        let deadline = Instant::now() + self.config.timeout;
+        self.submit_write(Write { sql, waiter: Waiter::Peer { node: from, id }, deadline });
     }
 
     /// Proposes a write here if we lead; otherwise forwards it to the leader, or waits
     /// for one. A write forwarded to us is never forwarded again: we refuse it instead,
     /// and its node retries, so a request cannot circle between confused nodes.
     fn submit_write(&mut self, write: Write) {
-        let command = WriteCommand { sql: write.sql.clone(), time_ms: unix_ms(), seed: rand::random() };
+        let command = WriteCommand {
+            sql: write.sql.clone(),
+            time_ms: unix_ms(),
+            seed: rand::random(),
+            limits: self.config.limits,
+        };
         match self.raft.propose(command.encode()) {
             Ok(key) => {
                 self.proposed.insert(key, write);
@@ -242,11 +299,10 @@ impl Core {
                 Waiter::Peer { node, id } => self.send(node, PeerMessage::ForwardRefused { id }),
                 Waiter::Client(_) => match err {
                     ProposeError::NotLeader { leader: Some(leader) } => {
-                        let id = self.next_id;
-                        self.next_id += 1;
+                        let id = self.fresh_id();
                         let forward = PeerMessage::Forward { id, sql: write.sql.clone() };
                         if self.transport.send(leader, forward).is_ok() {
-                            self.forwarded.insert(id, write);
+                            self.forwarded.insert(id, (leader, write));
                         } else {
                             self.parked.push(write);
                         }
@@ -257,22 +313,49 @@ impl Core {
         }
     }
 
-    fn submit_read(&mut self, read: Read) {
+    /// Starts a ReadIndex round (§6.4) for a linearizable read, or waits for a leader.
+    fn submit_read(&mut self, barrier: Barrier) {
         if self.raft.status().leader.is_none() {
-            return self.park_read(read);
+            return self.parked_reads.push(barrier);
         }
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.fresh_id();
         self.raft.read(id);
-        self.reads.insert(id, read);
+        self.reads.insert(id, barrier);
     }
 
-    /// Keeps a read for a retry once a leader is known; a follower's read forwarded to us
-    /// goes back to that follower instead.
-    fn park_read(&mut self, read: Read) {
-        match read.waiter {
-            Waiter::Peer { node, id } => self.send(node, PeerMessage::ForwardRefused { id }),
-            Waiter::Client(_) => self.parked_reads.push(read),
+    fn fresh_id(&mut self) -> u64 {
+        if self.ids.next > u32::MAX as u64 {
+            // Four billion requests since the last start: count a new start, durably.
+            match self.store.next_incarnation() {
+                Ok(incarnation) => self.ids = Ids { incarnation, next: 0 },
+                Err(e) => self.failed = Some(e),
+            }
+        }
+        let id = (self.ids.incarnation << 32) | self.ids.next;
+        self.ids.next += 1;
+        id
+    }
+
+    /// The apply thread reached `index`: answer the writes and reads waiting for it.
+    fn applied(&mut self, index: Index, results: Vec<(Index, LineResult)>) {
+        self.applied = self.applied.max(index);
+        for (at, result) in results {
+            if let Some(write) = self.committed.remove(&at) {
+                self.answer(write.waiter, reply_of(result));
+            }
+        }
+        // A committed proposal always has a result; this only guards against waiting forever.
+        let done: Vec<Index> = self.committed.keys().copied().filter(|&at| at <= index).collect();
+        for at in done {
+            if let Some(write) = self.committed.remove(&at) {
+                self.answer(write.waiter, Reply::Results(Vec::new()));
+            }
+        }
+        let (fresh, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.confirmed).into_iter().partition(|(at, _)| *at <= index);
+        self.confirmed = waiting;
+        for (_, barrier) in fresh {
+            let _ = barrier.reply.send(Ok(()));
         }
     }
 
@@ -286,9 +369,10 @@ impl Core {
                 self.answer(write.waiter, Reply::error(ErrorCode::OutcomeUnknown, message));
             }
         }
-        let expired: Vec<u64> = self.forwarded.iter().filter(|(_, w)| w.deadline <= now).map(|(&k, _)| k).collect();
+        let expired: Vec<u64> =
+            self.forwarded.iter().filter(|(_, (_, w))| w.deadline <= now).map(|(&k, _)| k).collect();
         for id in expired {
-            if let Some(write) = self.forwarded.remove(&id) {
+            if let Some((_, write)) = self.forwarded.remove(&id) {
                 let message =
                     "the write was forwarded to the leader, which did not answer in time; it may have been applied";
                 self.answer(write.waiter, Reply::error(ErrorCode::OutcomeUnknown, message));
@@ -296,12 +380,17 @@ impl Core {
         }
         let expired: Vec<ReadId> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(&k, _)| k).collect();
         for id in expired {
-            if let Some(read) = self.reads.remove(&id) {
-                self.answer(
-                    read.waiter,
-                    Reply::error(ErrorCode::Unavailable, "the leader did not confirm the read in time"),
-                );
+            if let Some(barrier) = self.reads.remove(&id) {
+                let error = Reply::error(ErrorCode::Unavailable, "the leader did not confirm the read in time");
+                let _ = barrier.reply.send(Err(error));
             }
+        }
+        let (late, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.confirmed).into_iter().partition(|(_, b)| b.deadline <= now);
+        self.confirmed = waiting;
+        for (_, barrier) in late {
+            let message = "this node did not apply the writes the read must see in time (it is busy applying)";
+            let _ = barrier.reply.send(Err(Reply::error(ErrorCode::Unavailable, message)));
         }
         self.retry_parked(now);
     }
@@ -315,11 +404,12 @@ impl Core {
                 self.submit_write(write);
             }
         }
-        for read in std::mem::take(&mut self.parked_reads) {
-            if read.deadline <= now {
-                self.answer(read.waiter, Reply::error(ErrorCode::Unavailable, "no leader could be reached in time"));
+        for barrier in std::mem::take(&mut self.parked_reads) {
+            if barrier.deadline <= now {
+                let error = Reply::error(ErrorCode::Unavailable, "no leader could be reached in time");
+                let _ = barrier.reply.send(Err(error));
             } else {
-                self.submit_read(read);
+                self.submit_read(barrier);
             }
         }
     }
@@ -329,6 +419,9 @@ impl Core {
         while self.raft.has_ready() {
             let ready = self.raft.ready();
             self.log_status(&ready);
+            for refusal in &ready.refused {
+                warn!("{refusal}");
+            }
             // 1. A leader's appends and heartbeats leave before its own write (§10.2.1).
             for msg in &ready.messages {
                 self.send(msg.to, PeerMessage::Raft(msg.clone()));
@@ -339,16 +432,11 @@ impl Core {
             for msg in &ready.persisted_messages {
                 self.send(msg.to, PeerMessage::Raft(msg.clone()));
             }
-            // 4. Apply, keeping the results someone here waits for.
-            for entry in &ready.committed {
-                let result = self.sm.apply(entry)?;
-                if let Some(result) = result {
-                    if self.proposed.contains_key(&(entry.term, entry.index)) {
-                        self.results.insert(entry.index, result);
-                    }
-                }
+            // 4. Apply, in order, on the apply thread. Results come back as events.
+            if !ready.committed.is_empty() && self.applier.send(ready.committed.clone()).is_err() {
+                return Err(StorageError("the apply thread stopped".to_string()));
             }
-            // 5. Answer clients.
+            // 5. Answer clients: writes once applied, reads once applied far enough.
             self.answer_proposals(&ready);
             self.answer_reads(&ready);
             // 6.
@@ -361,12 +449,9 @@ impl Core {
         for outcome in &ready.proposals {
             match *outcome {
                 ProposalOutcome::Committed { term, index } => {
-                    let Some(write) = self.proposed.remove(&(term, index)) else { continue };
-                    let reply = match self.results.remove(&index) {
-                        Some(result) => reply_of(result),
-                        None => Reply::Results(Vec::new()),
-                    };
-                    self.answer(write.waiter, reply);
+                    if let Some(write) = self.proposed.remove(&(term, index)) {
+                        self.committed.insert(index, write);
+                    }
                 }
                 ProposalOutcome::Lost { term, index } => {
                     // Another entry took the index: this write will never apply. Retry it.
@@ -382,14 +467,13 @@ impl Core {
 
     fn answer_reads(&mut self, ready: &Ready) {
         for outcome in &ready.reads {
-            let Some(read) = self.reads.remove(&outcome.id) else { continue };
+            let Some(barrier) = self.reads.remove(&outcome.id) else { continue };
             match outcome.result {
-                // Step 4 applied at least up to `index`, so the state machine is fresh enough.
-                Ok(_index) => {
-                    let reply = reply_of(self.sm.query(&read.sql));
-                    self.answer(read.waiter, reply);
+                Ok(index) if index <= self.applied => {
+                    let _ = barrier.reply.send(Ok(()));
                 }
-                Err(_) => self.park_read(read),
+                Ok(index) => self.confirmed.push((index, barrier)),
+                Err(_) => self.parked_reads.push(barrier),
             }
         }
     }
@@ -439,19 +523,25 @@ impl Core {
     fn answer_everyone_on_shutdown(&mut self) {
         let unknown = || Reply::error(ErrorCode::OutcomeUnknown, "the node shut down before the outcome was known");
         let gone = || Reply::error(ErrorCode::Unavailable, "the node shut down");
-        for (_, write) in std::mem::take(&mut self.proposed) {
-            self.answer(write.waiter, unknown());
-        }
-        for (_, write) in std::mem::take(&mut self.forwarded) {
+        let writes: Vec<Write> = std::mem::take(&mut self.proposed)
+            .into_values()
+            .chain(std::mem::take(&mut self.committed).into_values())
+            .chain(std::mem::take(&mut self.forwarded).into_values().map(|(_, w)| w))
+            .collect();
+        for write in writes {
             self.answer(write.waiter, unknown());
         }
         for write in std::mem::take(&mut self.parked) {
             self.answer(write.waiter, gone());
         }
-        let reads: Vec<Read> =
-            self.reads.drain().map(|(_, r)| r).chain(std::mem::take(&mut self.parked_reads)).collect();
-        for read in reads {
-            self.answer(read.waiter, gone());
+        let reads = self
+            .reads
+            .drain()
+            .map(|(_, r)| r)
+            .chain(std::mem::take(&mut self.confirmed).into_iter().map(|(_, r)| r))
+            .chain(std::mem::take(&mut self.parked_reads));
+        for barrier in reads {
+            let _ = barrier.reply.send(Err(gone()));
         }
         if self.raft.role() == Role::Leader {
             warn!("shutting down while still leader: the others will elect a new one");

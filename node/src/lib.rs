@@ -4,15 +4,18 @@
 //! - [`config`] holds `lightraft.toml`.
 //! - [`server`] starts and stops one node.
 //! - [`core`] is the thread that drives raft-core and answers every client request.
+//! - [`applier`] applies committed entries; [`readers`] serve reads; both off that thread.
 //! - [`session`] and [`format`] are what `nc` users see.
 //! - [`up`] runs a whole local cluster in one command; [`bench`] is the benchmark.
 
+pub mod applier;
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod core;
 pub mod format;
 pub mod protocol;
+pub mod readers;
 pub mod server;
 pub mod session;
 pub mod up;

@@ -81,15 +81,16 @@ pub struct StatusReport {
 /// What a client session asks of the Raft core.
 #[derive(Debug)]
 pub enum Request {
-    /// Run one line of SQL.
-    Sql {
+    /// Replicate one line that writes: propose it here, or forward it to the leader.
+    Write {
         /// The line.
         sql: String,
-        /// For reads: how fresh.
-        consistency: Consistency,
         /// Where the answer goes.
         reply: oneshot::Sender<Reply>,
     },
+    /// Answer once this node has applied everything committed before the request arrived
+    /// (ReadIndex, §6.4): a read started then is linearizable.
+    ReadBarrier(oneshot::Sender<Result<(), Reply>>),
     /// Report the node's status.
     Status(oneshot::Sender<StatusReport>),
 }

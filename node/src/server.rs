@@ -8,16 +8,22 @@ use raft_core::{Node, Restored};
 use sqlite_sm::{RaftStore, StateMachine};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::{error, info, Instrument};
-use transport::{Transport, TransportConfig, DEFAULT_MAX_FRAME};
+use tracing::{error, info, warn, Instrument};
+use transport::{Secret, Transport, TransportConfig};
 
-use crate::config::Config;
-use crate::core::{Core, Event};
+use crate::applier;
+use crate::config::{Config, SECRET_ENV};
+use crate::core::{Core, CoreConfig, Event};
+use crate::readers::ReadPool;
 use crate::session::{self, SessionConfig};
 
-/// Bytes of entries per append message. JSON spells bytes as numbers, about 3.6 times
-/// larger, which keeps frames well under the transport's 16 MiB limit.
+/// Bytes of entries per append message (see `raft_core::Entry::size`): a few entries
+/// of any size, or many small ones, well under the frame limit.
 const MAX_APPEND_BYTES: usize = 1 << 20;
+
+/// Descriptors kept free for peers, database files, readers and the log, whatever the
+/// clients do.
+const RESERVED_DESCRIPTORS: u64 = 256;
 
 /// Runs node `index` of `config` until SIGINT or SIGTERM. Errors are one sentence.
 pub fn run(config: &Config, index: usize) -> Result<(), String> {
@@ -30,10 +36,60 @@ pub fn run(config: &Config, index: usize) -> Result<(), String> {
     runtime.block_on(serve(config, index).instrument(span))
 }
 
+/// The cluster secret, or none on loopback (with a warning); refuses to run a peer port
+/// reachable from other machines without one.
+fn cluster_secret(config: &Config, index: usize) -> Result<Secret, String> {
+    let rpc = config.rpc_addr(index)?;
+    match config.secret()? {
+        Some((secret, source)) => {
+            info!("peers authenticate with the cluster secret from {source}");
+            Ok(secret)
+        }
+        None if rpc.ip().is_loopback() => {
+            warn!(
+                "no cluster secret is set: any process on this machine that knows the cluster name can act as a peer; \
+                 set [cluster] secretFile (or {SECRET_ENV}) before exposing nodes beyond loopback"
+            );
+            Ok(Secret::default())
+        }
+        None => Err(format!(
+            "node {index}'s peer port {rpc} is reachable beyond loopback, but no cluster secret is set: \
+             put the same secret (16 bytes or more) on every node with [cluster] secretFile = \"path\", \
+             [cluster] secret, or the {SECRET_ENV} environment variable"
+        )),
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, and returns how many clients
+/// fit while `RESERVED_DESCRIPTORS` stay free for everything else.
+fn client_capacity(wanted: usize) -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local struct.
+    let available = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return wanted;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+        limit.rlim_cur
+    };
+    let room = available.saturating_sub(RESERVED_DESCRIPTORS) as usize;
+    if room < wanted {
+        warn!("only {available} file descriptors are allowed; serving at most {room} clients instead of {wanted}");
+    }
+    room.clamp(1, wanted)
+}
+
 async fn serve(config: &Config, index: usize) -> Result<(), String> {
     let id = index as u64;
     let client_addr = config.client_addr(index)?;
     let rpc_addr = config.rpc_addr(index)?;
+    let secret = cluster_secret(config, index)?;
+    let max_clients = client_capacity(config.client.max_clients);
     let peers = (0..config.nodes.len())
         .filter(|&i| i != index)
         .map(|i| Ok((i as u64, config.rpc_addr(i)?)))
@@ -47,6 +103,7 @@ async fn serve(config: &Config, index: usize) -> Result<(), String> {
     let store = RaftStore::open(&config.meta_path(index), &config.cluster.name, id)?;
     let (hard_state, entries) = store.load()?;
     let sm = StateMachine::open(&config.sm_path(index))?;
+    let applied = sm.applied_index();
     let raft_config = raft_core::Config {
         id,
         voters: (0..config.nodes.len() as u64).collect(),
@@ -57,19 +114,22 @@ async fn serve(config: &Config, index: usize) -> Result<(), String> {
         max_append_bytes: MAX_APPEND_BYTES,
         seed: rand::random(),
     };
-    let restored = Restored { hard_state, entries, applied: sm.applied_index() };
+    let restored = Restored { hard_state, entries, applied };
     let raft = Node::new(raft_config, restored).map_err(|e| format!("cannot restore the Raft state: {e}"))?;
+    let readers =
+        ReadPool::start(&config.sm_path(index), config.client.readers, config.line_limits(), config.client_timeout())?;
 
     let clients =
         TcpListener::bind(client_addr).await.map_err(|e| format!("cannot listen for clients on {client_addr}: {e}"))?;
     let (peer_tx, mut peer_rx) = mpsc::channel(65_536);
     let transport_config = TransportConfig {
         cluster: config.cluster.name.clone(),
+        secret,
         me: id,
         listen: rpc_addr,
         peers,
         queue_capacity: 4096,
-        max_frame: DEFAULT_MAX_FRAME,
+        max_frame: config.max_frame(),
     };
     let transport = Transport::start(transport_config, peer_tx)
         .await
@@ -83,8 +143,14 @@ async fn serve(config: &Config, index: usize) -> Result<(), String> {
             let _ = bridge.try_send(Event::Peer(from, msg));
         }
     });
-    let core =
-        Core::new(raft, store, sm, transport, config.tick(), config.raft.election_ticks, config.client_timeout());
+    let applier = applier::start(sm, core_tx.clone())?;
+    let core_config = CoreConfig {
+        tick: config.tick(),
+        election: config.tick() * config.raft.election_ticks as u32,
+        timeout: config.client_timeout(),
+        limits: config.line_limits(),
+    };
+    let core = Core::new(raft, store, applied, transport, applier, core_config).map_err(|e| e.to_string())?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let span = tracing::Span::current();
     std::thread::Builder::new()
@@ -97,8 +163,12 @@ async fn serve(config: &Config, index: usize) -> Result<(), String> {
     let session_config = SessionConfig {
         node: id,
         max_line: config.client.max_line_bytes,
-        timeout: config.client_timeout(),
+        max_clients,
+        idle_timeout: Duration::from_millis(config.client.idle_timeout_ms),
+        write_timeout: Duration::from_millis(config.client.write_timeout_ms),
+        max_result_bytes: config.limits.max_result_bytes,
         core: core_tx.clone(),
+        readers,
     };
     tokio::spawn(session::serve(clients, session_config).in_current_span());
     info!("serving clients on {client_addr} (nc {} {}), peers on {rpc_addr}", client_addr.ip(), client_addr.port());

@@ -1,20 +1,30 @@
 //! The client session: what a person (or a script) typing into `nc` sees.
 //!
-//! One line is one request. SQL goes to the Raft core; lines starting with `.` are shell
-//! commands, as in the sqlite3 shell. Whatever arrives (an over-long line, invalid
-//! UTF-8, binary garbage) gets a clear error, and the session goes on.
+//! One line is one request. SQL is classified by SQLite on a reader thread: reads run on
+//! a reader (after a ReadIndex barrier if linearizable) and stream their rows back;
+//! writes go to the Raft core. Lines starting with `.` are shell commands, as in the
+//! sqlite3 shell. Whatever arrives (an over-long line, invalid UTF-8, binary garbage)
+//! gets a clear error, and the session goes on.
+//!
+//! A session costs the node little and never for long: connections are capped, a
+//! session that stays silent is closed, and a client that does not read its answers is
+//! disconnected once its socket stops draining, so answers cannot pile up in memory.
 
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, warn};
 
 use crate::core::Event;
-use crate::format;
+use crate::format::{self, JsonStream};
 use crate::protocol::{Consistency, ErrorCode, Reply, Request};
+use crate::readers::{ReadItem, ReadPool};
+use sqlite_sm::{Kind, Output, StatementResult};
 
 /// The banner's logo.
 const LOGO: &str = r" _ _       _     _              __ _
@@ -48,30 +58,52 @@ pub struct SessionConfig {
     pub node: u64,
     /// The longest accepted line.
     pub max_line: usize,
-    /// The client timeout.
-    pub timeout: Duration,
+    /// The most client connections at once.
+    pub max_clients: usize,
+    /// A session silent this long is closed.
+    pub idle_timeout: Duration,
+    /// A client that does not read for this long while an answer waits is dropped.
+    pub write_timeout: Duration,
+    /// The largest result shown; also bounds a table's padded size.
+    pub max_result_bytes: u64,
     /// The Raft core.
     pub core: SyncSender<Event>,
+    /// The reader threads.
+    pub readers: ReadPool,
 }
 
-/// Accepts client connections forever.
+/// Accepts client connections forever, at most `max_clients` at a time.
 pub async fn serve(listener: TcpListener, config: SessionConfig) {
+    let slots = Arc::new(Semaphore::new(config.max_clients));
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
                 let config = config.clone();
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // Say why, briefly, and hang up: the slot is what keeps descriptors free.
+                    tokio::spawn(turn_away(stream, config.max_clients));
+                    continue;
+                };
                 tokio::spawn(async move {
-                    if let Err(e) = session(stream, config).await {
+                    if let Err(e) = session(stream, &config).await {
                         debug!("client {addr} disconnected: {e}");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
+                // Usually running out of file descriptors: wait, do not spin.
                 warn!("accepting a client failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
+}
+
+async fn turn_away(mut stream: TcpStream, max: usize) {
+    let reason = format!("too many connections (maxClients is {max}); try again later");
+    let message = format::error_table(ErrorCode::Unavailable, &reason);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(message.as_bytes())).await;
 }
 
 /// One input line, as read.
@@ -123,64 +155,108 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> s
     Ok(if too_long { Line::TooLong } else { Line::Bytes(line) })
 }
 
+/// The writing half of a session: buffered, and every wait on the client bounded.
+struct Out {
+    writer: BufWriter<OwnedWriteHalf>,
+    timeout: Duration,
+}
+
+impl Out {
+    async fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match tokio::time::timeout(self.timeout, self.writer.write_all(bytes)).await {
+            Ok(result) => result,
+            Err(_) => Err(self.stalled()),
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match tokio::time::timeout(self.timeout, self.writer.flush()).await {
+            Ok(result) => result,
+            Err(_) => Err(self.stalled()),
+        }
+    }
+
+    fn stalled(&self) -> std::io::Error {
+        let message = format!("the client did not read its answer for {:?}", self.timeout);
+        std::io::Error::new(std::io::ErrorKind::TimedOut, message)
+    }
+}
+
 /// A session's settings.
 struct State {
     json: bool,
     consistency: Consistency,
 }
 
-async fn session(stream: TcpStream, config: SessionConfig) -> std::io::Result<()> {
+async fn session(stream: TcpStream, config: &SessionConfig) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
+    let (read, write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    write.write_all(format!("{LOGO}Connected to node {}\n{PROMPT}", config.node).as_bytes()).await?;
+    let mut out = Out { writer: BufWriter::with_capacity(64 << 10, write), timeout: config.write_timeout };
+    out.put(format!("{LOGO}Connected to node {}\n{PROMPT}", config.node).as_bytes()).await?;
+    out.flush().await?;
     let mut state = State { json: false, consistency: Consistency::Linearizable };
     loop {
-        let (output, quit) = match read_line(&mut reader, config.max_line).await? {
+        let line = match tokio::time::timeout(config.idle_timeout, read_line(&mut reader, config.max_line)).await {
+            Ok(line) => line?,
+            Err(_) => {
+                let message = format!("closing the session: nothing was received for {:?}", config.idle_timeout);
+                out.put(error(&state, ErrorCode::BadRequest, &message).as_bytes()).await?;
+                out.flush().await?;
+                return Ok(());
+            }
+        };
+        let quit = match line {
             Line::End => return Ok(()),
             Line::TooLong => {
                 let message = format!("the line is longer than {} bytes and was ignored", config.max_line);
-                (error(&state, ErrorCode::BadRequest, &message), false)
+                out.put(error(&state, ErrorCode::BadRequest, &message).as_bytes()).await?;
+                false
             }
             Line::Bytes(bytes) => match String::from_utf8(bytes) {
-                Err(_) => (error(&state, ErrorCode::BadRequest, "the line is not valid UTF-8 and was ignored"), false),
+                Err(_) => {
+                    let message = "the line is not valid UTF-8 and was ignored";
+                    out.put(error(&state, ErrorCode::BadRequest, message).as_bytes()).await?;
+                    false
+                }
                 Ok(text) => {
                     let text = text.trim();
                     if text.is_empty() {
-                        (String::new(), false)
+                        false
                     } else if text.starts_with('.') {
-                        dot_command(text, &mut state, &config).await
+                        dot_command(text, &mut state, config, &mut out).await?
                     } else {
-                        let reply = ask_sql(&config, text.to_string(), state.consistency).await;
-                        (render(&state, &reply), false)
+                        run_sql(text.to_string(), &state, config, &mut out).await?;
+                        false
                     }
                 }
             },
         };
-        write.write_all(output.as_bytes()).await?;
         if quit {
-            return write.shutdown().await;
+            out.flush().await?;
+            return out.writer.shutdown().await;
         }
         if !state.json {
-            write.write_all(PROMPT.as_bytes()).await?;
+            out.put(PROMPT.as_bytes()).await?;
         }
+        out.flush().await?;
     }
 }
 
-fn render(state: &State, reply: &Reply) -> String {
+fn render(state: &State, reply: &Reply, max_bytes: u64) -> String {
     if state.json {
         format::json(reply)
     } else {
-        format::table(reply)
+        format::table(reply, max_bytes)
     }
 }
 
 fn error(state: &State, code: ErrorCode, message: &str) -> String {
-    render(state, &Reply::error(code, message))
+    render(state, &Reply::error(code, message), u64::MAX)
 }
 
-/// Runs a shell command. Returns the output and whether to close the session.
-async fn dot_command(text: &str, state: &mut State, config: &SessionConfig) -> (String, bool) {
+/// Runs a shell command. Returns whether to close the session.
+async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out: &mut Out) -> std::io::Result<bool> {
     let mut words = text.split_whitespace();
     let command = words.next().unwrap_or_default();
     let args: Vec<&str> = words.collect();
@@ -191,40 +267,44 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig) -> (
             format!("{key} is {value}\n")
         }
     };
-    match (command, args.as_slice()) {
+    let output = match (command, args.as_slice()) {
         (".quit" | ".exit", []) => {
-            let out = if state.json { "{\"bye\":true}\n".to_string() } else { "bye\n".to_string() };
-            (out, true)
+            let bye = if state.json { "{\"bye\":true}\n" } else { "bye\n" };
+            out.put(bye.as_bytes()).await?;
+            return Ok(true);
         }
         (".help", []) => {
-            let out =
-                if state.json { serde_json::json!({ "help": HELP }).to_string() + "\n" } else { format!("{HELP}\n") };
-            (out, false)
+            if state.json {
+                serde_json::json!({ "help": HELP }).to_string() + "\n"
+            } else {
+                format!("{HELP}\n")
+            }
         }
         (".mode", ["json"]) => {
             state.json = true;
-            (ok(state, "mode", "json"), false)
+            ok(state, "mode", "json")
         }
         (".mode", ["table"]) => {
             state.json = false;
-            (ok(state, "mode", "table"), false)
+            ok(state, "mode", "table")
         }
         (".consistency", ["linearizable"]) => {
             state.consistency = Consistency::Linearizable;
-            (ok(state, "consistency", "linearizable"), false)
+            ok(state, "consistency", "linearizable")
         }
         (".consistency", ["local"]) => {
             state.consistency = Consistency::Local;
-            (ok(state, "consistency", "local"), false)
+            ok(state, "consistency", "local")
         }
         (".status", []) => {
             let (tx, rx) = oneshot::channel();
             if config.core.try_send(Event::Client(Request::Status(tx))).is_err() {
-                return (error(state, ErrorCode::Unavailable, "the node is busy or shutting down"), false);
-            }
-            match tokio::time::timeout(config.timeout, rx).await {
-                Ok(Ok(report)) => (format::status(&report, state.json), false),
-                _ => (error(state, ErrorCode::Unavailable, "the node did not report its status"), false),
+                error(state, ErrorCode::Unavailable, "the node is busy or shutting down")
+            } else {
+                match rx.await {
+                    Ok(report) => format::status(&report, state.json),
+                    Err(_) => error(state, ErrorCode::Unavailable, "the node is shutting down"),
+                }
             }
         }
         (".tables", []) => {
@@ -232,7 +312,8 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig) -> (
                 "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> '{}' ORDER BY name",
                 sqlite_sm::APPLIED_TABLE
             );
-            (render(state, &ask_sql(config, sql, state.consistency).await), false)
+            read(sql, 1, state, config, out).await?;
+            return Ok(false);
         }
         (".schema", [] | [_]) => {
             let filter = args.first().map_or(String::new(), |t| format!(" AND tbl_name = '{}'", t.replace('\'', "''")));
@@ -240,34 +321,144 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig) -> (
                 "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' AND tbl_name <> '{}'{filter} ORDER BY tbl_name, type DESC, name",
                 sqlite_sm::APPLIED_TABLE
             );
-            (render(state, &ask_sql(config, sql, state.consistency).await), false)
+            read(sql, 1, state, config, out).await?;
+            return Ok(false);
         }
         _ => {
             let message = format!("unknown command or wrong arguments: {text} (try .help)");
-            (error(state, ErrorCode::BadRequest, &message), false)
+            error(state, ErrorCode::BadRequest, &message)
+        }
+    };
+    out.put(output.as_bytes()).await?;
+    Ok(false)
+}
+
+/// One line of SQL: classified by SQLite itself, then read here or replicated.
+async fn run_sql(sql: String, state: &State, config: &SessionConfig, out: &mut Out) -> std::io::Result<()> {
+    let linearizable = state.consistency == Consistency::Linearizable;
+    let classified = match config.readers.classify(sql.clone()).await {
+        Err(busy) => return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await,
+        Ok(Ok(classified)) => Ok(classified),
+        Ok(Err(e)) if e.is_final() || !linearizable => Err(e),
+        Ok(Err(_)) => {
+            // This replica's schema may lag the cluster's (a table created a moment ago
+            // through another node). Wait until it has applied everything committed, as
+            // a linearizable read would, and judge the line again.
+            if let Err(reply) = barrier(config).await {
+                return out.put(render(state, &reply, u64::MAX).as_bytes()).await;
+            }
+            match config.readers.classify(sql.clone()).await {
+                Err(busy) => return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await,
+                Ok(Ok((Kind::Read, statements))) => return read(sql, statements, state, config, out).await,
+                Ok(result) => result,
+            }
+        }
+    };
+    match classified {
+        Err(e) => out.put(error(state, ErrorCode::SqlError, e.message()).as_bytes()).await,
+        Ok((Kind::Write, _)) => {
+            let reply = write(config, sql).await;
+            out.put(render(state, &reply, config.max_result_bytes).as_bytes()).await
+        }
+        Ok((Kind::Read, statements)) => {
+            if linearizable {
+                if let Err(reply) = barrier(config).await {
+                    return out.put(render(state, &reply, u64::MAX).as_bytes()).await;
+                }
+            }
+            read(sql, statements, state, config, out).await
         }
     }
 }
 
-/// Sends a line to the Raft core and waits for its answer. The core answers every request
-/// by its deadline; the wait here is only a guard against a core that stopped.
-async fn ask_sql(config: &SessionConfig, sql: String, consistency: Consistency) -> Reply {
+/// Waits until this node has applied everything committed when the barrier began.
+async fn barrier(config: &SessionConfig) -> Result<(), Reply> {
     let (tx, rx) = oneshot::channel();
-    match config.core.try_send(Event::Client(Request::Sql { sql, consistency, reply: tx })) {
-        Ok(()) => {}
+    send_to_core(config, Request::ReadBarrier(tx))?;
+    rx.await.unwrap_or_else(|_| Err(Reply::error(ErrorCode::Unavailable, "the node is shutting down")))
+}
+
+/// Hands a write to the Raft core and waits for its outcome. The core answers every write
+/// exactly once, so there is no timeout here: a write that takes long to apply is still
+/// answered with its result.
+async fn write(config: &SessionConfig, sql: String) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    if let Err(reply) = send_to_core(config, Request::Write { sql, reply: tx }) {
+        return reply;
+    }
+    rx.await.unwrap_or_else(|_| {
+        Reply::error(ErrorCode::OutcomeUnknown, "the node stopped before answering; the write may have been applied")
+    })
+}
+
+fn send_to_core(config: &SessionConfig, request: Request) -> Result<(), Reply> {
+    match config.core.try_send(Event::Client(request)) {
+        Ok(()) => Ok(()),
         Err(TrySendError::Full(_)) => {
-            return Reply::error(ErrorCode::Unavailable, "the node is overloaded; nothing was done");
+            Err(Reply::error(ErrorCode::Unavailable, "the node is overloaded; nothing was done"))
         }
         Err(TrySendError::Disconnected(_)) => {
-            return Reply::error(ErrorCode::Unavailable, "the node is shutting down; nothing was done");
+            Err(Reply::error(ErrorCode::Unavailable, "the node is shutting down; nothing was done"))
         }
     }
-    match tokio::time::timeout(config.timeout * 2 + Duration::from_secs(1), rx).await {
-        Ok(Ok(reply)) => reply,
-        _ => Reply::error(
-            ErrorCode::OutcomeUnknown,
-            "the node stopped before answering; the request may have been applied",
-        ),
+}
+
+/// Runs a read on a reader thread. JSON streams rows as they come; a table needs every
+/// row to size its columns, so it collects them (at most the result limit) first.
+async fn read(
+    sql: String,
+    statements: usize,
+    state: &State,
+    config: &SessionConfig,
+    out: &mut Out,
+) -> std::io::Result<()> {
+    let mut items = match config.readers.query(sql) {
+        Ok(items) => items,
+        Err(busy) => return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await,
+    };
+    let mut results: Vec<StatementResult> = Vec::new();
+    let mut stream = JsonStream::new(statements > 1);
+    let mut chunk = Vec::new();
+    let outcome = loop {
+        let Some(item) = items.recv().await else { break Err("the reader stopped before finishing".to_string()) };
+        match item {
+            ReadItem::Done(outcome) => break outcome,
+            ReadItem::Output(output) if state.json => {
+                stream.push(&mut chunk, output);
+                if chunk.len() >= 64 << 10 {
+                    out.put(&chunk).await?;
+                    chunk.clear();
+                }
+            }
+            ReadItem::Output(output) => collect(&mut results, output),
+        }
+    };
+    if state.json {
+        stream.finish(&mut chunk, outcome.as_ref().err().map(|e| (ErrorCode::SqlError, e.as_str())));
+        return out.put(&chunk).await;
+    }
+    let mut text = if results.is_empty() {
+        String::new()
+    } else {
+        format::table(&Reply::Results(results), config.max_result_bytes)
+    };
+    if let Err(e) = outcome {
+        text.push_str(&format::error_table(ErrorCode::SqlError, &e));
+    }
+    out.put(text.as_bytes()).await
+}
+
+fn collect(results: &mut Vec<StatementResult>, output: Output) {
+    match output {
+        Output::Columns(columns) => results.push(StatementResult::Rows { columns, rows: Vec::new() }),
+        Output::Row(row) => {
+            if let Some(StatementResult::Rows { rows, .. }) = results.last_mut() {
+                rows.push(row);
+            }
+        }
+        Output::Changes { rows_affected, last_insert_rowid } => {
+            results.push(StatementResult::Changes { rows_affected, last_insert_rowid })
+        }
     }
 }
 

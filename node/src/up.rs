@@ -4,15 +4,28 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use rand::RngCore;
 use tokio::process::{Child, Command};
 
-use crate::config::Config;
+use crate::config::{Config, SECRET_ENV};
 use crate::server::shutdown_signal;
 
 /// Starts one `lightraft <index>` process per node, prints how to connect, and stops them
-/// all cleanly on Ctrl-C (or when one of them fails).
+/// all cleanly on Ctrl-C (or when one of them fails). Without a configured secret, it
+/// makes one for this run and hands it to every node (never printed), so even a local
+/// cluster's peer ports admit only its own nodes.
 pub fn run(config_path: &Path) -> Result<(), String> {
     let config = Config::load(config_path)?;
+    let generated = match config.secret()? {
+        Some(_) => None,
+        None => {
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            Some(STANDARD.encode(bytes))
+        }
+    };
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the lightraft binary: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -21,16 +34,18 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     runtime.block_on(async {
         let mut children = Vec::new();
         for index in 0..config.nodes.len() {
-            let child = Command::new(&exe)
-                .arg(index.to_string())
-                .arg("--config")
-                .arg(config_path)
-                .stdin(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot start node {index}: {e}"))?;
+            let mut command = Command::new(&exe);
+            command.arg(index.to_string()).arg("--config").arg(config_path).stdin(Stdio::null());
+            if let Some(secret) = &generated {
+                command.env(SECRET_ENV, secret);
+            }
+            let child = command.spawn().map_err(|e| format!("cannot start node {index}: {e}"))?;
             children.push(child);
         }
         println!("Started {} nodes of cluster {:?}. Connect with:", children.len(), config.cluster.name);
+        if generated.is_some() {
+            println!("(No cluster secret is configured, so this run made one for its nodes.)");
+        }
         for index in 0..config.nodes.len() {
             let addr = config.client_addr(index)?;
             println!("  nc {} {}    # node {index}", addr.ip(), addr.port());

@@ -1,15 +1,25 @@
-//! The SQLite side of lightraft: the replicated state machine ([`StateMachine`]) and the
-//! durable Raft state ([`RaftStore`]), each in its own database file.
+//! The SQLite side of lightraft: the replicated state machine ([`StateMachine`]), reads
+//! off the Raft thread ([`Reader`]) and the durable Raft state ([`RaftStore`]), the first
+//! two sharing one database file, the last in a file of its own.
 //!
 //! Replicas stay identical because every input that SQLite would take from the machine
-//! is fixed by the leader in the log entry ([`clock`]), and what cannot be fixed (other
-//! database files, extensions, transaction control) is refused before it is proposed.
+//! is fixed by the leader in the log entry ([`command`], [`vfs`], [`random`]), and what
+//! cannot be fixed (other files, extensions, transaction control, connection-local
+//! objects, node-specific PRAGMAs) is refused before it is proposed ([`policy`]).
 
-pub mod clock;
+pub mod command;
+mod exec;
+pub mod policy;
 pub mod raft_store;
+pub mod random;
+pub mod reader;
 pub mod state_machine;
 pub mod value;
+pub mod vfs;
 
+pub use command::{Limits, WriteCommand};
+pub use exec::Output;
 pub use raft_store::RaftStore;
-pub use state_machine::{ClassifyError, Kind, StateMachine, StorageError, WriteCommand, APPLIED_TABLE};
+pub use reader::{ClassifyError, Kind, Reader};
+pub use state_machine::{StateMachine, StorageError, APPLIED_TABLE};
 pub use value::{results_to_json, LineResult, StatementResult, Value};

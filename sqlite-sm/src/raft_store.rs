@@ -25,7 +25,8 @@ impl RaftStore {
              PRAGMA synchronous = FULL;
              CREATE TABLE IF NOT EXISTS identity (id INTEGER PRIMARY KEY CHECK (id = 0), cluster TEXT NOT NULL, node INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS hard_state (id INTEGER PRIMARY KEY CHECK (id = 0), term INTEGER NOT NULL, voted_for INTEGER);
-             CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, command BLOB);",
+             CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, command BLOB);
+             CREATE TABLE IF NOT EXISTS incarnation (id INTEGER PRIMARY KEY CHECK (id = 0), count INTEGER NOT NULL);",
         )
         .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
         let identity: Option<(String, i64)> = conn
@@ -75,6 +76,21 @@ impl RaftStore {
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| format!("cannot read the Raft log: {e}"))?;
         Ok((hard_state, entries))
+    }
+
+    /// Counts one more start of this node, durably, and returns the new count. Request ids
+    /// built from it never repeat across restarts, so a late answer to a request sent
+    /// before a restart can never be taken for the answer to a new one.
+    pub fn next_incarnation(&mut self) -> Result<u64, StorageError> {
+        let fail = |e: rusqlite::Error| StorageError(format!("counting node starts failed: {e}"));
+        self.conn
+            .query_row(
+                "INSERT INTO incarnation VALUES (0, 1) ON CONFLICT(id) DO UPDATE SET count = count + 1 RETURNING count",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|count| count as u64)
+            .map_err(fail)
     }
 
     /// Makes a ready's durable part durable, in one transaction and one fsync.

@@ -1,91 +1,47 @@
 //! The replicated state machine: a SQLite database to which every replica applies the
 //! same committed entries in the same order, each as one transaction that also records
 //! the applied index, so a restart neither skips nor repeats an entry.
+//!
+//! Two promises, and how they are kept:
+//!
+//! **Replicas are identical.** A replica's content must be a function of the log alone,
+//! whether it ran without stopping or restarted between any two entries. Everything
+//! SQLite would take from elsewhere is fixed by the entry (time, random seed, limits, see
+//! [`crate::command`]) or reset before it runs (`changes()`, `last_insert_rowid()`), and
+//! what cannot be fixed is refused ([`crate::policy`]). After a schema change the
+//! connection is reopened, so its in-memory schema (whose object order shows in
+//! `ANALYZE` and `pragma_table_list`) is what a restarted replica would load. A line may
+//! not give a row the largest rowid: SQLite would then pick later rowids at random.
+//!
+//! **A committed entry cannot poison the state machine.** Whatever error the entry itself
+//! causes (a constraint, a limit, a deferred foreign key at COMMIT, a broken full-text
+//! index) rolls it back and becomes its result, the same on every replica, and the entry
+//! still counts as applied. Only a failure of this node's disk stops the node: the VFS
+//! ([`crate::vfs`]) sees every OS call, so "disk full" is never mistaken for "AUTOINCREMENT
+//! ran out", which SQLite reports with the same code.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use raft_core::{Entry, Index, Payload};
-use rusqlite::fallible_iterator::FallibleIterator;
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
-use rusqlite::{Batch, Connection, ErrorCode, OpenFlags};
-use serde::{Deserialize, Serialize};
+use rusqlite::config::DbConfig;
+use rusqlite::hooks::AuthContext;
+use rusqlite::limits::Limit;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use crate::clock::{register_vfs, with_pinned_time, SeededRandom, VFS_NAME};
-use crate::value::{LineResult, StatementResult, Value};
+use crate::command::{Limits, WriteCommand};
+use crate::exec::{run_line, LineError, Output, ResultBudget};
+use crate::policy::{Policy, RESERVED_PREFIX};
+use crate::random::SeededRandom;
+use crate::value::{LineResult, StatementResult};
+use crate::vfs::{self, VFS_NAME};
 
-/// The table holding the applied index. Clients may read it but never write it.
+/// The table holding the applied index. Clients may read it but never change it.
 pub const APPLIED_TABLE: &str = "_lightraft_applied";
 
-/// The most SQLite virtual-machine instructions one line may run (well under a second
-/// of work). A runaway query would otherwise stall the Raft thread, and with it heartbeats.
-/// The count, unlike a clock, is the same on every replica, so a write stopped by it is
-/// stopped (and rolled back) everywhere alike.
-pub const MAX_LINE_STEPS: u64 = 100_000_000;
-
 /// How many instructions SQLite runs between two calls of the progress handler.
-const STEPS_PER_CHECK: u64 = 10_000;
-
-/// A replicated write: the client's SQL plus what the leader fixed for every replica.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriteCommand {
-    /// One line of SQL: one or more statements, applied as one transaction.
-    pub sql: String,
-    /// The leader's clock when it proposed the write, in Unix milliseconds: what
-    /// `datetime('now')` and `CURRENT_TIMESTAMP` return on every replica.
-    pub time_ms: i64,
-    /// Seeds `random()` and `randomblob()` for this entry.
-    pub seed: u64,
-}
-
-impl WriteCommand {
-    /// The bytes of the log entry.
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// Parses a log entry's bytes.
-    pub fn decode(bytes: &[u8]) -> Result<WriteCommand, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("log entry is not a write command: {e}"))
-    }
-}
-
-/// Whether a line only reads or also writes, as SQLite itself judges each statement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Every statement is read-only: serve locally (after a ReadIndex if linearizable).
-    Read,
-    /// Some statement writes: replicate through Raft.
-    Write,
-}
-
-/// Why a line could not be classified.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClassifyError {
-    message: String,
-    is_final: bool,
-}
-
-impl ClassifyError {
-    /// A sentence for the user.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    /// True if no other replica could judge the line differently: it was refused as
-    /// unreplicable, or is not SQL at all. False if it may only be this replica's schema
-    /// lagging (say, a table another node just created).
-    pub fn is_final(&self) -> bool {
-        self.is_final
-    }
-}
-
-impl std::fmt::Display for ClassifyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
+pub(crate) const STEPS_PER_CHECK: u64 = 10_000;
 
 /// The disk failed under SQLite. Applying cannot continue safely on this replica.
 #[derive(Debug)]
@@ -99,119 +55,52 @@ impl std::fmt::Display for StorageError {
 
 impl std::error::Error for StorageError {}
 
-/// What the authorizer refused, so the client gets a sentence rather than "not authorized".
+/// What the connection's callbacks share with the state machine.
 #[derive(Debug, Default)]
-struct Guard {
-    /// Set while lightraft itself updates its bookkeeping table.
-    internal: AtomicBool,
-    /// The reason for the last refusal.
-    refusal: Mutex<Option<String>>,
-    /// Progress-handler calls since the current line began.
-    checks: std::sync::atomic::AtomicU64,
-}
-
-impl Guard {
-    fn refuse(&self, reason: &str) -> Authorization {
-        *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
-        Authorization::Deny
-    }
-
-    /// Runs lightraft's own statements (transaction control, bookkeeping) unrefused.
-    fn internal<T>(&self, f: impl FnOnce() -> T) -> T {
-        self.internal.store(true, Ordering::Relaxed);
-        let out = f();
-        self.internal.store(false, Ordering::Relaxed);
-        out
-    }
-
-    fn take_refusal(&self) -> Option<String> {
-        self.refusal.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
-    /// Refuses what cannot be replicated identically, at prepare time, so it is rejected
-    /// before it is ever proposed.
-    fn authorize(&self, ctx: AuthContext<'_>) -> Authorization {
-        if self.internal.load(Ordering::Relaxed) {
-            return Authorization::Allow;
-        }
-        match ctx.action {
-            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
-                self.refuse("each line already runs as one transaction; BEGIN, COMMIT and SAVEPOINT are not supported")
-            }
-            AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
-                self.refuse("ATTACH and DETACH are not supported: other database files are not replicated")
-            }
-            // A PRAGMA that sets something changes this connection only, and a restart
-            // forgets it: replicas would drift apart. Introspection with an argument is fine.
-            AuthAction::Pragma { pragma_name, pragma_value: Some(_) } if !is_introspection(pragma_name) => {
-                self.refuse(&format!("PRAGMA {pragma_name} with a value is not supported: settings are not replicated"))
-            }
-            AuthAction::Function { function_name } => {
-                let name = function_name.to_ascii_lowercase();
-                if name == "load_extension" || name == "total_changes" || name == "sqlite_offset" {
-                    self.refuse(&format!("{function_name}() is not supported: its result differs between replicas"))
-                } else {
-                    Authorization::Allow
-                }
-            }
-            AuthAction::Insert { table_name }
-            | AuthAction::Delete { table_name }
-            | AuthAction::DropTable { table_name }
-            | AuthAction::Update { table_name, .. }
-            | AuthAction::AlterTable { table_name, .. }
-                if table_name.eq_ignore_ascii_case(APPLIED_TABLE) =>
-            {
-                self.refuse(&format!("{APPLIED_TABLE} belongs to lightraft and cannot be changed"))
-            }
-            _ => Authorization::Allow,
-        }
-    }
+pub(crate) struct Shared {
+    pub(crate) policy: Policy,
+    /// Progress-handler calls since the line began, and the most allowed.
+    pub(crate) checks: AtomicU64,
+    pub(crate) max_checks: AtomicU64,
+    /// A row took the largest rowid during the line.
+    largest_rowid: AtomicBool,
 }
 
 /// A replica's SQLite database.
 #[derive(Debug)]
 pub struct StateMachine {
+    path: PathBuf,
     conn: Connection,
+    shared: Arc<Shared>,
     random: SeededRandom,
-    guard: Arc<Guard>,
     applied: Index,
+    page_size: u64,
+    /// The `max_page_count` last set on this connection.
+    page_limit: Option<u64>,
 }
 
 impl StateMachine {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<StateMachine, String> {
-        register_vfs()?;
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags_and_vfs(path, flags, VFS_NAME)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let setup = format!(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS {APPLIED_TABLE} (id INTEGER PRIMARY KEY CHECK (id = 0), applied_index INTEGER NOT NULL);
-             INSERT OR IGNORE INTO {APPLIED_TABLE} VALUES (0, 0);"
-        );
-        // The log is durable before entries are applied, so the state machine need not
-        // fsync every commit: after a crash it re-applies from its recorded index.
-        conn.execute_batch(&setup).map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
-        let applied: i64 = conn
-            .query_row(&format!("SELECT applied_index FROM {APPLIED_TABLE}"), [], |r| r.get(0))
-            .map_err(|e| format!("cannot read the applied index from {}: {e}", path.display()))?;
+        vfs::register()?;
+        let shared = Arc::new(Shared::default());
         let random = SeededRandom::default();
-        random.install(&conn).map_err(|e| format!("cannot install random(): {e}"))?;
-        let guard = Arc::new(Guard::default());
-        let hook = guard.clone();
-        let counter = guard.clone();
-        let mut sm = StateMachine { conn, random, guard, applied: applied.max(0) as Index };
-        sm.conn
-            .authorizer(Some(move |ctx: AuthContext<'_>| hook.authorize(ctx)))
-            .map_err(|e| format!("cannot install the authorizer: {e}"))?;
-        sm.conn
-            .progress_handler(
-                STEPS_PER_CHECK as i32,
-                Some(move || counter.checks.fetch_add(1, Ordering::Relaxed) + 1 > MAX_LINE_STEPS / STEPS_PER_CHECK),
-            )
-            .map_err(|e| format!("cannot install the progress handler: {e}"))?;
-        Ok(sm)
+        let conn = connect(path, &shared, &random)?;
+        let applied: i64 = conn
+            .query_row(&format!("SELECT applied_index FROM main.{APPLIED_TABLE}"), [], |r| r.get(0))
+            .map_err(|e| format!("cannot read the applied index from {}: {e}", path.display()))?;
+        let page_size: i64 = conn
+            .query_row("PRAGMA main.page_size", [], |r| r.get(0))
+            .map_err(|e| format!("cannot read the page size of {}: {e}", path.display()))?;
+        Ok(StateMachine {
+            path: path.to_path_buf(),
+            conn,
+            shared,
+            random,
+            applied: applied.max(0) as Index,
+            page_size: page_size.max(512) as u64,
+            page_limit: None,
+        })
     }
 
     /// The index of the last entry applied.
@@ -219,55 +108,14 @@ impl StateMachine {
         self.applied
     }
 
-    /// Decides, by preparing each statement, whether a line reads or writes. A statement
-    /// that fails to prepare after an earlier write in the line (say, an INSERT into a
-    /// table the line creates) is judged when applied; before any write it is an error now.
-    pub fn classify(&self, sql: &str) -> Result<Kind, ClassifyError> {
-        let mut batch = Batch::new(&self.conn, sql);
-        let mut kind = None;
-        loop {
-            match batch.next() {
-                Ok(Some(stmt)) => {
-                    if let Some(reason) = unreplicable(&stmt) {
-                        return Err(ClassifyError { message: reason.to_string(), is_final: true });
-                    }
-                    if !stmt.readonly() {
-                        kind = Some(Kind::Write);
-                    } else if kind.is_none() {
-                        kind = Some(Kind::Read);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let refusal = self.guard.take_refusal();
-                    let refused = refusal.is_some() || is_refusal(&e);
-                    // A refusal is final; other errors may be cured by an earlier write.
-                    if matches!(kind, Some(Kind::Write)) && !refused {
-                        return Ok(Kind::Write);
-                    }
-                    let is_final = refused || is_syntax_error(&e);
-                    let message = refusal.unwrap_or_else(|| error_message(&self.guard, &e));
-                    return Err(ClassifyError { message, is_final });
-                }
-            }
-        }
-        kind.ok_or_else(|| ClassifyError { message: "the line holds no SQL statement".to_string(), is_final: true })
-    }
-
-    /// Runs a read-only line against the current state, in one read transaction.
-    pub fn query(&mut self, sql: &str) -> LineResult {
-        let guard = self.guard.clone();
-        guard.checks.store(0, Ordering::Relaxed);
-        let tx = guard.internal(|| self.conn.transaction()).map_err(|e| e.to_string())?;
-        let results = run_line(&tx, sql, false).map_err(|e| error_message(&guard, &e));
-        // Nothing was written; ending the read transaction cannot lose anything.
-        let _ = guard.internal(|| tx.rollback());
-        results
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Applies a committed entry. Returns the line's result for a command (`None` for a
-    /// no-op). An SQL error rolls the line back and is a result like any other: every
-    /// replica reaches the same error. A storage failure is returned as `Err`, and the
+    /// no-op). An error caused by the entry rolls the line back and is its result, the same
+    /// on every replica. A failure of this node's storage is returned as `Err`, and the
     /// entry is not marked applied.
     pub fn apply(&mut self, entry: &Entry) -> Result<Option<LineResult>, StorageError> {
         if entry.index != self.applied + 1 {
@@ -276,14 +124,12 @@ impl StateMachine {
                 entry.index, self.applied
             )));
         }
-        let command = match &entry.payload {
+        let result = match &entry.payload {
             Payload::Noop => None,
-            Payload::Command(bytes) => Some(WriteCommand::decode(bytes)),
-        };
-        let result = match command {
-            None => None,
-            Some(Err(e)) => Some(Err(e)),
-            Some(Ok(command)) => Some(self.apply_command(entry.index, &command)?),
+            Payload::Command(bytes) => Some(match WriteCommand::decode(bytes) {
+                Ok(command) => self.apply_command(entry.index, &command)?,
+                Err(e) => Err(e),
+            }),
         };
         if !matches!(result, Some(Ok(_))) {
             // No-ops, undecodable entries and failed lines still advance the index.
@@ -294,160 +140,291 @@ impl StateMachine {
     }
 
     fn apply_command(&mut self, index: Index, command: &WriteCommand) -> Result<LineResult, StorageError> {
-        let guard = self.guard.clone();
-        guard.checks.store(0, Ordering::Relaxed);
-        let tx = guard.internal(|| self.conn.transaction()).map_err(storage)?;
-        // Start each entry from the same connection state on every replica, whatever
-        // ran before on this connection or whether it restarted.
-        // SAFETY: the handle is valid while `tx` borrows the connection.
-        unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(tx.handle(), 0) };
-        self.random.reseed(command.seed);
-        let results = with_pinned_time(command.time_ms, || run_line(&tx, &command.sql, true));
-        match results {
-            Ok(results) => {
-                guard
-                    .internal(|| {
-                        tx.execute(&format!("UPDATE {APPLIED_TABLE} SET applied_index = ?1"), [index as i64])?;
-                        tx.commit()
-                    })
-                    .map_err(storage)?;
-                Ok(Ok(results))
+        self.begin_line(&command.limits)?;
+        self.internal("BEGIN IMMEDIATE").map_err(|e| self.storage(e, "starting a transaction"))?;
+        let outcome = vfs::with_pinned_time(command.time_ms, || self.run_command(index, command));
+        let schema_touched = self.shared.policy.take_schema_touched();
+        let result = match outcome {
+            Ok(results) => Ok(results),
+            Err(error) => Err(self.judge(error)?),
+        };
+        let result = match result {
+            Ok(results) => match self.internal("COMMIT") {
+                Ok(()) => Ok(results),
+                // A deferred foreign key fails here, on every replica alike.
+                Err(e) => Err(self.judge(LineError::Sqlite(e))?),
+            },
+            Err(message) => Err(message),
+        };
+        if result.is_err() && !self.conn.is_autocommit() {
+            self.internal("ROLLBACK").map_err(|e| self.storage(e, "rolling back"))?;
+        }
+        if schema_touched {
+            // Even a rolled-back schema change may have reshuffled the in-memory schema.
+            self.reopen()?;
+        }
+        Ok(result)
+    }
+
+    /// Runs the line inside the entry's transaction, with the clock already pinned.
+    fn run_command(&mut self, index: Index, command: &WriteCommand) -> Result<Vec<StatementResult>, LineError> {
+        // The bookkeeping goes first: besides recording the index, it sets changes() to 1,
+        // so every replica starts the line with the same connection state, restarted or not.
+        self.shared.policy.internal(|| {
+            self.conn.execute(&format!("UPDATE main.{APPLIED_TABLE} SET applied_index = ?1"), [index as i64])
+        })?;
+        // SAFETY: the handle is valid while `self.conn` lives.
+        unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(self.conn.handle(), 0) };
+        self.random.reseed(command.seed, command.limits.length_limit() as u64);
+
+        let mut results = Vec::new();
+        let mut budget = ResultBudget::new(command.limits.max_result_bytes);
+        let shared = self.shared.clone();
+        let mut after_statement = || {
+            if shared.largest_rowid.load(Ordering::Relaxed) {
+                return Err(LineError::Stopped(largest_rowid_refusal()));
             }
-            Err(e) if is_storage_failure(&e) => Err(storage(e)),
-            Err(e) => {
-                let message = error_message(&guard, &e);
-                // SQLite may already have rolled back (an interrupted write does), which
-                // is what we want; only a rollback that failed and left a transaction open
-                // is a storage problem.
-                if let Err(failed) = guard.internal(|| tx.rollback()) {
-                    if !self.conn.is_autocommit() {
-                        return Err(storage(failed));
+            Ok(())
+        };
+        let mut collect = |output: Output| {
+            budget.charge(&output)?;
+            match output {
+                Output::Columns(columns) => results.push(StatementResult::Rows { columns, rows: Vec::new() }),
+                Output::Row(row) => {
+                    if let Some(StatementResult::Rows { rows, .. }) = results.last_mut() {
+                        rows.push(row);
                     }
                 }
-                Ok(Err(message))
+                Output::Changes { rows_affected, last_insert_rowid } => {
+                    results.push(StatementResult::Changes { rows_affected, last_insert_rowid })
+                }
             }
+            Ok(())
+        };
+        run_line(&self.conn, &command.sql, true, &mut after_statement, &mut collect)?;
+        if self.shared.policy.schema_touched() {
+            self.shared.policy.internal(|| self.check_reserved_names())?;
         }
+        Ok(results)
+    }
+
+    /// Names starting with the reserved prefix belong to lightraft. The authorizer refuses
+    /// the obvious ways to create one; this catches every other way (a rename, say).
+    fn check_reserved_names(&self) -> Result<(), LineError> {
+        let sql = format!(
+            "SELECT name FROM main.sqlite_schema WHERE name <> '{APPLIED_TABLE}' \
+             AND (lower(substr(name, 1, {n})) = '{RESERVED_PREFIX}' OR lower(substr(tbl_name, 1, {n})) = '{RESERVED_PREFIX}') LIMIT 1",
+            n = RESERVED_PREFIX.len()
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut rows = stmt.query([])?;
+        if let Some(row) = rows.next()? {
+            let name: String = row.get(0)?;
+            return Err(LineError::Stopped(format!(
+                "{name}: names starting with {RESERVED_PREFIX} belong to lightraft and cannot be created or changed"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sets this line's limits on the connection, the VFS and the callbacks.
+    fn begin_line(&mut self, limits: &Limits) -> Result<(), StorageError> {
+        vfs::begin_line(Some(limits.max_temp_bytes));
+        let shared = &self.shared;
+        shared.checks.store(0, Ordering::Relaxed);
+        shared.max_checks.store(limits.max_steps.div_ceil(STEPS_PER_CHECK), Ordering::Relaxed);
+        shared.largest_rowid.store(false, Ordering::Relaxed);
+        let _ = shared.policy.take_refusal();
+        let _ = shared.policy.take_schema_touched();
+        let length = limits.length_limit();
+        self.conn
+            .set_limit(Limit::SQLITE_LIMIT_LENGTH, length)
+            .map_err(|e| self.storage(e, "setting the length limit"))?;
+        // The page limit depends only on the page count and the entry's limits, so it is
+        // the same on every replica: identical files hold identical page counts.
+        let pages: i64 = self
+            .shared
+            .policy
+            .internal(|| self.conn.query_row("PRAGMA main.page_count", [], |r| r.get(0)))
+            .map_err(|e| self.storage(e, "reading the page count"))?;
+        let pages = pages.max(0) as u64;
+        let mut limit = pages.saturating_add(limits.max_growth_bytes.div_ceil(self.page_size));
+        if limits.max_database_bytes > 0 {
+            limit = limit.min(limits.max_database_bytes / self.page_size).max(pages);
+        }
+        if self.page_limit != Some(limit) {
+            let sql = format!("PRAGMA main.max_page_count = {}", limit.min(u32::MAX as u64));
+            self.shared
+                .policy
+                .internal(|| self.conn.query_row(&sql, [], |_| Ok(())))
+                .map_err(|e| self.storage(e, "setting the page limit"))?;
+            self.page_limit = Some(limit);
+        }
+        Ok(())
+    }
+
+    /// Decides whose fault a failed line is. The node's, if the OS failed during the line
+    /// or SQLite says the file itself is unusable: then the node must stop (`Err`). The
+    /// entry's otherwise: the message is its result on every replica (`Ok`).
+    fn judge(&self, error: LineError) -> Result<String, StorageError> {
+        if let Some(failure) = vfs::io_failure() {
+            let detail = match &error {
+                LineError::Sqlite(e) => e.to_string(),
+                LineError::Stopped(s) => s.clone(),
+            };
+            return Err(StorageError(format!("{failure} while applying ({detail})")));
+        }
+        let e = match error {
+            LineError::Stopped(message) => return Ok(message),
+            LineError::Sqlite(e) => e,
+        };
+        if self.shared.largest_rowid.load(Ordering::Relaxed) {
+            return Ok(largest_rowid_refusal());
+        }
+        let Some(code) = e.sqlite_error() else { return Ok(e.to_string()) };
+        match code.code {
+            // The file, not the SQL: damaged, unreadable, locked by another process, or
+            // memory ran out. Another replica would not fail the same way.
+            ErrorCode::SystemIoFailure
+            | ErrorCode::CannotOpen
+            | ErrorCode::NotADatabase
+            | ErrorCode::ReadOnly
+            | ErrorCode::DatabaseBusy
+            | ErrorCode::OutOfMemory
+            | ErrorCode::FileLockingProtocolFailed
+            | ErrorCode::NoLargeFileSupport
+            | ErrorCode::PermissionDenied => Err(StorageError(e.to_string())),
+            // A virtual table's own consistency checks (FTS, R-tree) fail alike everywhere;
+            // any other corruption is this node's file.
+            ErrorCode::DatabaseCorrupt if code.extended_code != rusqlite::ffi::SQLITE_CORRUPT_VTAB => {
+                Err(StorageError(e.to_string()))
+            }
+            // No OS failure was seen, so a limit ran out: the same on every replica.
+            ErrorCode::DiskFull => Ok(self.full_message()),
+            ErrorCode::OperationInterrupted => Ok(format!(
+                "the line was stopped after {} SQLite steps: too much work for one request",
+                self.shared.max_checks.load(Ordering::Relaxed) * STEPS_PER_CHECK
+            )),
+            _ => Ok(error_message(&self.shared.policy, &e)),
+        }
+    }
+
+    /// Which limit a "full" error hit, for the client. With no OS failure and the random
+    /// rowid path closed, it is the temporary-space budget, an AUTOINCREMENT counter that
+    /// ran out, or the database size limits.
+    fn full_message(&self) -> String {
+        if vfs::temp_budget_exceeded() {
+            return "the line needs more temporary space (sorting, subqueries) than a line may use".to_string();
+        }
+        let exhausted = self.shared.policy.internal(|| {
+            self.conn.query_row("SELECT 1 FROM main.sqlite_sequence WHERE seq >= 9223372036854775807", [], |_| Ok(()))
+        });
+        if exhausted.is_ok() {
+            return "an AUTOINCREMENT counter reached its largest value".to_string();
+        }
+        "the line would make the database larger than allowed (per line, or in total)".to_string()
     }
 
     fn record_applied_alone(&mut self, index: Index) -> Result<(), StorageError> {
-        let sql = format!("UPDATE {APPLIED_TABLE} SET applied_index = ?1");
-        self.guard.internal(|| self.conn.execute(&sql, [index as i64])).map(|_| ()).map_err(storage)
+        let sql = format!("UPDATE main.{APPLIED_TABLE} SET applied_index = ?1");
+        let result = self.shared.policy.internal(|| self.conn.execute(&sql, [index as i64]));
+        result.map(|_| ()).map_err(|e| self.storage(e, "recording the applied index"))
     }
-}
 
-/// The authorizer's sentence if it refused, else SQLite's message.
-fn error_message(guard: &Guard, e: &rusqlite::Error) -> String {
-    if e.sqlite_error_code() == Some(ErrorCode::OperationInterrupted) {
-        return format!("the line was stopped after {MAX_LINE_STEPS} SQLite steps: too much work for one request");
+    fn internal(&self, sql: &str) -> rusqlite::Result<()> {
+        self.shared.policy.internal(|| self.conn.execute_batch(sql))
     }
-    guard.take_refusal().unwrap_or_else(|| match e {
-        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
-        rusqlite::Error::InvalidQuery => "a read-only line changed the database".to_string(),
-        other => other.to_string(),
-    })
-}
 
-/// PRAGMAs whose argument names something to look at rather than a value to set.
-fn is_introspection(pragma: &str) -> bool {
-    const LOOKS: [&str; 10] = [
-        "table_info",
-        "table_xinfo",
-        "table_list",
-        "index_info",
-        "index_xinfo",
-        "index_list",
-        "foreign_key_list",
-        "foreign_key_check",
-        "integrity_check",
-        "quick_check",
-    ];
-    LOOKS.iter().any(|p| p.eq_ignore_ascii_case(pragma))
-}
+    fn reopen(&mut self) -> Result<(), StorageError> {
+        self.conn = connect(&self.path, &self.shared, &self.random).map_err(StorageError)?;
+        self.page_limit = None;
+        Ok(())
+    }
 
-fn storage(e: rusqlite::Error) -> StorageError {
-    StorageError(e.to_string())
-}
-
-fn is_refusal(e: &rusqlite::Error) -> bool {
-    matches!(e.sqlite_error_code(), Some(ErrorCode::AuthorizationForStatementDenied))
-}
-
-/// What the authorizer cannot see: `VACUUM INTO` writes a file outside the replicated
-/// database (on every replica, at a path a client chose). SQLite has no authorizer code
-/// for VACUUM, so this looks at the prepared statement's own text.
-fn unreplicable(stmt: &rusqlite::Statement<'_>) -> Option<&'static str> {
-    let sql = stmt.expanded_sql()?.to_ascii_uppercase();
-    let mut rest = sql.as_str();
-    // Skip leading blanks and comments: what SQLite itself skips before the keyword.
-    loop {
-        rest = rest.trim_start();
-        if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, tail)| tail);
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, tail)| tail);
-        } else {
-            break;
+    fn storage(&self, e: rusqlite::Error, doing: &str) -> StorageError {
+        match vfs::io_failure() {
+            Some(failure) => StorageError(format!("{doing}: {failure} ({e})")),
+            None => StorageError(format!("{doing}: {e}")),
         }
     }
-    let mut words = rest.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').filter(|w| !w.is_empty());
-    let first = words.next()?;
-    (first == "VACUUM" && words.any(|w| w == "INTO"))
-        .then_some("VACUUM INTO is not supported: it writes a file outside the replicated database")
 }
 
-/// A syntax error reads the same against any schema.
-fn is_syntax_error(e: &rusqlite::Error) -> bool {
-    let text = e.to_string();
-    ["syntax error", "unrecognized token", "incomplete input"].iter().any(|s| text.contains(s))
-}
-
-/// Errors that mean the disk, not the SQL, is at fault.
-fn is_storage_failure(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(
-            ErrorCode::SystemIoFailure
-                | ErrorCode::DiskFull
-                | ErrorCode::DatabaseCorrupt
-                | ErrorCode::CannotOpen
-                | ErrorCode::OutOfMemory
-                | ErrorCode::ReadOnly
-                | ErrorCode::NotADatabase
-        )
+fn largest_rowid_refusal() -> String {
+    format!(
+        "a row may not take the largest rowid {}: SQLite would then choose later rowids at random, differently on each replica",
+        i64::MAX
     )
 }
 
-/// Runs every statement of a line, collecting each one's result.
-fn run_line(conn: &Connection, sql: &str, writes_allowed: bool) -> rusqlite::Result<Vec<StatementResult>> {
-    let mut results = Vec::new();
-    let mut batch = Batch::new(conn, sql);
-    while let Some(mut stmt) = batch.next()? {
-        if !writes_allowed && !stmt.readonly() {
-            return Err(rusqlite::Error::InvalidQuery);
+/// Opens the state machine's connection and sets it up: WAL, defensive mode (shadow
+/// tables and the schema are read-only to SQL), our random functions, the authorizer,
+/// the step budget and the largest-rowid watch.
+fn connect(path: &Path, shared: &Arc<Shared>, random: &SeededRandom) -> Result<Connection, String> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags_and_vfs(path, flags, VFS_NAME)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // The log is durable before entries are applied, so the state machine need not
+    // fsync every commit: after a crash it re-applies from its recorded index.
+    let setup = format!(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         CREATE TABLE IF NOT EXISTS main.{APPLIED_TABLE} (id INTEGER PRIMARY KEY CHECK (id = 0), applied_index INTEGER NOT NULL);
+         INSERT OR IGNORE INTO main.{APPLIED_TABLE} VALUES (0, 0);"
+    );
+    conn.execute_batch(&setup).map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
+    // Another process holding a lock briefly (an operator's sqlite3) is waited for.
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| format!("cannot set a busy timeout: {e}"))?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
+        .map_err(|e| format!("cannot enable defensive mode: {e}"))?;
+    random.install(&conn).map_err(|e| format!("cannot install random(): {e}"))?;
+    let hook = shared.clone();
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| hook.policy.authorize(ctx)))
+        .map_err(|e| format!("cannot install the authorizer: {e}"))?;
+    let counter = shared.clone();
+    conn.progress_handler(
+        STEPS_PER_CHECK as i32,
+        Some(move || {
+            counter.largest_rowid.load(Ordering::Relaxed)
+                || counter.checks.fetch_add(1, Ordering::Relaxed) + 1 > counter.max_checks.load(Ordering::Relaxed)
+        }),
+    )
+    .map_err(|e| format!("cannot install the progress handler: {e}"))?;
+    let watch = shared.clone();
+    conn.update_hook(Some(move |_, _: &str, _: &str, rowid: i64| {
+        if rowid == i64::MAX {
+            watch.largest_rowid.store(true, Ordering::Relaxed);
         }
-        if let Some(reason) = unreplicable(&stmt) {
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_AUTH),
-                Some(reason.to_string()),
-            ));
-        }
-        let columns: Vec<String> = stmt.column_names().map(String::from).collect();
-        if columns.is_empty() {
-            // changes() keeps its old value across statements that change nothing (DDL),
-            // so count it only if this statement changed something.
-            let before = conn.total_changes();
-            stmt.raw_execute()?;
-            let rows_affected = if conn.total_changes() > before { conn.changes() } else { 0 };
-            results.push(StatementResult::Changes { rows_affected, last_insert_rowid: conn.last_insert_rowid() });
-        } else {
-            let mut rows = Vec::new();
-            let mut cursor = stmt.raw_query();
-            while let Some(row) = cursor.next()? {
-                let values = (0..columns.len()).map(|i| row.get_ref(i).map(Value::from)).collect::<Result<_, _>>()?;
-                rows.push(values);
-            }
-            results.push(StatementResult::Rows { columns, rows });
-        }
+    }))
+    .map_err(|e| format!("cannot install the update hook: {e}"))?;
+    shared
+        .policy
+        .internal(|| warm_up(&conn))
+        .map_err(|e| format!("cannot load the schema of {}: {e}", path.display()))?;
+    Ok(conn)
+}
+
+/// Does now, without limits, what a fresh connection would otherwise do lazily inside the
+/// next entry: load the schema and statistics, and connect every virtual table. That
+/// work runs SQL (it counts steps, reads long values), so doing it inside an entry would
+/// let a restarted replica hit a limit that a long-running one does not.
+fn warm_up(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT name FROM main.sqlite_schema WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%' ORDER BY rowid",
+    )?;
+    let virtual_tables: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    for name in virtual_tables {
+        // Preparing a statement on a virtual table connects it (xConnect). A table that
+        // cannot connect (its module is missing, say) fails the same way in every entry
+        // that uses it, on every replica; it must not keep the node from starting.
+        let _ = conn.prepare(&format!("SELECT * FROM main.\"{}\" LIMIT 0", name.replace('"', "\"\"")));
     }
-    Ok(results)
+    Ok(())
+}
+
+/// The authorizer's sentence if it refused, else SQLite's message.
+pub(crate) fn error_message(policy: &Policy, e: &rusqlite::Error) -> String {
+    policy.take_refusal().unwrap_or_else(|| match e {
+        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
+        other => other.to_string(),
+    })
 }

@@ -43,6 +43,15 @@ impl Value {
         }
     }
 
+    /// What the value counts against a result-size limit: its bytes plus a little.
+    pub fn size(&self) -> u64 {
+        match self {
+            Value::Null | Value::Integer(_) | Value::Real(_) => 8,
+            Value::Text(t) => 8 + t.len() as u64,
+            Value::Blob(b) => 8 + b.len() as u64,
+        }
+    }
+
     /// The text shown in a table cell.
     pub fn display(&self) -> String {
         match self {

@@ -1,15 +1,72 @@
-//! sqlite-sm: classification, atomic lines, determinism across replicas, restarts.
+//! sqlite-sm: classification, atomic lines, determinism across replicas and restarts,
+//! and the rule that no committed entry can poison a replica.
+
+use std::time::Duration;
 
 use raft_core::{Entry, HardState, Payload};
-use sqlite_sm::{Kind, RaftStore, StateMachine, StatementResult, Value, WriteCommand};
+use sqlite_sm::{Kind, Limits, Output, RaftStore, Reader, StateMachine, StatementResult, Value, WriteCommand};
 
 fn open(dir: &tempfile::TempDir, name: &str) -> StateMachine {
     StateMachine::open(&dir.path().join(name)).expect("opens")
 }
 
-fn write(index: u64, sql: &str, time_ms: i64, seed: u64) -> Entry {
-    let command = WriteCommand { sql: sql.into(), time_ms, seed };
+fn reader(sm: &StateMachine) -> Reader {
+    Reader::open(sm.path()).expect("reader opens")
+}
+
+fn entry(index: u64, sql: &str, time_ms: i64, seed: u64, limits: Limits) -> Entry {
+    let command = WriteCommand { sql: sql.into(), time_ms, seed, limits };
     Entry { index, term: 1, payload: Payload::Command(command.encode()) }
+}
+
+fn write(index: u64, sql: &str) -> Entry {
+    entry(index, sql, 1_700_000_000_000, index, Limits::default())
+}
+
+/// Applies the next entry and returns its result (never a storage failure).
+fn apply(sm: &mut StateMachine, sql: &str) -> Result<Vec<StatementResult>, String> {
+    let index = sm.applied_index() + 1;
+    sm.apply(&write(index, sql)).expect("no storage failure").expect("a command has a result")
+}
+
+fn apply_limited(sm: &mut StateMachine, sql: &str, limits: Limits) -> Result<Vec<StatementResult>, String> {
+    let index = sm.applied_index() + 1;
+    sm.apply(&entry(index, sql, 0, 7, limits)).expect("no storage failure").expect("a result")
+}
+
+fn ok(sm: &mut StateMachine, sql: &str) -> Vec<StatementResult> {
+    apply(sm, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+fn refused(sm: &mut StateMachine, sql: &str, why: &str) {
+    match apply(sm, sql) {
+        Err(e) => assert!(e.contains(why), "{sql}: {e}"),
+        Ok(r) => panic!("{sql} was applied: {r:?}"),
+    }
+}
+
+/// Runs a read through a fresh reader and collects its results.
+fn query(sm: &StateMachine, sql: &str) -> Result<Vec<StatementResult>, String> {
+    let mut results = Vec::new();
+    reader(sm).query(sql, &Limits::default(), Duration::from_secs(30), &mut |output| {
+        collect(&mut results, output);
+        true
+    })?;
+    Ok(results)
+}
+
+fn collect(results: &mut Vec<StatementResult>, output: Output) {
+    match output {
+        Output::Columns(columns) => results.push(StatementResult::Rows { columns, rows: Vec::new() }),
+        Output::Row(row) => {
+            if let Some(StatementResult::Rows { rows, .. }) = results.last_mut() {
+                rows.push(row);
+            }
+        }
+        Output::Changes { rows_affected, last_insert_rowid } => {
+            results.push(StatementResult::Changes { rows_affected, last_insert_rowid })
+        }
+    }
 }
 
 fn rows(result: &[StatementResult]) -> Vec<Vec<Value>> {
@@ -19,11 +76,16 @@ fn rows(result: &[StatementResult]) -> Vec<Vec<Value>> {
     }
 }
 
+fn scalar(sm: &StateMachine, sql: &str) -> Value {
+    rows(&query(sm, sql).unwrap_or_else(|e| panic!("{sql}: {e}")))[0][0].clone()
+}
+
 #[test]
 fn sqlite_itself_classifies_reads_and_writes_not_the_text() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sm = open(&dir, "a.sqlite");
-    sm.apply(&write(1, "CREATE TABLE t(x)", 0, 0)).expect("applies").expect("a result").expect("ok");
+    ok(&mut sm, "CREATE TABLE t(x)");
+    let r = reader(&sm);
     let reads = [
         "SELECT * FROM t",
         "   select 1",
@@ -35,7 +97,7 @@ fn sqlite_itself_classifies_reads_and_writes_not_the_text() {
         "SELECT 1; SELECT 2",
     ];
     for sql in reads {
-        assert_eq!(sm.classify(sql), Ok(Kind::Read), "{sql}");
+        assert_eq!(r.classify(sql), Ok(Kind::Read), "{sql}");
     }
     let writes = [
         "INSERT INTO t VALUES (1)",
@@ -46,35 +108,65 @@ fn sqlite_itself_classifies_reads_and_writes_not_the_text() {
         "CREATE TABLE u(y); INSERT INTO u VALUES (1)",
     ];
     for sql in writes {
-        assert_eq!(sm.classify(sql), Ok(Kind::Write), "{sql}");
+        assert_eq!(r.classify(sql), Ok(Kind::Write), "{sql}");
     }
     for bad in ["SELEKT 1", "", " ; ", "\u{0}\u{1}garbage"] {
-        assert!(sm.classify(bad).expect_err(bad).is_final(), "{bad:?} is wrong on every replica");
+        assert!(r.classify(bad).expect_err(bad).is_final(), "{bad:?} is wrong on every replica");
     }
-    let missing = sm.classify("SELECT * FROM missing").expect_err("no such table");
+    let missing = r.classify("SELECT * FROM missing").expect_err("no such table");
     assert!(!missing.is_final(), "another replica may already have the table");
+    // A table created after the reader opened is seen at once.
+    ok(&mut sm, "CREATE TABLE later(x)");
+    assert_eq!(r.classify("SELECT * FROM later"), Ok(Kind::Read));
 }
 
 #[test]
 fn what_cannot_be_replicated_is_refused_with_a_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sm = open(&dir, "a.sqlite");
-    let refused = [
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "CREATE TABLE t(x)");
+    let refusals = [
         ("BEGIN", "one transaction"),
         ("COMMIT", "one transaction"),
         ("SAVEPOINT s", "one transaction"),
         ("ATTACH 'x.db' AS x", "ATTACH"),
         ("SELECT load_extension('x')", "load_extension"),
         ("SELECT total_changes()", "total_changes"),
-        ("DELETE FROM _lightraft_applied", "belongs to lightraft"),
+        ("SELECT hex(fts3_tokenizer('simple'))", "fts3_tokenizer"),
+        ("DELETE FROM _lightraft_applied", "belong to lightraft"),
         ("PRAGMA foreign_keys = ON", "settings are not replicated"),
         ("PRAGMA user_version = 3", "settings are not replicated"),
+        ("PRAGMA writable_schema = 1", "settings are not replicated"),
         ("VACUUM INTO '/tmp/lightraft-copy.db'", "VACUUM INTO"),
         ("/* sneaky */ vacuum main into 'x.db'", "VACUUM INTO"),
+        // Connection-local objects would vanish on a restarted replica.
+        ("CREATE TEMP TABLE tt(x)", "TEMP"),
+        ("CREATE TABLE temp.tt(x)", "TEMP"),
+        ("CREATE TEMP VIEW v AS SELECT 1", "TEMP"),
+        ("CREATE TEMP TRIGGER tr AFTER INSERT ON main.t BEGIN SELECT 1; END", "TEMP"),
+        // Node-specific facts: file paths, file layout, checkpoints, statistics.
+        ("SELECT * FROM pragma_database_list", "depends on this node"),
+        ("PRAGMA database_list", "depends on this node"),
+        ("PRAGMA wal_checkpoint", "depends on this node"),
+        ("PRAGMA optimize", "depends on this node"),
+        ("SELECT * FROM dbstat", "dbstat"),
+        ("CREATE VIRTUAL TABLE d USING dbstat", "dbstat"),
     ];
-    for (sql, reason) in refused {
-        let err = sm.classify(sql).expect_err(sql);
-        assert!(err.message().contains(reason) && err.is_final(), "{sql}: {err}");
+    let r = reader(&sm);
+    for (sql, reason) in refusals {
+        // Refused before it is proposed (or, for table-valued PRAGMAs that SQLite
+        // authorizes only when they run, when it is read)...
+        match r.classify(sql) {
+            Err(err) => assert!(err.message().contains(reason) && err.is_final(), "{sql}: {err}"),
+            Ok(Kind::Read) => assert!(query(&sm, sql).expect_err(sql).contains(reason), "{sql}"),
+            Ok(Kind::Write) => panic!("{sql} would be proposed"),
+        }
+        // ...and if a leader proposed it anyway, applying it fails the same way everywhere.
+        refused(&mut sm, sql, reason);
+    }
+    for allowed in ["PRAGMA table_info(t)", "SELECT * FROM pragma_table_list", "PRAGMA user_version", "PRAGMA encoding"]
+    {
+        assert_eq!(r.classify(allowed), Ok(Kind::Read), "{allowed}");
     }
 }
 
@@ -82,13 +174,11 @@ fn what_cannot_be_replicated_is_refused_with_a_reason() {
 fn a_line_of_several_statements_is_all_or_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sm = open(&dir, "a.sqlite");
-    let ok = sm.apply(&write(1, "CREATE TABLE t(x UNIQUE); INSERT INTO t VALUES (1)", 0, 0)).expect("applies");
-    assert_eq!(ok.expect("a result").expect("ok").len(), 2);
-    let failed = sm.apply(&write(2, "INSERT INTO t VALUES (2); INSERT INTO t VALUES (1)", 0, 0)).expect("applies");
-    assert!(failed.expect("a result").expect_err("unique violation").contains("UNIQUE"));
+    assert_eq!(ok(&mut sm, "CREATE TABLE t(x UNIQUE); INSERT INTO t VALUES (1)").len(), 2);
+    let failed = apply(&mut sm, "INSERT INTO t VALUES (2); INSERT INTO t VALUES (1)").expect_err("unique violation");
+    assert!(failed.contains("UNIQUE"), "{failed}");
     assert_eq!(sm.applied_index(), 2, "a failed line still consumes its index");
-    let count = sm.query("SELECT count(*) FROM t").expect("reads");
-    assert_eq!(rows(&count), vec![vec![Value::Integer(1)]], "the first insert of the failed line was rolled back");
+    assert_eq!(scalar(&sm, "SELECT count(*) FROM t"), Value::Integer(1), "the failed line was rolled back");
 }
 
 #[test]
@@ -98,20 +188,26 @@ fn replicas_compute_identical_time_and_randomness_even_in_defaults_and_triggers(
                   CREATE TABLE audit(at, r);
                   CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO audit VALUES (CURRENT_TIMESTAMP, random()); END;";
     let insert = "INSERT INTO t(r, b) VALUES (random(), randomblob(8)); INSERT INTO t(r, b) VALUES (random(), hex(randomblob(4)))";
-    let dump = |sm: &mut StateMachine| {
-        let t = sm.query("SELECT * FROM t ORDER BY id").expect("reads");
-        let a = sm.query("SELECT * FROM audit ORDER BY rowid").expect("reads");
+    let dump = |sm: &StateMachine| {
+        let t = query(sm, "SELECT * FROM t ORDER BY id").expect("reads");
+        let a = query(sm, "SELECT * FROM audit ORDER BY rowid").expect("reads");
         (rows(&t), rows(&a))
     };
     let mut replicas: Vec<StateMachine> = (0..2).map(|i| open(&dir, &format!("r{i}.sqlite"))).collect();
     for (i, sm) in replicas.iter_mut().enumerate() {
-        sm.apply(&write(1, schema, 1_700_000_000_000, 7)).expect("applies").expect("result").expect("ok");
+        sm.apply(&entry(1, schema, 1_700_000_000_000, 7, Limits::default()))
+            .expect("applies")
+            .expect("result")
+            .expect("ok");
         // Different wall clocks and leftover randomness on each replica must not matter.
-        sm.query(&format!("SELECT random(), {i}")).expect("reads");
-        sm.apply(&write(2, insert, 1_700_000_000_000, 42)).expect("applies").expect("result").expect("ok");
+        query(sm, &format!("SELECT random(), {i}")).expect("reads");
+        sm.apply(&entry(2, insert, 1_700_000_000_000, 42, Limits::default()))
+            .expect("applies")
+            .expect("result")
+            .expect("ok");
     }
-    let first = dump(&mut replicas[0]);
-    assert_eq!(first, dump(&mut replicas[1]));
+    let first = dump(&replicas[0]);
+    assert_eq!(first, dump(&replicas[1]));
     assert_eq!(first.0[0][3], Value::Text("2023-11-14 22:13:20".into()), "CURRENT_TIMESTAMP is the leader's time");
     assert_eq!(first.0[0][4], Value::Text("2023-11-14 22:13:20".into()), "datetime('now') is the leader's time");
     assert_ne!(first.0[0][1], first.0[1][1], "random() still varies within an entry");
@@ -123,30 +219,32 @@ fn the_applied_index_survives_a_restart_so_nothing_is_skipped_or_repeated() {
     {
         let mut sm = open(&dir, "a.sqlite");
         sm.apply(&Entry { index: 1, term: 1, payload: Payload::Noop }).expect("applies");
-        sm.apply(&write(2, "CREATE TABLE t(x); INSERT INTO t VALUES (1)", 0, 0)).expect("applies");
-        sm.apply(&write(3, "INSERT INTO nowhere VALUES (1)", 0, 0)).expect("applies");
+        ok(&mut sm, "CREATE TABLE t(x); INSERT INTO t VALUES (1)");
+        apply(&mut sm, "INSERT INTO nowhere VALUES (1)").expect_err("no such table");
         assert_eq!(sm.applied_index(), 3);
     }
     let mut sm = open(&dir, "a.sqlite");
     assert_eq!(sm.applied_index(), 3);
-    assert!(sm.apply(&write(3, "INSERT INTO t VALUES (2)", 0, 0)).is_err(), "re-applying is refused");
-    assert!(sm.apply(&write(5, "INSERT INTO t VALUES (2)", 0, 0)).is_err(), "skipping is refused");
-    sm.apply(&write(4, "INSERT INTO t VALUES (2)", 0, 0)).expect("applies");
-    assert_eq!(rows(&sm.query("SELECT count(*) FROM t").expect("reads")), vec![vec![Value::Integer(2)]]);
+    assert!(sm.apply(&write(3, "INSERT INTO t VALUES (2)")).is_err(), "re-applying is refused");
+    assert!(sm.apply(&write(5, "INSERT INTO t VALUES (2)")).is_err(), "skipping is refused");
+    ok(&mut sm, "INSERT INTO t VALUES (2)");
+    assert_eq!(scalar(&sm, "SELECT count(*) FROM t"), Value::Integer(2));
 }
 
 #[test]
-fn the_raft_store_keeps_term_vote_and_log_and_knows_whose_it_is() {
+fn the_raft_store_keeps_term_vote_log_and_start_count_and_knows_whose_it_is() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("meta.sqlite");
     let entry = |index, term| Entry { index, term, payload: Payload::Command(vec![index as u8]) };
     {
         let mut store = RaftStore::open(&path, "c", 1).expect("opens");
+        assert_eq!(store.next_incarnation().expect("counts"), 1);
         let hs = HardState { term: 2, voted_for: Some(3) };
         store.persist(Some(hs), None, &[entry(1, 1), entry(2, 1), entry(3, 2)]).expect("persists");
         store.persist(None, Some(2), &[entry(2, 2)]).expect("truncates and appends");
     }
-    let store = RaftStore::open(&path, "c", 1).expect("reopens");
+    let mut store = RaftStore::open(&path, "c", 1).expect("reopens");
+    assert_eq!(store.next_incarnation().expect("counts"), 2, "every start counts, across restarts");
     let (hs, entries) = store.load().expect("loads");
     assert_eq!(hs, HardState { term: 2, voted_for: Some(3) });
     assert_eq!(entries, vec![entry(1, 1), entry(2, 2)]);
@@ -159,12 +257,257 @@ fn a_runaway_line_is_stopped_the_same_way_on_every_replica() {
     let dir = tempfile::tempdir().expect("tempdir");
     let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
     let mut sm = open(&dir, "a.sqlite");
-    let err = sm.query(endless).expect_err("stopped");
+    let err = query(&sm, endless).expect_err("stopped");
     assert!(err.contains("SQLite steps"), "{err}");
     // A write that runs away is rolled back, deterministically, and the replica goes on.
     let runaway_write = "CREATE TABLE t(x); INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c";
-    let result = sm.apply(&write(1, runaway_write, 0, 0)).expect("applies").expect("a result");
-    assert!(result.expect_err("stopped").contains("SQLite steps"));
-    assert!(sm.classify("SELECT * FROM t").is_err(), "the whole line was rolled back");
-    sm.apply(&write(2, "CREATE TABLE t(x)", 0, 0)).expect("applies").expect("a result").expect("ok");
+    let limits = Limits { max_steps: 1_000_000, ..Limits::default() };
+    assert!(apply_limited(&mut sm, runaway_write, limits).expect_err("stopped").contains("1000000 SQLite steps"));
+    assert!(reader(&sm).classify("SELECT * FROM t").is_err(), "the whole line was rolled back");
+    ok(&mut sm, "CREATE TABLE t(x)");
+}
+
+#[test]
+fn reads_stop_at_their_deadline_and_stream_until_the_reader_stops_listening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sm = open(&dir, "a.sqlite");
+    let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    let unlimited = Limits { max_steps: u64::MAX / 2, ..Limits::default() };
+    let err = reader(&sm).query(endless, &unlimited, Duration::from_millis(200), &mut |_| true).expect_err("deadline");
+    assert!(err.contains("stopped after 200ms"), "{err}");
+    let mut seen = 0;
+    let rows = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c";
+    let err = reader(&sm)
+        .query(rows, &unlimited, Duration::from_secs(30), &mut |output| {
+            seen += matches!(output, Output::Row(_)) as u32;
+            seen < 100
+        })
+        .expect_err("cancelled");
+    assert!(err.contains("went away") && seen == 100, "{err} after {seen} rows");
+    let small = Limits { max_result_bytes: 10_000, ..Limits::default() };
+    let err = reader(&sm).query(rows, &small, Duration::from_secs(30), &mut |_| true).expect_err("too large");
+    assert!(err.contains("larger than 10000 bytes"), "{err}");
+    let err = reader(&sm).query("CREATE TABLE x(y)", &small, Duration::from_secs(30), &mut |_| true).expect_err("ro");
+    assert!(err.contains("read-only"), "{err}");
+}
+
+// ---- a committed entry can never poison the state machine -----------------------------------
+
+#[test]
+fn autoincrement_past_the_largest_rowid_is_the_entrys_error_not_a_full_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, b); INSERT INTO t(b) VALUES (1)");
+    ok(&mut sm, "UPDATE sqlite_sequence SET seq = 9223372036854775807");
+    refused(&mut sm, "INSERT INTO t(b) VALUES (2)", "AUTOINCREMENT");
+    ok(&mut sm, "INSERT INTO t(id, b) VALUES (5, 3)");
+    drop(sm);
+    let mut sm = open(&dir, "a.sqlite");
+    refused(&mut sm, "INSERT INTO t(b) VALUES (2)", "AUTOINCREMENT");
+    assert_eq!(scalar(&sm, "SELECT count(*) FROM t"), Value::Integer(2));
+}
+
+#[test]
+fn a_failing_disk_stops_the_node_and_the_entry_applies_once_it_is_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "CREATE TABLE t(x)");
+    for code in [rusqlite::ffi::SQLITE_FULL, rusqlite::ffi::SQLITE_IOERR_WRITE] {
+        sqlite_sm::vfs::inject_write_failures(1000, code);
+        let failed = sm.apply(&write(2, "INSERT INTO t VALUES (1)"));
+        sqlite_sm::vfs::inject_write_failures(0, 0);
+        let err = failed.expect_err("the disk failed: this node must stop");
+        assert!(err.to_string().contains("write"), "{err}");
+        assert_eq!(sm.applied_index(), 1, "a failed apply does not count");
+        drop(sm);
+        sm = open(&dir, "a.sqlite");
+        assert_eq!(sm.applied_index(), 1);
+    }
+    ok(&mut sm, "INSERT INTO t VALUES (1)");
+    assert_eq!(scalar(&sm, "SELECT count(*) FROM t"), Value::Integer(1));
+}
+
+#[test]
+fn shadow_tables_and_the_schema_are_read_only_so_virtual_tables_cannot_be_corrupted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "CREATE VIRTUAL TABLE ft USING fts5(body); CREATE VIRTUAL TABLE rt USING rtree(id, x0, x1)");
+    ok(&mut sm, "INSERT INTO ft VALUES ('hello world'); INSERT INTO rt VALUES (1, 0, 5)");
+    for sql in [
+        "INSERT INTO ft_data VALUES (10, x'00ff')",
+        "DELETE FROM ft_data",
+        "UPDATE rt_node SET data = x'00'",
+        "DELETE FROM rt_parent",
+        "DROP TABLE rt_node",
+        "ALTER TABLE ft_idx RENAME TO x",
+    ] {
+        refused(&mut sm, sql, "may not be");
+    }
+    refused(&mut sm, "UPDATE sqlite_schema SET sql = 'x'", "may not be modified");
+    ok(&mut sm, "INSERT INTO ft VALUES ('hello again'); INSERT INTO rt VALUES (2, 1, 3)");
+    assert_eq!(scalar(&sm, "SELECT count(*) FROM ft WHERE ft MATCH 'hello'"), Value::Integer(2));
+    assert_eq!(scalar(&sm, "SELECT count(*) FROM rt WHERE x0 <= 2 AND x1 >= 2"), Value::Integer(2));
+}
+
+#[test]
+fn a_deferred_foreign_key_failing_at_commit_is_the_entrys_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "CREATE TABLE p(id PRIMARY KEY); CREATE TABLE c(pid REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED)");
+    refused(&mut sm, "INSERT INTO c VALUES (5)", "FOREIGN KEY");
+    ok(&mut sm, "INSERT INTO c VALUES (6); INSERT INTO p VALUES (6)");
+    assert_eq!(scalar(&sm, "SELECT count(*) FROM c"), Value::Integer(1));
+}
+
+#[test]
+fn the_bookkeeping_table_is_out_of_reach() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "CREATE TABLE t(x)");
+    for (sql, why) in [
+        ("CREATE TEMP TABLE _lightraft_applied(id, applied_index)", "TEMP"),
+        ("CREATE TRIGGER tr AFTER UPDATE ON _lightraft_applied BEGIN INSERT INTO t VALUES (1); END", "lightraft"),
+        ("CREATE TEMP VIEW v AS SELECT * FROM _lightraft_applied", "TEMP"),
+        ("CREATE VIEW _lightraft_v AS SELECT 1", "lightraft"),
+        ("CREATE INDEX i ON _lightraft_applied(applied_index)", "lightraft"),
+        ("CREATE TABLE _LightRaft_mine(x)", "lightraft"),
+        ("ALTER TABLE t RENAME TO _lightraft_t", "lightraft"),
+        ("CREATE VIRTUAL TABLE _lightraft_fts USING fts5(x)", "lightraft"),
+        ("UPDATE _lightraft_applied SET applied_index = 0", "lightraft"),
+        ("DROP TABLE _lightraft_applied", "lightraft"),
+    ] {
+        refused(&mut sm, sql, why);
+    }
+    ok(&mut sm, "INSERT INTO t VALUES (1)");
+    let applied = sm.applied_index();
+    drop(sm);
+    let sm = open(&dir, "a.sqlite");
+    assert_eq!(sm.applied_index(), applied, "the durable applied index kept up with every entry");
+    assert_eq!(scalar(&sm, "SELECT count(*) FROM t"), Value::Integer(1), "nothing was applied twice");
+}
+
+#[test]
+fn a_row_may_not_take_the_largest_rowid_so_sqlite_never_picks_one_at_random() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "CREATE TABLE u(a); CREATE TABLE w(a) ");
+    refused(&mut sm, "INSERT INTO u(rowid, a) VALUES (9223372036854775807, 1)", "largest rowid");
+    refused(
+        &mut sm,
+        "INSERT INTO u(rowid, a) VALUES (9223372036854775806, 1); INSERT INTO u(a) VALUES (2); INSERT INTO u(a) VALUES (3)",
+        "largest rowid",
+    );
+    refused(&mut sm, "INSERT INTO u(rowid, a) VALUES (9223372036854775807, 1), (NULL, 2)", "largest rowid");
+    ok(&mut sm, "INSERT INTO w(rowid, a) VALUES (1, 1)");
+    refused(&mut sm, "UPDATE w SET rowid = 9223372036854775807", "largest rowid");
+    assert_eq!(scalar(&sm, "SELECT count(*) FROM u"), Value::Integer(0), "every such line was rolled back");
+    assert_eq!(scalar(&sm, "SELECT max(rowid) FROM w"), Value::Integer(1));
+}
+
+#[test]
+fn values_are_limited_in_size_before_they_are_built() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "CREATE TABLE t(x)");
+    for sql in [
+        "INSERT INTO t VALUES (zeroblob(400000000))",
+        "INSERT INTO t VALUES (randomblob(400000000))",
+        "INSERT INTO t VALUES (printf('%.*c', 100000000, 'x'))",
+        "INSERT INTO t VALUES (replace(hex(zeroblob(5000000)), '0', '0123456789'))",
+        "INSERT INTO t SELECT group_concat(hex(zeroblob(100000))) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 1000) SELECT x FROM c)",
+    ] {
+        refused(&mut sm, sql, "too big");
+    }
+    let err = query(&sm, "SELECT length(zeroblob(400000000))").expect_err("reads are limited too");
+    assert!(err.contains("too big"), "{err}");
+}
+
+#[test]
+fn one_line_cannot_grow_the_database_beyond_its_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "CREATE TABLE t(x)");
+    let fill = |n: u32| {
+        format!("INSERT INTO t SELECT zeroblob(100000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT {n}) SELECT x FROM c)")
+    };
+    let per_line = Limits { max_growth_bytes: 1 << 20, ..Limits::default() };
+    let err = apply_limited(&mut sm, &fill(20), per_line).expect_err("grows 2 MB");
+    assert!(err.contains("larger than allowed"), "{err}");
+    apply_limited(&mut sm, &fill(5), per_line).expect("grows 0.5 MB");
+    let total = Limits { max_database_bytes: 2 << 20, ..Limits::default() };
+    apply_limited(&mut sm, &fill(10), total).expect("1.5 MB in 2");
+    let err = apply_limited(&mut sm, &fill(10), total).expect_err("2.5 MB in 2");
+    assert!(err.contains("larger than allowed"), "{err}");
+    assert_eq!(scalar(&sm, "SELECT count(*) FROM t"), Value::Integer(15));
+}
+
+#[test]
+fn a_write_whose_results_are_too_large_is_rolled_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "CREATE TABLE t(x)");
+    let small = Limits { max_result_bytes: 50_000, ..Limits::default() };
+    let sql = "INSERT INTO t SELECT hex(zeroblob(1000)) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100) SELECT x FROM c) RETURNING x";
+    assert!(apply_limited(&mut sm, sql, small).expect_err("too large").contains("larger than 50000 bytes"));
+    assert_eq!(scalar(&sm, "SELECT count(*) FROM t"), Value::Integer(0));
+}
+
+#[test]
+fn temporary_space_is_budgeted_per_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "CREATE TABLE t(x)");
+    let sort = "INSERT INTO t SELECT x FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 20000) SELECT hex(randomblob(1000)) AS x FROM c) ORDER BY x";
+    let small = Limits { max_temp_bytes: 1 << 20, max_growth_bytes: 1 << 30, ..Limits::default() };
+    assert!(apply_limited(&mut sm, sort, small).expect_err("spills").contains("temporary space"));
+    let roomy = Limits { max_temp_bytes: 1 << 30, max_growth_bytes: 1 << 30, ..Limits::default() };
+    apply_limited(&mut sm, sort, roomy).expect("fits");
+}
+
+// ---- replicas are identical, restarted or not -------------------------------------------------
+
+/// Applies `lines` to two replicas, restarting the second before every line in
+/// `restart_before`, and returns what each saw of `probe` after the last line.
+fn both(lines: &[&str], restart_before: &[usize], probe: &str) -> (Vec<Vec<Value>>, Vec<Vec<Value>>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut steady = open(&dir, "steady.sqlite");
+    let mut restarted = open(&dir, "restarted.sqlite");
+    for (i, line) in lines.iter().enumerate() {
+        if restart_before.contains(&i) {
+            drop(restarted);
+            restarted = open(&dir, "restarted.sqlite");
+        }
+        let a = apply(&mut steady, line);
+        let b = apply(&mut restarted, line);
+        assert_eq!(a, b, "line {i}: {line}");
+    }
+    (rows(&query(&steady, probe).expect("probe")), rows(&query(&restarted, probe).expect("probe")))
+}
+
+#[test]
+fn changes_reads_the_same_on_a_restarted_replica() {
+    let lines = [
+        "CREATE TABLE t(x); CREATE TABLE log(n)",
+        "INSERT INTO t VALUES (1), (2), (3)",
+        "INSERT INTO log SELECT changes()",
+    ];
+    let (steady, restarted) = both(&lines, &[2], "SELECT n FROM log");
+    assert_eq!(steady, restarted);
+}
+
+#[test]
+fn schema_order_reads_the_same_on_a_restarted_replica() {
+    let lines = [
+        "CREATE TABLE a(x); CREATE TABLE b(x); CREATE TABLE c(x); CREATE INDEX ia ON a(x); CREATE INDEX ic ON c(x)",
+        "DROP TABLE b; CREATE TABLE d(x); CREATE TABLE b2(x); INSERT INTO a VALUES (1), (2); INSERT INTO c VALUES (3)",
+        "CREATE TABLE seen(name, n)",
+        "INSERT INTO seen SELECT name, ncol FROM pragma_table_list WHERE schema = 'main'",
+        "ANALYZE",
+        "INSERT INTO seen SELECT tbl || '/' || ifnull(idx, ''), rowid FROM sqlite_stat1",
+    ];
+    for restart in [vec![], vec![3], vec![4], vec![5], vec![3, 5]] {
+        let (steady, restarted) = both(&lines, &restart, "SELECT * FROM seen ORDER BY rowid");
+        assert!(steady.len() > 6, "{steady:?}");
+        assert_eq!(steady, restarted, "restarted before lines {restart:?}");
+    }
 }

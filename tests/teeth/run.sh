@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Shows that the simulator's checks have teeth: applies each deliberate bug from
-# mutations.txt to a scratch copy of the workspace, runs the simulation, and expects it
-# to fail. Prints, per bug, the first failing seed and the property that caught it.
+# Shows that the checks have teeth: applies each deliberate bug from mutations.txt to a
+# scratch copy of the workspace, runs the test that guards against it (the simulation,
+# unless the bug names another with "test:"), and expects it to fail. Prints, per bug,
+# the first failing seed and the property that caught it.
 # Usage: tests/teeth/run.sh [seeds per bug, default 2000] [only bugs whose name contains this]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -22,9 +23,9 @@ for line in open(sys.argv[1]):
     cur[key.strip()] = value.strip()
 if cur: blocks.append(cur)
 for b in blocks:
-    print('\t'.join([b['name'], b['file'], b['from'], b['to']]))
+    print('\t'.join([b['name'], b['file'], b['from'], b['to'], b.get('test', '')]))
 PY
-while IFS=$'\t' read -r name file from to; do
+while IFS=$'\t' read -r name file from to test; do
   [[ -z "$only" || "$name" == *"$only"* ]] || continue
   rm -rf "$scratch/ws" && mkdir "$scratch/ws"
   (cd "$root" && git ls-files -co --exclude-standard | tar -cf - -T -) | tar -xf - -C "$scratch/ws"
@@ -36,6 +37,13 @@ if text.count(old) != 1:
     sys.exit(f"mutation text not found exactly once in {path}: {old}")
 open(path, 'w').write(text.replace(old, new))
 PY
+  if [ -n "$test" ]; then
+    # A test of its own: it fails (naming its seed) or the bug went unnoticed.
+    out=$(cd "$scratch/ws" && LIGHTRAFT_DIFF_CASES=$seeds cargo test --release -q $test 2>&1 || true)
+    caught=$(grep -m1 -E '^seed [0-9]+: ' <<<"$out" || true)
+    if [ -n "$caught" ]; then echo "CAUGHT  $name: $caught"; else echo "MISSED  $name"; status=1; fi
+    continue
+  fi
   out=$(cd "$scratch/ws" && LIGHTRAFT_SIM_SEEDS=$seeds cargo test --release -q -p lightraft-tests --test simulation 2>&1 || true)
   caught=$(grep -m1 '^simulation seed' <<<"$out" || true)
   if [ -n "$caught" ]; then

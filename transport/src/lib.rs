@@ -1,25 +1,34 @@
 //! Messages between lightraft nodes: length-prefixed JSON frames over TCP.
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of JSON. Every
-//! connection opens with a [`Hello`] frame naming the cluster and both nodes; a peer from
-//! another cluster or an unknown node, a frame over the size limit, or malformed JSON
-//! closes that connection with a logged reason and never disturbs the node.
+//! connection opens with a handshake ([`handshake`]) in which both ends prove they know
+//! the cluster secret; a stranger, a peer from another cluster or an unknown node, a
+//! frame over the size limit, or malformed JSON closes that connection with a logged
+//! reason and never disturbs the node.
 //!
-//! Sending never blocks the caller: each peer has a bounded queue, drained by a task that
-//! dials (and redials, with backoff) the peer. When a queue is full the message is dropped;
-//! Raft already tolerates lost messages, and blocking the Raft loop would be worse.
+//! Connections are one-way: each node dials every peer and only writes to that
+//! connection; what a peer says arrives on the connection it dialed to us. Sending never
+//! blocks the caller: each peer has a bounded queue, drained by a task that dials (and
+//! redials, with backoff) the peer. When a queue is full the message is dropped; Raft
+//! already tolerates lost messages, and blocking the Raft loop would be worse.
+
+pub mod handshake;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn, Instrument};
+
+use handshake::{Challenge, Proof, Role};
+pub use handshake::{Hello, Secret};
 
 /// A node's index in the cluster configuration.
 pub type NodeId = u64;
@@ -28,19 +37,15 @@ pub type NodeId = u64;
 /// below what would hurt the node if a peer sent garbage.
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 
-/// How long a new connection has to introduce itself.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new connection has to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The first frame on every connection.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    /// The cluster name from the configuration; nodes of different clusters never talk.
-    pub cluster: String,
-    /// The dialing node.
-    pub from: NodeId,
-    /// The node it meant to reach.
-    pub to: NodeId,
-}
+/// The largest handshake frame.
+const MAX_HANDSHAKE_FRAME: usize = 4096;
+
+/// Connections still in their handshake at once; more are closed at once, so strangers
+/// cannot use up the node's descriptors.
+const MAX_HANDSHAKING: usize = 64;
 
 /// Why a frame could not be read.
 #[derive(Debug)]
@@ -101,6 +106,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, max: usize) -> Res
 pub struct TransportConfig {
     /// The cluster name, checked in every handshake.
     pub cluster: String,
+    /// The shared secret every handshake proves knowledge of (empty: none configured).
+    pub secret: Secret,
     /// This node.
     pub me: NodeId,
     /// The address to accept peer connections on.
@@ -133,7 +140,7 @@ where
 {
     /// Binds the listener (failing at once if the address is taken), then starts the
     /// accept loop and one dialer per peer. Received messages arrive on `inbound` as
-    /// (sender, message).
+    /// (sender, message); the sender is the authenticated peer.
     pub async fn start(config: TransportConfig, inbound: mpsc::Sender<(NodeId, T)>) -> io::Result<Transport<T>> {
         let listener = TcpListener::bind(config.listen).await?;
         tokio::spawn(accept_loop(listener, config.clone(), inbound).in_current_span());
@@ -141,8 +148,7 @@ where
         for (&peer, &addr) in &config.peers {
             let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
             queues.insert(peer, tx);
-            let hello = Hello { cluster: config.cluster.clone(), from: config.me, to: peer };
-            tokio::spawn(dial_loop(peer, addr, hello, rx).in_current_span());
+            tokio::spawn(dial_loop(peer, addr, config.clone(), rx).in_current_span());
         }
         Ok(Transport { queues })
     }
@@ -159,16 +165,67 @@ where
     }
 }
 
+/// Logs a refused connection as a warning at most once a second; the rest go to debug,
+/// so a stranger hammering the port cannot flood the log.
+#[derive(Default)]
+struct Throttle(Mutex<Option<Instant>>);
+
+impl Throttle {
+    fn refused(&self, addr: SocketAddr, reason: &str) {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            warn!("closed peer connection from {addr}: {reason}");
+        } else {
+            debug!("closed peer connection from {addr}: {reason}");
+        }
+    }
+}
+
+/// What every inbound connection shares.
+struct Inbound<T> {
+    config: TransportConfig,
+    queue: mpsc::Sender<(NodeId, T)>,
+    handshaking: Arc<Semaphore>,
+    /// Per peer, the newest authenticated connection's number: an older connection from
+    /// the same peer closes when a newer one arrives, so a peer cannot pile them up.
+    newest: Mutex<BTreeMap<NodeId, watch::Sender<u64>>>,
+    throttle: Throttle,
+}
+
 /// Accepts peer connections forever; each is served by its own task.
-async fn accept_loop<T>(listener: TcpListener, config: TransportConfig, inbound: mpsc::Sender<(NodeId, T)>)
+async fn accept_loop<T>(listener: TcpListener, config: TransportConfig, queue: mpsc::Sender<(NodeId, T)>)
 where
     T: DeserializeOwned + Send + 'static,
 {
+    let shared = Arc::new(Inbound {
+        config,
+        queue,
+        handshaking: Arc::new(Semaphore::new(MAX_HANDSHAKING)),
+        newest: Mutex::new(BTreeMap::new()),
+        throttle: Throttle::default(),
+    });
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
+                let Ok(permit) = shared.handshaking.clone().try_acquire_owned() else {
+                    shared.throttle.refused(addr, "too many connections are still in their handshake");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_peer(stream, addr, config.clone(), inbound.clone()).in_current_span());
+                let shared = shared.clone();
+                tokio::spawn(
+                    async move {
+                        let authenticated = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(stream, &shared)).await;
+                        drop(permit);
+                        match authenticated {
+                            Err(_) => shared.throttle.refused(addr, "no handshake within 5 seconds"),
+                            Ok(Err(reason)) => shared.throttle.refused(addr, &reason),
+                            Ok(Ok((stream, peer))) => serve_peer(stream, addr, peer, &shared).await,
+                        }
+                    }
+                    .in_current_span(),
+                );
             }
             Err(e) => {
                 // Usually running out of file descriptors: wait, do not spin.
@@ -179,7 +236,7 @@ where
     }
 }
 
-/// Checks a handshake: the right cluster, a known peer, addressed to us.
+/// Checks a handshake's names: the right cluster, a known peer, addressed to us.
 pub fn check_hello(hello: &Hello, config: &TransportConfig) -> Result<(), String> {
     if hello.cluster != config.cluster {
         return Err(format!("it belongs to cluster {:?}, not {:?}", hello.cluster, config.cluster));
@@ -193,30 +250,42 @@ pub fn check_hello(hello: &Hello, config: &TransportConfig) -> Result<(), String
     Ok(())
 }
 
-/// Reads the handshake, then frames, until the peer goes away or misbehaves.
-async fn serve_peer<T>(
-    mut stream: TcpStream,
-    addr: SocketAddr,
-    config: TransportConfig,
-    inbound: mpsc::Sender<(NodeId, T)>,
-) where
+/// The acceptor's half of the handshake. Returns the stream and the proven peer.
+async fn accept<T>(mut stream: TcpStream, shared: &Inbound<T>) -> Result<(TcpStream, NodeId), String> {
+    let config = &shared.config;
+    let hello: Hello = read_json(&mut stream, MAX_HANDSHAKE_FRAME).await.map_err(|e| format!("bad handshake: {e}"))?;
+    check_hello(&hello, config)?;
+    let nonce = handshake::nonce();
+    let proof = handshake::prove(&config.secret, Role::Acceptor, &hello, &nonce);
+    write_json(&mut stream, &Challenge { nonce: nonce.clone(), proof }).await.map_err(|e| e.to_string())?;
+    let answer: Proof = read_json(&mut stream, MAX_HANDSHAKE_FRAME).await.map_err(|e| format!("bad handshake: {e}"))?;
+    if !handshake::verify(&config.secret, Role::Dialer, &hello, &nonce, &answer.proof) {
+        return Err(format!("node {} could not prove it knows the cluster secret", hello.from));
+    }
+    Ok((stream, hello.from))
+}
+
+/// Reads frames from an authenticated peer until it goes away, misbehaves, or connects
+/// again (the newer connection wins).
+async fn serve_peer<T>(mut stream: TcpStream, addr: SocketAddr, from: NodeId, shared: &Inbound<T>)
+where
     T: DeserializeOwned,
 {
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream, 4096)).await {
-        Err(_) => return warn!("closed peer connection from {addr}: no handshake within {HELLO_TIMEOUT:?}"),
-        Ok(Err(e)) => return warn!("closed peer connection from {addr}: bad handshake: {e}"),
-        Ok(Ok(bytes)) => match serde_json::from_slice::<Hello>(&bytes) {
-            Ok(hello) => hello,
-            Err(e) => return warn!("closed peer connection from {addr}: handshake is not valid JSON: {e}"),
-        },
+    let mut replaced = {
+        let mut newest = shared.newest.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = newest.entry(from).or_insert_with(|| watch::channel(0).0);
+        sender.send_modify(|n| *n += 1);
+        let mut rx = sender.subscribe();
+        rx.mark_unchanged();
+        rx
     };
-    if let Err(reason) = check_hello(&hello, &config) {
-        return warn!("closed peer connection from {addr}: {reason}");
-    }
-    let from = hello.from;
     debug!("peer {from} connected from {addr}");
     loop {
-        let frame = match read_frame(&mut stream, config.max_frame).await {
+        let frame = tokio::select! {
+            frame = read_frame(&mut stream, shared.config.max_frame) => frame,
+            _ = replaced.changed() => return debug!("peer {from} connected again; closing its older connection"),
+        };
+        let frame = match frame {
             Ok(frame) => frame,
             Err(FrameError::Closed) => return debug!("peer {from} closed its connection"),
             Err(e) => return warn!("closed connection from peer {from} ({addr}): {e}"),
@@ -224,7 +293,7 @@ async fn serve_peer<T>(
         match serde_json::from_slice::<T>(&frame) {
             // A full inbound queue means the node is overloaded: drop, like a lost packet.
             Ok(msg) => {
-                if inbound.try_send((from, msg)).is_err() && inbound.is_closed() {
+                if shared.queue.try_send((from, msg)).is_err() && shared.queue.is_closed() {
                     return;
                 }
             }
@@ -233,14 +302,41 @@ async fn serve_peer<T>(
     }
 }
 
+async fn read_json<R: AsyncRead + Unpin, V: DeserializeOwned>(reader: &mut R, max: usize) -> Result<V, String> {
+    let bytes = read_frame(reader, max).await.map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("not the expected JSON: {e}"))
+}
+
+async fn write_json<W: AsyncWrite + Unpin, V: Serialize>(writer: &mut W, value: &V) -> io::Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
+    write_frame(writer, &bytes).await?;
+    writer.flush().await
+}
+
+/// The dialer's half of the handshake.
+async fn introduce(stream: &mut TcpStream, hello: &Hello, secret: &Secret) -> Result<(), String> {
+    write_json(stream, hello).await.map_err(|e| e.to_string())?;
+    let challenge: Challenge = read_json(stream, MAX_HANDSHAKE_FRAME).await?;
+    if !handshake::verify(secret, Role::Acceptor, hello, &challenge.nonce, &challenge.proof) {
+        return Err("it could not prove it knows the cluster secret (is the secret the same on every node?)".into());
+    }
+    let proof = handshake::prove(secret, Role::Dialer, hello, &challenge.nonce);
+    write_json(stream, &Proof { proof }).await.map_err(|e| e.to_string())
+}
+
 /// Keeps a connection to one peer and writes its queued messages, redialing with backoff.
-async fn dial_loop<T: Serialize>(peer: NodeId, addr: SocketAddr, hello: Hello, mut queue: mpsc::Receiver<T>) {
+async fn dial_loop<T: Serialize>(
+    peer: NodeId,
+    addr: SocketAddr,
+    config: TransportConfig,
+    mut queue: mpsc::Receiver<T>,
+) {
     const MIN_BACKOFF: Duration = Duration::from_millis(50);
     const MAX_BACKOFF: Duration = Duration::from_secs(2);
     let mut backoff = MIN_BACKOFF;
     let mut was_connected = true; // so the first failure is reported once
     loop {
-        let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+        let mut stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 report_unreachable(peer, addr, &e.to_string(), &mut was_connected);
@@ -258,14 +354,25 @@ async fn dial_loop<T: Serialize>(peer: NodeId, addr: SocketAddr, hello: Hello, m
             }
         };
         let _ = stream.set_nodelay(true);
-        let mut writer = BufWriter::new(stream);
-        let Ok(hello_bytes) = serde_json::to_vec(&hello) else { return };
-        if write_frame(&mut writer, &hello_bytes).await.is_err() || writer.flush().await.is_err() {
-            continue;
+        let hello = Hello { cluster: config.cluster.clone(), from: config.me, to: peer, nonce: handshake::nonce() };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, introduce(&mut stream, &hello, &config.secret)).await {
+            Ok(Ok(())) => {}
+            failed => {
+                let reason = match failed {
+                    Ok(Err(reason)) => reason,
+                    _ => "no handshake within 5 seconds".to_string(),
+                };
+                report_unreachable(peer, addr, &reason, &mut was_connected);
+                if !wait_or_drain(&mut queue, &mut backoff, MAX_BACKOFF).await {
+                    return;
+                }
+                continue;
+            }
         }
         info!("connected to peer {peer} at {addr}");
         was_connected = true;
         backoff = MIN_BACKOFF;
+        let mut writer = BufWriter::new(stream);
         match pump(&mut writer, &mut queue).await {
             Ok(()) => return, // the node is shutting down
             Err(e) => info!("lost connection to peer {peer}: {e}"),
@@ -338,17 +445,22 @@ mod tests {
         assert!(matches!(read_frame(&mut buf.as_slice(), 100).await, Err(FrameError::Io(_))));
     }
 
-    #[test]
-    fn handshakes_from_strangers_are_refused() {
-        let config = TransportConfig {
-            cluster: "prod".into(),
-            me: 0,
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            peers: BTreeMap::from([(1, "127.0.0.1:1".parse().expect("addr"))]),
-            queue_capacity: 8,
+    fn config(me: NodeId, listen: SocketAddr, peers: &[(NodeId, SocketAddr)], secret: &str) -> TransportConfig {
+        TransportConfig {
+            cluster: "c".into(),
+            secret: Secret::new(secret.as_bytes().to_vec()),
+            me,
+            listen,
+            peers: peers.iter().copied().collect(),
+            queue_capacity: 64,
             max_frame: 1024,
-        };
-        let ok = Hello { cluster: "prod".into(), from: 1, to: 0 };
+        }
+    }
+
+    #[test]
+    fn handshakes_from_other_clusters_or_nodes_are_refused() {
+        let config = config(0, "127.0.0.1:0".parse().expect("addr"), &[(1, "127.0.0.1:1".parse().expect("addr"))], "");
+        let ok = Hello { cluster: "c".into(), from: 1, to: 0, nonce: handshake::nonce() };
         assert!(check_hello(&ok, &config).is_ok());
         let other_cluster = Hello { cluster: "test".into(), ..ok.clone() };
         assert!(check_hello(&other_cluster, &config).unwrap_err().contains("cluster"));
@@ -363,41 +475,58 @@ mod tests {
         listener.local_addr().expect("addr")
     }
 
+    /// Expects the node to close `conn`: end of file, or a reset if our bytes were unread.
+    async fn assert_closed(mut conn: TcpStream, what: &str) {
+        let mut buf = [0u8; 1024];
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await;
+            match read.unwrap_or_else(|_| panic!("{what}: connection left open")) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // the challenge; then it must close
+            }
+        }
+    }
+
     #[tokio::test]
-    async fn two_nodes_exchange_messages_and_garbage_does_not_disturb_them() {
+    async fn peers_with_the_secret_talk_and_strangers_without_it_are_closed_out() {
         let (a_addr, b_addr) = (free_addr(), free_addr());
-        let config = |me, listen, peer, peer_addr| TransportConfig {
-            cluster: "c".into(),
-            me,
-            listen,
-            peers: BTreeMap::from([(peer, peer_addr)]),
-            queue_capacity: 64,
-            max_frame: 1024,
-        };
+        let secret = "sixteen bytes or more of secret";
         let (a_in, mut a_rx) = mpsc::channel::<(NodeId, String)>(16);
         let (b_in, mut b_rx) = mpsc::channel::<(NodeId, String)>(16);
-        let a = Transport::start(config(0, a_addr, 1, b_addr), a_in).await.expect("a starts");
-        let b = Transport::start(config(1, b_addr, 0, a_addr), b_in).await.expect("b starts");
+        let a = Transport::start(config(0, a_addr, &[(1, b_addr)], secret), a_in).await.expect("a starts");
+        let b = Transport::start(config(1, b_addr, &[(0, a_addr)], secret), b_in).await.expect("b starts");
 
-        // Garbage, an oversized frame and a stranger's handshake, all on b's port.
+        // Garbage, an oversized frame, another cluster, and someone who knows the cluster
+        // name and a node index but not the secret: each connection is closed, and a
+        // message forged after the handshake never arrives.
         let mut junk = TcpStream::connect(b_addr).await.expect("connect");
         junk.write_all(b"\x00\x00\x00\x05hello garbage").await.expect("write");
         let mut huge = TcpStream::connect(b_addr).await.expect("connect");
         huge.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
         let mut stranger = TcpStream::connect(b_addr).await.expect("connect");
-        let hello = serde_json::to_vec(&Hello { cluster: "other".into(), from: 0, to: 1 }).expect("json");
-        write_frame(&mut stranger, &hello).await.expect("write");
-        for mut conn in [junk, huge, stranger] {
-            let mut byte = [0u8; 1];
-            // The node closes each connection: end of file, or a reset if our bytes were unread.
-            let read =
-                tokio::time::timeout(Duration::from_secs(5), conn.read(&mut byte)).await.expect("closed in time");
-            assert!(matches!(read, Ok(0) | Err(_)), "connection left open: {read:?}");
+        let hello = Hello { cluster: "other".into(), from: 0, to: 1, nonce: handshake::nonce() };
+        write_json(&mut stranger, &hello).await.expect("write");
+        let mut impostor = TcpStream::connect(b_addr).await.expect("connect");
+        let hello = Hello { cluster: "c".into(), from: 0, to: 1, nonce: handshake::nonce() };
+        write_json(&mut impostor, &hello).await.expect("write");
+        let challenge: Challenge = read_json(&mut impostor, 4096).await.expect("a challenge");
+        let guess = handshake::prove(
+            &Secret::new(b"a wrong guess at the secret".to_vec()),
+            Role::Dialer,
+            &hello,
+            &challenge.nonce,
+        );
+        write_json(&mut impostor, &Proof { proof: guess }).await.expect("write");
+        let _ = write_json(&mut impostor, &"forged".to_string()).await;
+        for (conn, what) in
+            [(junk, "garbage"), (huge, "huge frame"), (stranger, "other cluster"), (impostor, "impostor")]
+        {
+            assert_closed(conn, what).await;
         }
 
         a.send(1, "ping".to_string()).expect("queued");
         let got = tokio::time::timeout(Duration::from_secs(5), b_rx.recv()).await.expect("delivered in time");
-        assert_eq!(got, Some((0, "ping".to_string())));
+        assert_eq!(got, Some((0, "ping".to_string())), "the forged message never arrived; the real one did");
         b.send(0, "pong".to_string()).expect("queued");
         let got = tokio::time::timeout(Duration::from_secs(5), a_rx.recv()).await.expect("delivered in time");
         assert_eq!(got, Some((1, "pong".to_string())));
@@ -405,18 +534,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_node_with_another_secret_never_gets_a_message_through() {
+        let (a_addr, b_addr) = (free_addr(), free_addr());
+        let (a_in, _a_rx) = mpsc::channel::<(NodeId, String)>(16);
+        let (b_in, mut b_rx) = mpsc::channel::<(NodeId, String)>(16);
+        let a = Transport::start(config(0, a_addr, &[(1, b_addr)], "the first secret, long enough"), a_in)
+            .await
+            .expect("a starts");
+        let _b = Transport::start(config(1, b_addr, &[(0, a_addr)], "the second secret, long enough"), b_in)
+            .await
+            .expect("b starts");
+        for _ in 0..20 {
+            let _ = a.send(1, "ping".to_string());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(b_rx.try_recv().is_err(), "nothing crossed between different secrets");
+    }
+
+    #[tokio::test]
     async fn a_taken_port_is_an_error_at_start() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let taken = listener.local_addr().expect("addr");
-        let config = TransportConfig {
-            cluster: "c".into(),
-            me: 0,
-            listen: taken,
-            peers: BTreeMap::new(),
-            queue_capacity: 1,
-            max_frame: 1024,
-        };
         let (tx, _rx) = mpsc::channel::<(NodeId, String)>(1);
-        assert!(Transport::start(config, tx).await.is_err());
+        assert!(Transport::start(config(0, taken, &[], ""), tx).await.is_err());
     }
 }

@@ -1,0 +1,136 @@
+//! A replicated write as it sits in the log: the client's SQL plus everything the leader
+//! fixes for every replica: the time, a random seed, and the limits the line runs under.
+//!
+//! Limits travel in the entry, not in each node's config, so every replica (and a replica
+//! that replays the log after its operator changed the config) stops a runaway line at
+//! exactly the same point.
+//!
+//! The encoding is binary and compact: a version byte, eight little-endian 64-bit fields,
+//! then the SQL as UTF-8. A line of any bytes costs only its own length plus 65.
+
+/// What one line may consume. The same on every replica for a given entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// SQLite virtual-machine steps (a deterministic measure of work).
+    pub max_steps: u64,
+    /// The largest string or blob (SQLite's `SQLITE_LIMIT_LENGTH`).
+    pub max_value_bytes: u64,
+    /// How much the line may grow the database.
+    pub max_growth_bytes: u64,
+    /// The largest the database may become; 0 for no limit.
+    pub max_database_bytes: u64,
+    /// The most result data (rows from RETURNING or SELECT) the line may produce.
+    pub max_result_bytes: u64,
+    /// How much temporary files (sorts, statement journals) may grow during the line.
+    pub max_temp_bytes: u64,
+}
+
+impl Limits {
+    /// The smallest value-size limit a line runs under, whatever the entry says. SQLite's
+    /// own modules store blobs of up to 128 KiB (R-tree nodes, FTS5 pages) and do not all
+    /// notice a lower limit: an R-tree would write an undersized node and be broken.
+    pub const MIN_VALUE_BYTES: u64 = 1 << 20;
+
+    /// `max_value_bytes` as SQLite's length limit, never below [`Limits::MIN_VALUE_BYTES`].
+    pub fn length_limit(&self) -> i32 {
+        self.max_value_bytes.clamp(Limits::MIN_VALUE_BYTES, i32::MAX as u64) as i32
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_steps: 100_000_000,
+            max_value_bytes: 8 << 20,
+            max_growth_bytes: 64 << 20,
+            max_database_bytes: 0,
+            max_result_bytes: 8 << 20,
+            max_temp_bytes: 1 << 30,
+        }
+    }
+}
+
+/// A replicated write: one line of SQL and what the leader fixed for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteCommand {
+    /// One line of SQL: one or more statements, applied as one transaction.
+    pub sql: String,
+    /// The leader's clock when it proposed the write, in Unix milliseconds: what
+    /// `datetime('now')` and `CURRENT_TIMESTAMP` return on every replica.
+    pub time_ms: i64,
+    /// Seeds `random()` and `randomblob()` for this entry.
+    pub seed: u64,
+    /// What the line may consume.
+    pub limits: Limits,
+}
+
+const VERSION: u8 = 1;
+const HEADER: usize = 1 + 8 * 8;
+
+impl WriteCommand {
+    /// The bytes of the log entry.
+    pub fn encode(&self) -> Vec<u8> {
+        let l = &self.limits;
+        let mut out = Vec::with_capacity(HEADER + self.sql.len());
+        out.push(VERSION);
+        out.extend_from_slice(&self.time_ms.to_le_bytes());
+        for field in
+            [self.seed, l.max_steps, l.max_value_bytes, l.max_growth_bytes, l.max_database_bytes, l.max_result_bytes]
+        {
+            out.extend_from_slice(&field.to_le_bytes());
+        }
+        out.extend_from_slice(&l.max_temp_bytes.to_le_bytes());
+        out.extend_from_slice(self.sql.as_bytes());
+        out
+    }
+
+    /// Parses a log entry's bytes.
+    pub fn decode(bytes: &[u8]) -> Result<WriteCommand, String> {
+        if bytes.len() < HEADER || bytes[0] != VERSION {
+            return Err("the log entry is not a write command this version understands".to_string());
+        }
+        let field = |i: usize| {
+            let start = 1 + 8 * i;
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[start..start + 8]);
+            u64::from_le_bytes(word)
+        };
+        let sql = std::str::from_utf8(&bytes[HEADER..]).map_err(|_| "the log entry's SQL is not UTF-8".to_string())?;
+        Ok(WriteCommand {
+            sql: sql.to_string(),
+            time_ms: field(0) as i64,
+            seed: field(1),
+            limits: Limits {
+                max_steps: field(2),
+                max_value_bytes: field(3),
+                max_growth_bytes: field(4),
+                max_database_bytes: field(5),
+                max_result_bytes: field(6),
+                max_temp_bytes: field(7),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip_and_cost_little_more_than_their_sql() {
+        let command = WriteCommand {
+            sql: "INSERT INTO t VALUES ('\u{1}\u{2}\u{1b}[2J é')".into(),
+            time_ms: -5,
+            seed: u64::MAX,
+            limits: Limits { max_database_bytes: 7, ..Limits::default() },
+        };
+        let bytes = command.encode();
+        assert_eq!(bytes.len(), command.sql.len() + 65);
+        assert_eq!(WriteCommand::decode(&bytes), Ok(command));
+        assert!(WriteCommand::decode(b"{\"sql\":\"x\"}").is_err());
+        assert!(WriteCommand::decode(&[]).is_err());
+        let mut bad_utf8 = WriteCommand { sql: String::new(), time_ms: 0, seed: 0, limits: Limits::default() }.encode();
+        bad_utf8.push(0xff);
+        assert!(WriteCommand::decode(&bad_utf8).unwrap_err().contains("UTF-8"));
+    }
+}
