@@ -15,6 +15,7 @@
 //! Schema changes are allowed, and noted: the state machine reopens its connection after
 //! one, so that its in-memory schema is exactly what a restarted replica would load.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -81,6 +82,10 @@ pub struct Policy {
     /// A statement prepared since the last check creates, drops or alters schema objects
     /// or statistics.
     schema_touched: AtomicBool,
+    /// The virtual tables of the schema, lowercased (see `note_virtual_tables`).
+    virtual_tables: Mutex<HashSet<String>>,
+    /// A statement prepared since the last check uses one of them.
+    virtual_touched: AtomicBool,
 }
 
 impl Policy {
@@ -107,6 +112,33 @@ impl Policy {
         self.schema_touched.swap(false, Ordering::Relaxed)
     }
 
+    /// Tells the policy which tables are virtual, so it can note when a line uses one.
+    pub fn note_virtual_tables(&self, names: impl IntoIterator<Item = String>) {
+        let mut set = self.virtual_tables.lock().unwrap_or_else(|e| e.into_inner());
+        *set = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
+    }
+
+    /// Whether a statement using a virtual table was prepared since the last call (and
+    /// forgets). Virtual-table modules keep caches and prepared statements between
+    /// lines, so the state machine starts afresh after such a line.
+    pub fn take_virtual_touched(&self) -> bool {
+        self.virtual_touched.swap(false, Ordering::Relaxed)
+    }
+
+    fn note_use(&self, action: &AuthAction<'_>) {
+        let table = match action {
+            AuthAction::Read { table_name, .. }
+            | AuthAction::Insert { table_name }
+            | AuthAction::Update { table_name, .. }
+            | AuthAction::Delete { table_name } => table_name,
+            _ => return,
+        };
+        let set = self.virtual_tables.lock().unwrap_or_else(|e| e.into_inner());
+        if !set.is_empty() && set.contains(&table.to_ascii_lowercase()) {
+            self.virtual_touched.store(true, Ordering::Relaxed);
+        }
+    }
+
     fn refuse(&self, reason: String) -> Authorization {
         *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
         Authorization::Deny
@@ -122,6 +154,7 @@ impl Policy {
                 if touches_schema(&ctx.action) {
                     self.schema_touched.store(true, Ordering::Relaxed);
                 }
+                self.note_use(&ctx.action);
                 Authorization::Allow
             }
             Err(reason) => self.refuse(reason),

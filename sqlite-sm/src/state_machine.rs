@@ -143,7 +143,9 @@ impl StateMachine {
         self.begin_line(&command.limits)?;
         self.internal("BEGIN IMMEDIATE").map_err(|e| self.storage(e, "starting a transaction"))?;
         let outcome = vfs::with_pinned_time(command.time_ms, || self.run_command(index, command));
+        // Either kind of line leaves this connection different from a freshly opened one.
         let schema_touched = self.shared.policy.take_schema_touched();
+        let virtual_touched = self.shared.policy.take_virtual_touched();
         let result = match outcome {
             Ok(results) => Ok(results),
             Err(error) => Err(self.judge(error)?),
@@ -159,8 +161,10 @@ impl StateMachine {
         if result.is_err() && !self.conn.is_autocommit() {
             self.internal("ROLLBACK").map_err(|e| self.storage(e, "rolling back"))?;
         }
-        if schema_touched {
-            // Even a rolled-back schema change may have reshuffled the in-memory schema.
+        if schema_touched || virtual_touched {
+            // Even a rolled-back schema change may have reshuffled the in-memory schema,
+            // and virtual tables (FTS5) keep caches whose presence changes how many steps
+            // the next line runs. A replica that just restarted has neither.
             self.reopen()?;
         }
         Ok(result)
@@ -398,7 +402,7 @@ fn connect(path: &Path, shared: &Arc<Shared>, random: &SeededRandom) -> Result<C
     .map_err(|e| format!("cannot install the update hook: {e}"))?;
     shared
         .policy
-        .internal(|| warm_up(&conn))
+        .internal(|| warm_up(&conn, &shared.policy))
         .map_err(|e| format!("cannot load the schema of {}: {e}", path.display()))?;
     Ok(conn)
 }
@@ -407,11 +411,12 @@ fn connect(path: &Path, shared: &Arc<Shared>, random: &SeededRandom) -> Result<C
 /// next entry: load the schema and statistics, and connect every virtual table. That
 /// work runs SQL (it counts steps, reads long values), so doing it inside an entry would
 /// let a restarted replica hit a limit that a long-running one does not.
-fn warm_up(conn: &Connection) -> rusqlite::Result<()> {
+fn warm_up(conn: &Connection, policy: &Policy) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare(
         "SELECT name FROM main.sqlite_schema WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%' ORDER BY rowid",
     )?;
     let virtual_tables: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    policy.note_virtual_tables(virtual_tables.iter().cloned());
     for name in virtual_tables {
         // Preparing a statement on a virtual table connects it (xConnect). A table that
         // cannot connect (its module is missing, say) fails the same way in every entry

@@ -1,0 +1,234 @@
+//! The harness for end-to-end tests: real `lightraft` processes on 127.0.0.1, ports
+//! picked free at run time, each cluster in its own temporary directory. Every process is
+//! killed when the test ends, also when it fails (the harness kills them on drop).
+#![allow(dead_code)] // each test file uses a different part of it
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lightraft::client::Client;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_lightraft");
+
+/// The optional parts of a test cluster's config.
+#[derive(Default)]
+pub struct Options {
+    /// `[cluster] secret`.
+    pub secret: Option<String>,
+    /// The body of `[client]` (default: a 4 s timeout and 64 KiB lines).
+    pub client: Option<String>,
+    /// The body of `[limits]`, if any.
+    pub limits: Option<String>,
+}
+
+/// A running cluster. Dropping it kills every node.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Option<Child>>,
+    pub client_addrs: Vec<SocketAddr>,
+    pub rpc_addrs: Vec<SocketAddr>,
+}
+
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("its address").port()
+}
+
+impl Cluster {
+    /// Writes a config for `size` nodes with fast timeouts and starts them all.
+    pub fn start(size: usize) -> Cluster {
+        Cluster::start_with(size, &Options::default())
+    }
+
+    /// Like `start`, with the config's optional sections chosen by the test.
+    pub fn start_with(size: usize, options: &Options) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = String::from("[cluster]\nname = \"test\"\n");
+        if let Some(secret) = &options.secret {
+            config += &format!("secret = \"{secret}\"\n");
+        }
+        config += "\n";
+        let mut client_addrs = Vec::new();
+        let mut rpc_addrs = Vec::new();
+        for _ in 0..size {
+            let (client, rpc) = (free_port(), free_port());
+            config += &format!(
+                "[[nodes]]\nclientBindAddress = \"127.0.0.1\"\nclientBindPort = {client}\nrpcBindAddress = \"127.0.0.1\"\nrpcBindPort = {rpc}\n\n"
+            );
+            client_addrs.push(SocketAddr::from(([127, 0, 0, 1], client)));
+            rpc_addrs.push(SocketAddr::from(([127, 0, 0, 1], rpc)));
+        }
+        config += "[driver]\nname = \"sqlite\"\npathPrefix = \"db\"\n\n[raft]\ntickMs = 20\n\n[client]\n";
+        config += options.client.as_deref().unwrap_or("timeoutMs = 4000\nmaxLineBytes = 65536\n");
+        if let Some(limits) = &options.limits {
+            config += &format!("\n[limits]\n{limits}");
+        }
+        std::fs::write(dir.path().join("lightraft.toml"), config).expect("config written");
+        let mut cluster = Cluster { dir, nodes: (0..size).map(|_| None).collect(), client_addrs, rpc_addrs };
+        for i in 0..size {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    pub fn start_node(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{i}.log")))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg(i.to_string())
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("node starts");
+        self.nodes[i] = Some(child);
+    }
+
+    /// The running node's process id.
+    pub fn pid(&self, i: usize) -> u32 {
+        self.nodes[i].as_ref().map(Child::id).unwrap_or_else(|| panic!("node {i} is not running"))
+    }
+
+    /// The most memory node `i` has held so far (VmHWM), in MiB.
+    pub fn peak_memory_mib(&self, i: usize) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(i))).expect("/proc status");
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+        let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a number");
+        kib / 1024
+    }
+
+    /// What node `i` logged so far.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn db_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("db-{i}.sqlite"))
+    }
+
+    pub async fn client(&self, i: usize) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Client::connect(self.client_addrs[i]).await {
+                Ok(client) => return client,
+                Err(e) if Instant::now() > deadline => panic!("node {i} does not accept clients: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Waits until the running nodes agree on a leader; returns it.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let mut seen = Vec::new();
+            for i in (0..self.nodes.len()).filter(|&i| self.nodes[i].is_some()) {
+                let Ok(mut c) = Client::connect(self.client_addrs[i]).await else { continue };
+                if let Ok(status) = c.request(".status").await {
+                    seen.push(status["leader"].as_u64());
+                }
+            }
+            let running = self.nodes.iter().filter(|n| n.is_some()).count();
+            if seen.len() == running && seen.iter().all(|l| l.is_some() && *l == seen[0]) {
+                if let Some(&Some(leader)) = seen.first() {
+                    // A node that was just killed may still be believed in for a moment.
+                    if self.nodes.get(leader as usize).is_some_and(|n| n.is_some()) {
+                        return leader as usize;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no agreed leader within 20 s; logs in {}", self.dir.path().display());
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        if std::thread::panicking() {
+            // Leave the logs for whoever reads the failure.
+            for i in 0..self.nodes.len() {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("node-{i}.log"))).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                eprintln!("--- node {i} log (last lines) ---");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// Retries `request` until it succeeds (no "error" key) or 10 s pass.
+pub async fn until_ok(client: &mut Client, line: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = client.request(line).await.expect("session stays open");
+        if reply.get("error").is_none() {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "{line} kept failing: {reply}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn count(reply: &Value) -> i64 {
+    reply["rows"][0][0].as_i64().unwrap_or_else(|| panic!("expected a count, got {reply}"))
+}
+
+/// Every table's rows, in order, as read from a node's database file. The applied-index
+/// bookkeeping is left out: a node may apply a later no-op just before it is stopped.
+pub fn dump(path: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).expect("database opens");
+    let mut out = Vec::new();
+    let mut tables = conn
+        .prepare(
+            "SELECT name, sql FROM sqlite_schema WHERE type IN ('table', 'trigger') AND name NOT LIKE 'sqlite_%' \
+             AND name <> '_lightraft_applied' ORDER BY name",
+        )
+        .expect("schema query");
+    let tables: Vec<(String, String)> =
+        tables.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("schema").map(|r| r.expect("row")).collect();
+    for (name, sql) in tables {
+        // Triggers have no rows; virtual tables keep theirs in shadow tables, dumped too.
+        let skip = sql.starts_with("CREATE TRIGGER") || sql.starts_with("CREATE VIRTUAL");
+        let order = if sql.contains("WITHOUT ROWID") { "" } else { " ORDER BY rowid" };
+        out.push(sql);
+        if skip {
+            continue;
+        }
+        let mut rows = conn.prepare(&format!("SELECT * FROM \"{name}\"{order}")).expect("select");
+        let columns = rows.column_count();
+        let dumped: Vec<String> = rows
+            .query_map([], |r| {
+                let values: Vec<String> =
+                    (0..columns).map(|i| format!("{:?}", r.get_ref(i).map(|v| v.data_type()).ok())).collect();
+                let raw: Vec<String> = (0..columns).map(|i| format!("{:?}", r.get_ref(i).ok())).collect();
+                Ok(format!("{name}: {} {}", values.join(","), raw.join(",")))
+            })
+            .expect("rows")
+            .map(|r| r.expect("row"))
+            .collect();
+        out.extend(dumped);
+    }
+    out
+}
