@@ -24,7 +24,7 @@ use crate::core::Event;
 use crate::format::{self, JsonStream};
 use crate::protocol::{Consistency, ErrorCode, Reply, Request};
 use crate::readers::{ReadItem, ReadPool};
-use sqlite_sm::{Kind, Output, StatementResult};
+use sqlite_sm::{Kind, StatementResult};
 
 /// The banner's logo.
 const LOGO: &str = r" _ _       _     _              __ _
@@ -162,11 +162,16 @@ struct Out {
 }
 
 impl Out {
+    /// Writes `bytes`. The timeout is for progress: a client that reads slowly but keeps
+    /// reading gets the whole answer; one that stops reading for the timeout is dropped.
     async fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match tokio::time::timeout(self.timeout, self.writer.write_all(bytes)).await {
-            Ok(result) => result,
-            Err(_) => Err(self.stalled()),
+        for chunk in bytes.chunks(64 << 10) {
+            match tokio::time::timeout(self.timeout, self.writer.write_all(chunk)).await {
+                Ok(result) => result?,
+                Err(_) => return Err(self.stalled()),
+            }
         }
+        Ok(())
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -312,7 +317,7 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
                 "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> '{}' ORDER BY name",
                 sqlite_sm::APPLIED_TABLE
             );
-            read(sql, 1, state, config, out).await?;
+            fresh_read(sql, state, config, out).await?;
             return Ok(false);
         }
         (".schema", [] | [_]) => {
@@ -321,7 +326,7 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
                 "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' AND tbl_name <> '{}'{filter} ORDER BY tbl_name, type DESC, name",
                 sqlite_sm::APPLIED_TABLE
             );
-            read(sql, 1, state, config, out).await?;
+            fresh_read(sql, state, config, out).await?;
             return Ok(false);
         }
         _ => {
@@ -369,6 +374,16 @@ async fn run_sql(sql: String, state: &State, config: &SessionConfig, out: &mut O
             read(sql, statements, state, config, out).await
         }
     }
+}
+
+/// A read of one statement at the session's consistency (for the shell's own commands).
+async fn fresh_read(sql: String, state: &State, config: &SessionConfig, out: &mut Out) -> std::io::Result<()> {
+    if state.consistency == Consistency::Linearizable {
+        if let Err(reply) = barrier(config).await {
+            return out.put(render(state, &reply, u64::MAX).as_bytes()).await;
+        }
+    }
+    read(sql, 1, state, config, out).await
 }
 
 /// Waits until this node has applied everything committed when the barrier began.
@@ -430,7 +445,7 @@ async fn read(
                     chunk.clear();
                 }
             }
-            ReadItem::Output(output) => collect(&mut results, output),
+            ReadItem::Output(output) => output.collect_into(&mut results),
         }
     };
     if state.json {
@@ -446,20 +461,6 @@ async fn read(
         text.push_str(&format::error_table(ErrorCode::SqlError, &e));
     }
     out.put(text.as_bytes()).await
-}
-
-fn collect(results: &mut Vec<StatementResult>, output: Output) {
-    match output {
-        Output::Columns(columns) => results.push(StatementResult::Rows { columns, rows: Vec::new() }),
-        Output::Row(row) => {
-            if let Some(StatementResult::Rows { rows, .. }) = results.last_mut() {
-                rows.push(row);
-            }
-        }
-        Output::Changes { rows_affected, last_insert_rowid } => {
-            results.push(StatementResult::Changes { rows_affected, last_insert_rowid })
-        }
-    }
 }
 
 #[cfg(test)]

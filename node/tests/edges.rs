@@ -24,6 +24,15 @@ fn with_secret() -> Options {
     Options { secret: Some(SECRET.into()), ..Options::default() }
 }
 
+/// Room for lines that run for seconds: a long timeout and a step budget to match.
+fn slow_lines_allowed() -> Options {
+    Options {
+        client: Some("timeoutMs = 30000\nmaxLineBytes = 65536\n".into()),
+        limits: Some("maxSteps = 100000000000\n".into()),
+        ..with_secret()
+    }
+}
+
 async fn status(cluster: &Cluster, i: usize) -> Value {
     until_ok(&mut cluster.client(i).await, ".status").await
 }
@@ -259,12 +268,7 @@ async fn a_line_of_control_characters_as_long_as_allowed_replicates_and_later_wr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_reads_delay_neither_status_nor_writes_nor_heartbeats() {
-    let options = Options {
-        client: Some("timeoutMs = 30000\nmaxLineBytes = 65536\n".into()),
-        limits: Some("maxSteps = 100000000000\n".into()),
-        ..with_secret()
-    };
-    let cluster = Cluster::start_with(3, &options);
+    let cluster = Cluster::start_with(3, &slow_lines_allowed());
     let leader = cluster.leader().await;
     let mut c = cluster.client(leader).await;
     until_ok(&mut c, "CREATE TABLE t (x)").await;
@@ -293,12 +297,7 @@ async fn heavy_reads_delay_neither_status_nor_writes_nor_heartbeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_runs_long_does_not_cost_the_leader_its_leadership() {
-    let options = Options {
-        client: Some("timeoutMs = 30000\nmaxLineBytes = 65536\n".into()),
-        limits: Some("maxSteps = 100000000000\n".into()),
-        ..with_secret()
-    };
-    let cluster = Cluster::start_with(3, &options);
+    let cluster = Cluster::start_with(3, &slow_lines_allowed());
     let leader = cluster.leader().await;
     let mut c = cluster.client(leader).await;
     until_ok(&mut c, "CREATE TABLE t (x)").await;

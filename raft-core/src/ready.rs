@@ -8,10 +8,14 @@
 //!    then append `entries`. Sync to disk (one fsync for the whole batch).
 //! 3. Send `persisted_messages`: votes and acknowledgements promise something about
 //!    durable state, so they must not leave before step 2 (Figure 2, "Persistent state").
-//! 4. Apply `committed` entries to the state machine, in order.
-//! 5. Answer clients: `proposals` outcomes, then `reads`, which are safe to serve now
-//!    that step 4 has applied at least up to each read's index.
+//! 4. Apply `committed` entries to the state machine, in order. This step may finish
+//!    later, on another thread (a long write then delays nobody's heartbeat), provided
+//!    entries are applied in order and step 5 waits for it.
+//! 5. Answer clients: `proposals` outcomes, then `reads`. A write is answered once its
+//!    entry is applied; a read is served once the state machine has applied at least up
+//!    to the read's index.
 //! 6. Call [`crate::Node::advance`] with the ready, so the node knows what is durable.
+//!    It does not wait for step 4: `advance` speaks only of step 2.
 //!
 //! `refused` lists messages the node dropped because no correct peer could have sent them
 //! (see [`crate::refusal`]); log them at any point. They changed nothing.

@@ -5,7 +5,7 @@
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::{Batch, Connection};
 
-use crate::value::Value;
+use crate::value::{StatementResult, Value};
 
 /// One piece of a line's output, in order.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +21,23 @@ pub enum Output {
         /// The rowid of the last insert on this connection.
         last_insert_rowid: i64,
     },
+}
+
+impl Output {
+    /// Adds this output to the results of a line being collected.
+    pub fn collect_into(self, results: &mut Vec<StatementResult>) {
+        match self {
+            Output::Columns(columns) => results.push(StatementResult::Rows { columns, rows: Vec::new() }),
+            Output::Row(row) => {
+                if let Some(StatementResult::Rows { rows, .. }) = results.last_mut() {
+                    rows.push(row);
+                }
+            }
+            Output::Changes { rows_affected, last_insert_rowid } => {
+                results.push(StatementResult::Changes { rows_affected, last_insert_rowid })
+            }
+        }
+    }
 }
 
 /// Why a line stopped.

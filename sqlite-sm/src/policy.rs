@@ -15,7 +15,6 @@
 //! Schema changes are allowed, and noted: the state machine reopens its connection after
 //! one, so that its in-memory schema is exactly what a restarted replica would load.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -82,8 +81,10 @@ pub struct Policy {
     /// A statement prepared since the last check creates, drops or alters schema objects
     /// or statistics.
     schema_touched: AtomicBool,
-    /// The virtual tables of the schema, lowercased (see `note_virtual_tables`).
-    virtual_tables: Mutex<HashSet<String>>,
+    /// The virtual tables of the schema (see `note_virtual_tables`).
+    virtual_tables: Mutex<Vec<String>>,
+    /// Whether there are any, so the common case takes no lock.
+    has_virtual_tables: AtomicBool,
     /// A statement prepared since the last check uses one of them.
     virtual_touched: AtomicBool,
 }
@@ -114,8 +115,9 @@ impl Policy {
 
     /// Tells the policy which tables are virtual, so it can note when a line uses one.
     pub fn note_virtual_tables(&self, names: impl IntoIterator<Item = String>) {
-        let mut set = self.virtual_tables.lock().unwrap_or_else(|e| e.into_inner());
-        *set = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
+        let mut tables = self.virtual_tables.lock().unwrap_or_else(|e| e.into_inner());
+        *tables = names.into_iter().collect();
+        self.has_virtual_tables.store(!tables.is_empty(), Ordering::Relaxed);
     }
 
     /// Whether a statement using a virtual table was prepared since the last call (and
@@ -133,8 +135,11 @@ impl Policy {
             | AuthAction::Delete { table_name } => table_name,
             _ => return,
         };
-        let set = self.virtual_tables.lock().unwrap_or_else(|e| e.into_inner());
-        if !set.is_empty() && set.contains(&table.to_ascii_lowercase()) {
+        if !self.has_virtual_tables.load(Ordering::Relaxed) {
+            return;
+        }
+        let tables = self.virtual_tables.lock().unwrap_or_else(|e| e.into_inner());
+        if tables.iter().any(|name| name.eq_ignore_ascii_case(table)) {
             self.virtual_touched.store(true, Ordering::Relaxed);
         }
     }

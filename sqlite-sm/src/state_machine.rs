@@ -192,17 +192,7 @@ impl StateMachine {
         };
         let mut collect = |output: Output| {
             budget.charge(&output)?;
-            match output {
-                Output::Columns(columns) => results.push(StatementResult::Rows { columns, rows: Vec::new() }),
-                Output::Row(row) => {
-                    if let Some(StatementResult::Rows { rows, .. }) = results.last_mut() {
-                        rows.push(row);
-                    }
-                }
-                Output::Changes { rows_affected, last_insert_rowid } => {
-                    results.push(StatementResult::Changes { rows_affected, last_insert_rowid })
-                }
-            }
+            output.collect_into(&mut results);
             Ok(())
         };
         run_line(&self.conn, &command.sql, true, &mut after_statement, &mut collect)?;

@@ -49,24 +49,10 @@ fn refused(sm: &mut StateMachine, sql: &str, why: &str) {
 fn query(sm: &StateMachine, sql: &str) -> Result<Vec<StatementResult>, String> {
     let mut results = Vec::new();
     reader(sm).query(sql, &Limits::default(), Duration::from_secs(30), &mut |output| {
-        collect(&mut results, output);
+        output.collect_into(&mut results);
         true
     })?;
     Ok(results)
-}
-
-fn collect(results: &mut Vec<StatementResult>, output: Output) {
-    match output {
-        Output::Columns(columns) => results.push(StatementResult::Rows { columns, rows: Vec::new() }),
-        Output::Row(row) => {
-            if let Some(StatementResult::Rows { rows, .. }) = results.last_mut() {
-                rows.push(row);
-            }
-        }
-        Output::Changes { rows_affected, last_insert_rowid } => {
-            results.push(StatementResult::Changes { rows_affected, last_insert_rowid })
-        }
-    }
 }
 
 fn rows(result: &[StatementResult]) -> Vec<Vec<Value>> {
