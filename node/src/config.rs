@@ -321,6 +321,12 @@ impl Config {
         }
     }
 
+    /// How many bytes of read answers may wait, across all sessions, for their clients to
+    /// read them: thirty-two results' worth, at least 256 MiB.
+    pub fn answer_budget(&self) -> u64 {
+        self.limits.max_result_bytes.saturating_mul(32).max(256 << 20)
+    }
+
     /// The largest peer frame: a forwarded line or a reply as JSON, where one byte of a
     /// string may need six (`\u0001`), or an append batch. Derived from the limits, so
     /// whatever a session accepts fits on the wire.

@@ -1,111 +1,162 @@
 //! Reads off the Raft thread: a few threads, each with its own read-only connection to
-//! the state machine's file, that classify lines (read or write) and run reads, streaming
-//! rows back to the session that asked. A read never delays heartbeats, commits or
-//! `.status`; it is stopped at its step budget or its deadline, whichever comes first.
+//! the state machine's file, that run reads and stream their rows to the session that
+//! asked, plus one thread that only classifies lines (read or write), so a heavy read can
+//! never hold up a write's classification.
+//!
+//! A read never delays heartbeats, commits or `.status`, and it never waits for a client:
+//! rows go into the session's queue at once. What they may cost is bounded twice: each
+//! read by the result limit, and all answers not yet written to their clients, across
+//! every session, by one node-wide budget. A read that finds the budget spent stops at
+//! once with an error rather than wait, so clients that do not read their answers can
+//! neither exhaust memory nor tie up the reader threads.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlite_sm::{ClassifyError, Kind, Limits, Output, Reader};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
+/// Answers in flight are counted in units of this many bytes.
+const UNIT: u64 = 1024;
+
+/// Work for the classification thread.
+struct Classify {
+    sql: String,
+    reply: oneshot::Sender<Result<(Kind, usize), ClassifyError>>,
+}
+
 /// Work for a reader thread.
-enum Job {
-    Classify { sql: String, reply: oneshot::Sender<Result<(Kind, usize), ClassifyError>> },
-    Query { sql: String, sink: mpsc::Sender<ReadItem> },
+struct Query {
+    sql: String,
+    sink: mpsc::UnboundedSender<ReadItem>,
 }
 
 /// What a streamed read produces: its outputs, then exactly one `Done`.
 #[derive(Debug)]
 pub enum ReadItem {
-    /// Columns, a row, or a statement's changes.
-    Output(Output),
+    /// Columns, a row, or a statement's changes, holding its share of the node's answer
+    /// budget until the session has written it (drop the permit then).
+    Output(Output, OwnedSemaphorePermit),
     /// The read finished (`Ok`) or stopped with an error.
     Done(Result<(), String>),
 }
 
-/// The reader threads and their queue.
+/// The reader threads and their queues.
 #[derive(Clone)]
 pub struct ReadPool {
-    jobs: SyncSender<Job>,
+    classify: SyncSender<Classify>,
+    queries: SyncSender<Query>,
 }
 
 /// Why the pool could not take a job.
 pub const BUSY: &str = "the node is overloaded with reads; nothing was done";
 
 impl ReadPool {
-    /// Opens `count` readers on the database at `path` and starts their threads.
-    pub fn start(path: &std::path::Path, count: usize, limits: Limits, timeout: Duration) -> Result<ReadPool, String> {
-        let (jobs, queue) = sync_channel::<Job>(1024);
-        let queue = Arc::new(Mutex::new(queue));
+    /// Opens `count` readers (plus one for classifying) on the database at `path` and
+    /// starts their threads. `answer_bytes` bounds all answers in flight on this node.
+    pub fn start(
+        path: &std::path::Path,
+        count: usize,
+        limits: Limits,
+        timeout: Duration,
+        answer_bytes: u64,
+    ) -> Result<ReadPool, String> {
         let span = tracing::Span::current();
+        let (classify, classify_queue) = sync_channel::<Classify>(4096);
+        let classifier = Reader::open(path)?;
+        let classifier_span = span.clone();
+        std::thread::Builder::new()
+            .name("classify".into())
+            .spawn(move || {
+                let _enter = classifier_span.enter();
+                while let Ok(job) = classify_queue.recv() {
+                    let _ = job.reply.send(classifier.classify_counted(&job.sql));
+                }
+            })
+            .map_err(|e| format!("cannot start the classifying thread: {e}"))?;
+        let (queries, queue) = sync_channel::<Query>(1024);
+        let queue = Arc::new(Mutex::new(queue));
+        let budget = Arc::new(Semaphore::new((answer_bytes / UNIT).clamp(1, Semaphore::MAX_PERMITS as u64) as usize));
         for i in 0..count {
             let mut reader = Reader::open(path)?;
-            let queue = queue.clone();
-            let span = span.clone();
+            let (queue, budget, span) = (queue.clone(), budget.clone(), span.clone());
             std::thread::Builder::new()
                 .name(format!("read-{i}"))
                 .spawn(move || {
                     let _enter = span.enter();
-                    serve(&mut reader, &queue, &limits, timeout);
+                    serve(&mut reader, &queue, &budget, &limits, timeout);
                 })
                 .map_err(|e| format!("cannot start a reader thread: {e}"))?;
         }
-        Ok(ReadPool { jobs })
+        Ok(ReadPool { classify, queries })
     }
 
-    /// Whether SQLite judges `sql` a read or a write, against the latest committed
-    /// schema. The outer error means no reader could take the job.
+    /// Whether SQLite judges `sql` a read or a write (and how many statements it holds),
+    /// against the latest committed schema. The outer error means the node could not take
+    /// the job.
     pub async fn classify(&self, sql: String) -> Result<Result<(Kind, usize), ClassifyError>, &'static str> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Classify { sql, reply })?;
+        submit(&self.classify, Classify { sql, reply })?;
         answer.await.map_err(|_| "the node is shutting down; nothing was done")
     }
 
     /// Starts a read; its results arrive on the returned channel as they are produced.
     /// Dropping the receiver stops the read.
-    pub fn query(&self, sql: String) -> Result<mpsc::Receiver<ReadItem>, &'static str> {
-        // A small window: rows wait here only while the session writes earlier ones.
-        let (sink, items) = mpsc::channel(64);
-        self.submit(Job::Query { sql, sink })?;
+    pub fn query(&self, sql: String) -> Result<mpsc::UnboundedReceiver<ReadItem>, &'static str> {
+        let (sink, items) = mpsc::unbounded_channel();
+        submit(&self.queries, Query { sql, sink })?;
         Ok(items)
-    }
-
-    fn submit(&self, job: Job) -> Result<(), &'static str> {
-        match self.jobs.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(BUSY),
-            Err(TrySendError::Disconnected(_)) => Err("the node is shutting down; nothing was done"),
-        }
     }
 }
 
-fn serve(reader: &mut Reader, queue: &Mutex<Receiver<Job>>, limits: &Limits, timeout: Duration) {
+fn submit<T>(queue: &SyncSender<T>, job: T) -> Result<(), &'static str> {
+    match queue.try_send(job) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => Err(BUSY),
+        Err(TrySendError::Disconnected(_)) => Err("the node is shutting down; nothing was done"),
+    }
+}
+
+fn serve(
+    reader: &mut Reader,
+    queue: &Mutex<Receiver<Query>>,
+    budget: &Arc<Semaphore>,
+    limits: &Limits,
+    timeout: Duration,
+) {
     loop {
         let job = {
             let queue = queue.lock().unwrap_or_else(|e| e.into_inner());
             queue.recv()
         };
-        match job {
-            Err(_) => return,
-            Ok(Job::Classify { sql, reply }) => {
-                let _ = reply.send(reader.classify_counted(&sql));
+        let Ok(Query { sql, sink }) = job else { return };
+        if sink.is_closed() {
+            continue; // the session gave up while the job waited
+        }
+        let mut starved = false;
+        let result = reader.query(&sql, limits, timeout, &mut |output| {
+            let units = output.size().div_ceil(UNIT).clamp(1, u32::MAX as u64) as u32;
+            match budget.clone().try_acquire_many_owned(units) {
+                Ok(permit) => sink.send(ReadItem::Output(output, permit)).is_ok(),
+                Err(_) => {
+                    starved = true;
+                    false
+                }
             }
-            Ok(Job::Query { sql, sink }) => {
-                if sink.is_closed() {
-                    continue; // the session gave up while the job waited
-                }
-                let result = reader
-                    .query(&sql, limits, timeout, &mut |output| sink.blocking_send(ReadItem::Output(output)).is_ok());
-                if let Err(e) = &result {
-                    if e.contains("cannot start a read") {
-                        warn!("{e}");
-                    }
-                }
-                let _ = sink.blocking_send(ReadItem::Done(result));
+        });
+        let result = match result {
+            Err(_) if starved => {
+                Err("the node holds too many answers its clients have not read yet; try again shortly".to_string())
+            }
+            other => other,
+        };
+        if let Err(e) = &result {
+            if e.contains("cannot start a read") {
+                warn!("{e}");
             }
         }
+        let _ = sink.send(ReadItem::Done(result));
     }
 }

@@ -116,8 +116,13 @@ async fn serve(config: &Config, index: usize) -> Result<(), String> {
     };
     let restored = Restored { hard_state, entries, applied };
     let raft = Node::new(raft_config, restored).map_err(|e| format!("cannot restore the Raft state: {e}"))?;
-    let readers =
-        ReadPool::start(&config.sm_path(index), config.client.readers, config.line_limits(), config.client_timeout())?;
+    let readers = ReadPool::start(
+        &config.sm_path(index),
+        config.client.readers,
+        config.line_limits(),
+        config.client_timeout(),
+        config.answer_budget(),
+    )?;
 
     let clients =
         TcpListener::bind(client_addr).await.map_err(|e| format!("cannot listen for clients on {client_addr}: {e}"))?;

@@ -434,18 +434,25 @@ async fn read(
     let mut results: Vec<StatementResult> = Vec::new();
     let mut stream = JsonStream::new(statements > 1);
     let mut chunk = Vec::new();
+    // Answers hold their share of the node's answer budget until written (JSON) or
+    // shown (a table); `held` keeps a table's shares until then.
+    let mut held = Vec::new();
     let outcome = loop {
         let Some(item) = items.recv().await else { break Err("the reader stopped before finishing".to_string()) };
         match item {
             ReadItem::Done(outcome) => break outcome,
-            ReadItem::Output(output) if state.json => {
+            ReadItem::Output(output, permit) if state.json => {
                 stream.push(&mut chunk, output);
                 if chunk.len() >= 64 << 10 {
                     out.put(&chunk).await?;
                     chunk.clear();
                 }
+                drop(permit);
             }
-            ReadItem::Output(output) => output.collect_into(&mut results),
+            ReadItem::Output(output, permit) => {
+                output.collect_into(&mut results);
+                held.push(permit);
+            }
         }
     };
     if state.json {

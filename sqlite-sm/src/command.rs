@@ -35,6 +35,20 @@ impl Limits {
     pub fn length_limit(&self) -> i32 {
         self.max_value_bytes.clamp(Limits::MIN_VALUE_BYTES, i32::MAX as u64) as i32
     }
+
+    /// The largest single allocation a line may make (see [`crate::mem`]): four values'
+    /// worth, and never below 64 MiB, which SQLite's own buffers (sorting) stay under.
+    pub fn allocation_cap(&self) -> u64 {
+        (4 * self.length_limit() as u64).max(64 << 20)
+    }
+
+    /// How many bytes a write may move through large allocations (see [`crate::mem`]):
+    /// sixty-four values' worth, or sixteen times what it may add to the database,
+    /// whichever is more. Deterministic, like the step budget, and it sees what steps
+    /// cannot: one step copying megabytes.
+    pub fn allocation_budget(&self) -> u64 {
+        (64 * self.length_limit() as u64).max(self.max_growth_bytes.saturating_mul(16))
+    }
 }
 
 impl Default for Limits {

@@ -24,6 +24,15 @@ pub enum Output {
 }
 
 impl Output {
+    /// What the output counts against a result-size limit (see [`Value::size`]).
+    pub fn size(&self) -> u64 {
+        match self {
+            Output::Columns(names) => names.iter().map(|n| 8 + 6 * n.len() as u64).sum(),
+            Output::Row(values) => values.iter().map(Value::size).sum(),
+            Output::Changes { .. } => 64,
+        }
+    }
+
     /// Adds this output to the results of a line being collected.
     pub fn collect_into(self, results: &mut Vec<StatementResult>) {
         match self {
@@ -68,11 +77,7 @@ impl ResultBudget {
 
     /// Charges one output; an error once the line's results exceed the limit.
     pub(crate) fn charge(&mut self, output: &Output) -> Result<(), LineError> {
-        self.used += match output {
-            Output::Columns(names) => names.iter().map(|n| n.len() as u64 + 8).sum(),
-            Output::Row(values) => values.iter().map(Value::size).sum(),
-            Output::Changes { .. } => 16,
-        };
+        self.used += output.size();
         if self.used > self.max {
             return Err(LineError::Stopped(format!(
                 "the result is larger than {} bytes; ask for fewer rows or columns (LIMIT, WHERE)",

@@ -71,6 +71,11 @@ pub fn is_reserved(name: &str) -> bool {
         .is_some_and(|head| head.eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes()))
 }
 
+/// SQLite's statistics tables.
+fn is_statistics(name: &str) -> bool {
+    name.as_bytes().get(..11).is_some_and(|head| head.eq_ignore_ascii_case(b"sqlite_stat"))
+}
+
 /// The authorizer's state: why it last refused, and whether the schema was touched.
 #[derive(Debug, Default)]
 pub struct Policy {
@@ -195,6 +200,16 @@ impl Policy {
                 } else {
                     Ok(())
                 }
+            }
+            // Statistics reach a long-running connection's query planner only when its schema
+            // is reloaded, a restarted one's at once: plans (and so row order and step
+            // counts) would differ. ANALYZE writes them, and the connection then reopens.
+            AuthAction::Insert { table_name }
+            | AuthAction::Update { table_name, .. }
+            | AuthAction::Delete { table_name }
+                if is_statistics(table_name) =>
+            {
+                Err(format!("{table_name} may change only through ANALYZE"))
             }
             AuthAction::Read { table_name, .. } if table_name.eq_ignore_ascii_case("dbstat") => {
                 Err("dbstat is not supported: it describes this node's file, not the replicated data".into())

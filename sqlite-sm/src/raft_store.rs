@@ -19,6 +19,8 @@ impl RaftStore {
     /// Opens (or creates) the store at `path` for node `node` of `cluster`. A store that
     /// belongs to another node or cluster is refused: mixing them up would corrupt both.
     pub fn open(path: &Path, cluster: &str, node: u64) -> Result<RaftStore, String> {
+        // SQLite starts here; its memory watch must be installed first.
+        crate::vfs::register()?;
         let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;

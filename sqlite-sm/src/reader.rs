@@ -20,8 +20,9 @@ use rusqlite::{Batch, Connection, ErrorCode, OpenFlags};
 
 use crate::command::Limits;
 use crate::exec::{run_line, unreplicable, LineError, Output, ResultBudget};
+use crate::mem;
 use crate::policy::Policy;
-use crate::state_machine::{error_message, STEPS_PER_CHECK};
+use crate::state_machine::{error_message, memory_message, STEPS_PER_CHECK};
 use crate::vfs::{self, VFS_NAME};
 
 /// Whether a line only reads or also writes, as SQLite itself judges each statement.
@@ -162,6 +163,8 @@ impl Reader {
         sink: &mut dyn FnMut(Output) -> bool,
     ) -> Result<(), String> {
         vfs::begin_line(Some(limits.max_temp_bytes));
+        // Reads stop at their deadline; only the single-allocation cap protects memory.
+        mem::begin_line(limits.allocation_cap(), None);
         let shared = &self.shared;
         shared.checks.store(0, Ordering::Relaxed);
         shared.max_checks.store(limits.max_steps.div_ceil(STEPS_PER_CHECK), Ordering::Relaxed);
@@ -184,6 +187,7 @@ impl Reader {
             }
         };
         let result = run_line(&self.conn, sql, false, &mut || Ok(()), &mut forward);
+        mem::end_line();
         // Nothing was written; ending the read transaction cannot lose anything.
         let _ = shared.policy.internal(|| self.conn.execute_batch("ROLLBACK"));
         *shared.deadline.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -205,6 +209,7 @@ impl Reader {
             Some(ErrorCode::DiskFull) if vfs::temp_budget_exceeded() => {
                 "the read needs more temporary space (sorting, subqueries) than a line may use".to_string()
             }
+            Some(ErrorCode::OutOfMemory) if !mem::real_failure() => memory_message(),
             _ => error_message(&self.shared.policy, &e),
         }
     }

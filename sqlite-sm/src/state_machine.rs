@@ -32,6 +32,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use crate::command::{Limits, WriteCommand};
 use crate::exec::{run_line, LineError, Output, ResultBudget};
+use crate::mem;
 use crate::policy::{Policy, RESERVED_PREFIX};
 use crate::random::SeededRandom;
 use crate::value::{LineResult, StatementResult};
@@ -39,6 +40,14 @@ use crate::vfs::{self, VFS_NAME};
 
 /// The table holding the applied index. Clients may read it but never change it.
 pub const APPLIED_TABLE: &str = "_lightraft_applied";
+
+/// The most schema objects (tables, indexes, views, triggers) a database may hold, and
+/// the most text their definitions may take. A connection loads the whole schema when it
+/// opens, and the state machine reopens after every schema change, so an unbounded schema
+/// would make every later change slower and slower.
+pub const MAX_SCHEMA_OBJECTS: i64 = 10_000;
+/// See [`MAX_SCHEMA_OBJECTS`].
+pub const MAX_SCHEMA_TEXT: i64 = 16 << 20;
 
 /// How many instructions SQLite runs between two calls of the progress handler.
 pub(crate) const STEPS_PER_CHECK: u64 = 10_000;
@@ -158,6 +167,7 @@ impl StateMachine {
             },
             Err(message) => Err(message),
         };
+        mem::end_line();
         if result.is_err() && !self.conn.is_autocommit() {
             self.internal("ROLLBACK").map_err(|e| self.storage(e, "rolling back"))?;
         }
@@ -197,14 +207,24 @@ impl StateMachine {
         };
         run_line(&self.conn, &command.sql, true, &mut after_statement, &mut collect)?;
         if self.shared.policy.schema_touched() {
-            self.shared.policy.internal(|| self.check_reserved_names())?;
+            self.shared.policy.internal(|| self.check_schema())?;
         }
         Ok(results)
     }
 
-    /// Names starting with the reserved prefix belong to lightraft. The authorizer refuses
-    /// the obvious ways to create one; this catches every other way (a rename, say).
-    fn check_reserved_names(&self) -> Result<(), LineError> {
+    /// After a schema change: names starting with the reserved prefix belong to lightraft
+    /// (the authorizer refuses the obvious ways to create one; this catches every other
+    /// way, a rename say), and the schema stays within its bounds.
+    fn check_schema(&self) -> Result<(), LineError> {
+        let (objects, text): (i64, i64) =
+            self.conn.query_row("SELECT count(*), ifnull(sum(length(sql)), 0) FROM main.sqlite_schema", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        if objects > MAX_SCHEMA_OBJECTS || text > MAX_SCHEMA_TEXT {
+            return Err(LineError::Stopped(format!(
+                "the schema would hold {objects} objects defined in {text} bytes; at most {MAX_SCHEMA_OBJECTS} objects and {MAX_SCHEMA_TEXT} bytes are allowed"
+            )));
+        }
         let sql = format!(
             "SELECT name FROM main.sqlite_schema WHERE name <> '{APPLIED_TABLE}' \
              AND (lower(substr(name, 1, {n})) = '{RESERVED_PREFIX}' OR lower(substr(tbl_name, 1, {n})) = '{RESERVED_PREFIX}') LIMIT 1",
@@ -224,6 +244,7 @@ impl StateMachine {
     /// Sets this line's limits on the connection, the VFS and the callbacks.
     fn begin_line(&mut self, limits: &Limits) -> Result<(), StorageError> {
         vfs::begin_line(Some(limits.max_temp_bytes));
+        mem::begin_line(limits.allocation_cap(), Some(limits.allocation_budget()));
         let shared = &self.shared;
         shared.checks.store(0, Ordering::Relaxed);
         shared.max_checks.store(limits.max_steps.div_ceil(STEPS_PER_CHECK), Ordering::Relaxed);
@@ -268,6 +289,9 @@ impl StateMachine {
             };
             return Err(StorageError(format!("{failure} while applying ({detail})")));
         }
+        if mem::real_failure() {
+            return Err(StorageError("this node ran out of memory while applying".to_string()));
+        }
         let e = match error {
             LineError::Stopped(message) => return Ok(message),
             LineError::Sqlite(e) => e,
@@ -284,7 +308,6 @@ impl StateMachine {
             | ErrorCode::NotADatabase
             | ErrorCode::ReadOnly
             | ErrorCode::DatabaseBusy
-            | ErrorCode::OutOfMemory
             | ErrorCode::FileLockingProtocolFailed
             | ErrorCode::NoLargeFileSupport
             | ErrorCode::PermissionDenied => Err(StorageError(e.to_string())),
@@ -295,6 +318,8 @@ impl StateMachine {
             }
             // No OS failure was seen, so a limit ran out: the same on every replica.
             ErrorCode::DiskFull => Ok(self.full_message()),
+            // The C library did not fail (checked above): a cap refused the request.
+            ErrorCode::OutOfMemory => Ok(memory_message()),
             ErrorCode::OperationInterrupted => Ok(format!(
                 "the line was stopped after {} SQLite steps: too much work for one request",
                 self.shared.max_checks.load(Ordering::Relaxed) * STEPS_PER_CHECK
@@ -340,6 +365,19 @@ impl StateMachine {
             Some(failure) => StorageError(format!("{doing}: {failure} ({e})")),
             None => StorageError(format!("{doing}: {e}")),
         }
+    }
+}
+
+/// Which memory cap refused the line, for the client.
+pub(crate) fn memory_message() -> String {
+    match mem::refusal() {
+        Some(mem::Refusal::TooLarge { size }) => {
+            format!("the line asked for {size} bytes at once, more than a line may: too much for one request")
+        }
+        Some(mem::Refusal::Budget { budget }) => {
+            format!("the line built or copied more than {budget} bytes of large values: too much work for one request")
+        }
+        None => "the line asked SQLite for more memory than it ever hands out at once (2 GiB)".to_string(),
     }
 }
 

@@ -43,12 +43,24 @@ impl Value {
         }
     }
 
-    /// What the value counts against a result-size limit: its bytes plus a little.
+    /// What the value counts against a result-size limit: the most bytes it can take
+    /// once shown, as JSON (where a control character takes six) or as hex (a blob's two
+    /// per byte), plus a little.
     pub fn size(&self) -> u64 {
         match self {
-            Value::Null | Value::Integer(_) | Value::Real(_) => 8,
-            Value::Text(t) => 8 + t.len() as u64,
-            Value::Blob(b) => 8 + b.len() as u64,
+            Value::Null | Value::Integer(_) | Value::Real(_) => 24,
+            Value::Text(t) => {
+                let escaped: u64 = t
+                    .bytes()
+                    .map(|b| match b {
+                        0..=0x1f => 5,
+                        b'"' | b'\\' => 1,
+                        _ => 0,
+                    })
+                    .sum();
+                8 + t.len() as u64 + escaped
+            }
+            Value::Blob(b) => 8 + 2 * b.len() as u64,
         }
     }
 

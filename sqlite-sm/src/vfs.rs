@@ -158,10 +158,16 @@ unsafe fn real(file: *mut ffi::sqlite3_file) -> *mut ffi::sqlite3_file {
     unsafe { file.cast::<u8>().add(REAL_OFFSET).cast() }
 }
 
-/// Registers the VFS once per process.
+/// Registers the VFS (and the memory watch) once per process, before SQLite starts: call
+/// it before opening any connection.
 pub fn register() -> Result<(), String> {
     let mut result = Ok(());
     REGISTER.call_once(|| {
+        // The memory watch must be in place before SQLite starts, which the next call does.
+        if let Err(e) = crate::mem::install() {
+            result = Err(e);
+            return;
+        }
         // SAFETY: sqlite3_vfs_find(NULL) returns the default VFS, valid for the process.
         let default = unsafe { ffi::sqlite3_vfs_find(std::ptr::null()) };
         if default.is_null() {

@@ -104,7 +104,7 @@ impl Grammar {
         let v = self.value();
         let w = self.value();
         let r = &mut self.rng;
-        match r.below(44) {
+        match r.below(45) {
             0..=3 => self.create(),
             4..=11 => format!("INSERT INTO {t}(a, b, c, d) VALUES ({v}, {w}, {}, {})", r.below(20), r.below(5)),
             12 => format!("INSERT INTO {t}(b, c) VALUES ({v}, {w}) RETURNING *"),
@@ -155,6 +155,15 @@ impl Grammar {
             40 => format!("INSERT INTO {t}(a) VALUES (zeroblob({}))", if r.chance(20) { 100_000_000 } else { 10 }),
             41 => format!("INSERT INTO {t}(a, b) SELECT x, x FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT {}) SELECT x FROM c)", r.below(3000)),
             42 => format!("ALTER TABLE {t} DROP COLUMN d"),
+            43 => match r.below(3) {
+                // Large values over and over: the allocation budget's deterministic stop.
+                0 => format!(
+                    "INSERT INTO audit SELECT count(*), 0, 0 FROM (WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {}) SELECT i FROM c) WHERE length(hex(zeroblob(100000 + i))) > 0",
+                    r.below(500)
+                ),
+                1 => format!("INSERT INTO audit VALUES (length(concat({})), 0, 0)", vec!["zeroblob(2000000)"; 40].join(", ")),
+                _ => "UPDATE sqlite_stat1 SET stat = '100 1'".into(),
+            },
             _ => format!("SELECT * FROM {t} ORDER BY rowid LIMIT 3"),
         }
     }

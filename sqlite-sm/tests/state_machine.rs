@@ -497,3 +497,62 @@ fn schema_order_reads_the_same_on_a_restarted_replica() {
         assert_eq!(steady, restarted, "restarted before lines {restart:?}");
     }
 }
+
+#[test]
+fn memory_hungry_lines_are_the_entrys_error_never_the_nodes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "CREATE TABLE t(x)");
+    // concat() asks for the total of its arguments at once: 2 GiB here.
+    let huge = format!("INSERT INTO t VALUES (length(concat({})))", vec!["zeroblob(8388608)"; 256].join(", "));
+    refused(&mut sm, &huge, "at once");
+    // One step can copy megabytes: thousands of them are work the step budget cannot see.
+    let grind = "INSERT INTO t SELECT count(*) FROM (WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 6000) SELECT i FROM c) WHERE length(hex(zeroblob(4000000 + i))) > 0";
+    let started = std::time::Instant::now();
+    refused(&mut sm, grind, "large values");
+    assert!(started.elapsed() < Duration::from_secs(30), "stopped early, not after hours");
+    let err = query(&sm, &huge.replace("INSERT INTO t VALUES", "SELECT")).expect_err("reads are capped too");
+    assert!(err.contains("at once"), "{err}");
+    ok(&mut sm, "INSERT INTO t VALUES (1)");
+    // A real allocation failure is this node's problem: it stops, and the entry is not applied.
+    sqlite_sm::mem::inject_failures(1000);
+    let failed = sm.apply(&write(sm.applied_index() + 1, "INSERT INTO t VALUES (zeroblob(1000000))"));
+    sqlite_sm::mem::inject_failures(0);
+    assert!(failed.expect_err("out of memory").to_string().contains("out of memory"));
+    drop(sm);
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "INSERT INTO t VALUES (zeroblob(1000000))");
+    assert_eq!(scalar(&sm, "SELECT count(*) FROM t"), Value::Integer(2));
+}
+
+#[test]
+fn statistics_change_only_through_analyze() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    ok(
+        &mut sm,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, a); CREATE INDEX ia ON t(a); INSERT INTO t(a) VALUES (1), (2), (2)",
+    );
+    ok(&mut sm, "ANALYZE");
+    for sql in [
+        "UPDATE sqlite_stat1 SET stat = '1000000 1'",
+        "INSERT INTO sqlite_stat1 VALUES ('t', 'ia', '5 5')",
+        "DELETE FROM sqlite_stat1",
+        "DELETE FROM sqlite_stat4",
+        "INSERT INTO Sqlite_Stat4 SELECT * FROM sqlite_stat4",
+    ] {
+        refused(&mut sm, sql, "only through ANALYZE");
+    }
+    ok(&mut sm, "INSERT INTO t(a) VALUES (3); ANALYZE");
+    assert_eq!(scalar(&sm, "SELECT count(*) FROM sqlite_stat1 WHERE idx = 'ia'"), Value::Integer(1));
+}
+
+#[test]
+fn the_schema_stays_within_bounds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    let wide = |i: usize| format!("CREATE TABLE w{i}(x DEFAULT '{}')", "x".repeat(2 << 20));
+    let line: Vec<String> = (0..9).map(wide).collect();
+    refused(&mut sm, &line.join("; "), "at most 10000 objects");
+    ok(&mut sm, &line[..2].join("; "));
+}

@@ -14,7 +14,7 @@
 
 pub mod handshake;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use handshake::{Challenge, Proof, Role};
@@ -43,8 +43,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest handshake frame.
 const MAX_HANDSHAKE_FRAME: usize = 4096;
 
-/// Connections still in their handshake at once; more are closed at once, so strangers
-/// cannot use up the node's descriptors.
+/// Connections in their handshake at once. A newcomer beyond it evicts the oldest, so
+/// strangers cannot use up the node's descriptors, and cannot keep a real peer (whose
+/// handshake takes one round trip) from getting through by holding connections open.
 const MAX_HANDSHAKING: usize = 64;
 
 /// Why a frame could not be read.
@@ -186,7 +187,8 @@ impl Throttle {
 struct Inbound<T> {
     config: TransportConfig,
     queue: mpsc::Sender<(NodeId, T)>,
-    handshaking: Arc<Semaphore>,
+    /// Connections in their handshake, oldest first; dropping one's sender ends it.
+    handshaking: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
     /// Per peer, the newest authenticated connection's number: an older connection from
     /// the same peer closes when a newer one arrives, so a peer cannot pile them up.
     newest: Mutex<BTreeMap<NodeId, watch::Sender<u64>>>,
@@ -201,27 +203,37 @@ where
     let shared = Arc::new(Inbound {
         config,
         queue,
-        handshaking: Arc::new(Semaphore::new(MAX_HANDSHAKING)),
+        handshaking: Mutex::new(VecDeque::new()),
         newest: Mutex::new(BTreeMap::new()),
         throttle: Throttle::default(),
     });
+    let mut next = 0u64;
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
-                let Ok(permit) = shared.handshaking.clone().try_acquire_owned() else {
-                    shared.throttle.refused(addr, "too many connections are still in their handshake");
-                    continue;
-                };
                 let _ = stream.set_nodelay(true);
+                let (id, (evict, evicted)) = (next, oneshot::channel::<()>());
+                next += 1;
+                {
+                    let mut handshaking = shared.handshaking.lock().unwrap_or_else(|e| e.into_inner());
+                    if handshaking.len() >= MAX_HANDSHAKING {
+                        handshaking.pop_front(); // drops its sender: that handshake ends
+                    }
+                    handshaking.push_back((id, evict));
+                }
                 let shared = shared.clone();
                 tokio::spawn(
                     async move {
-                        let authenticated = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(stream, &shared)).await;
-                        drop(permit);
-                        match authenticated {
-                            Err(_) => shared.throttle.refused(addr, "no handshake within 5 seconds"),
-                            Ok(Err(reason)) => shared.throttle.refused(addr, &reason),
-                            Ok(Ok((stream, peer))) => serve_peer(stream, addr, peer, &shared).await,
+                        let outcome = tokio::select! {
+                            outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(stream, &shared)) => Some(outcome),
+                            _ = evicted => None,
+                        };
+                        shared.handshaking.lock().unwrap_or_else(|e| e.into_inner()).retain(|(i, _)| *i != id);
+                        match outcome {
+                            None => shared.throttle.refused(addr, "newer connections evicted it from its handshake"),
+                            Some(Err(_)) => shared.throttle.refused(addr, "no handshake within 5 seconds"),
+                            Some(Ok(Err(reason))) => shared.throttle.refused(addr, &reason),
+                            Some(Ok(Ok((stream, peer)))) => serve_peer(stream, addr, peer, &shared).await,
                         }
                     }
                     .in_current_span(),
@@ -549,6 +561,24 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(b_rx.try_recv().is_err(), "nothing crossed between different secrets");
+    }
+
+    #[tokio::test]
+    async fn strangers_holding_connections_open_cannot_keep_a_peer_out() {
+        let (a_addr, b_addr) = (free_addr(), free_addr());
+        let secret = "sixteen bytes or more of secret";
+        let (b_in, mut b_rx) = mpsc::channel::<(NodeId, String)>(16);
+        let _b = Transport::start(config(1, b_addr, &[(0, a_addr)], secret), b_in).await.expect("b starts");
+        let mut idle = Vec::new();
+        for _ in 0..2 * MAX_HANDSHAKING {
+            idle.push(TcpStream::connect(b_addr).await.expect("connect"));
+        }
+        let (a_in, _a_rx) = mpsc::channel::<(NodeId, String)>(16);
+        let a = Transport::start(config(0, a_addr, &[(1, b_addr)], secret), a_in).await.expect("a starts");
+        a.send(1, "through".to_string()).expect("queued");
+        let got = tokio::time::timeout(Duration::from_secs(5), b_rx.recv()).await.expect("delivered in time");
+        assert_eq!(got, Some((0, "through".to_string())));
+        drop(idle);
     }
 
     #[tokio::test]
