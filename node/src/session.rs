@@ -162,11 +162,14 @@ struct Out {
 }
 
 impl Out {
-    /// Writes `bytes`. The timeout is for progress: a client that reads slowly but keeps
-    /// reading gets the whole answer; one that stops reading for the timeout is dropped.
+    /// Writes `bytes`. A client that stops reading for the timeout is dropped, and so is
+    /// one that reads too slowly to take the answer within the timeout plus a second per
+    /// 256 KiB: trickling a byte now and then cannot keep an answer pinned in memory.
     async fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let deadline = tokio::time::Instant::now() + self.timeout + Duration::from_secs(bytes.len() as u64 >> 18);
         for chunk in bytes.chunks(64 << 10) {
-            match tokio::time::timeout(self.timeout, self.writer.write_all(chunk)).await {
+            let wait = self.timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout(wait, self.writer.write_all(chunk)).await {
                 Ok(result) => result?,
                 Err(_) => return Err(self.stalled()),
             }

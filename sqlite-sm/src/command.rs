@@ -25,6 +25,10 @@ pub struct Limits {
     pub max_temp_bytes: u64,
 }
 
+/// The longest LIKE or GLOB pattern (SQLite's default is 50,000). Matching costs up to
+/// the text's length times the pattern's, in one step.
+pub const MAX_PATTERN_BYTES: i32 = 256;
+
 impl Limits {
     /// The smallest value-size limit a line runs under, whatever the entry says. SQLite's
     /// own modules store blobs of up to 128 KiB (R-tree nodes, FTS5 pages) and do not all

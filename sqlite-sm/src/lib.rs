@@ -9,6 +9,7 @@
 
 pub mod command;
 mod exec;
+pub mod functions;
 pub mod mem;
 pub mod policy;
 pub mod raft_store;

@@ -7,15 +7,20 @@
 //! 2. no single allocation exceeds the line's cap: anything larger could only build a
 //!    value that SQLite would reject as too big afterwards, yet every replica would first
 //!    pay for it in memory;
-//! 3. allocations of [`LARGE`] bytes or more (values, sort buffers) count against the
-//!    line's budget, so a line that builds or copies large values over and over stops
+//! 3. allocations of [`LARGE`] bytes or more (values, sort buffers; not the ones SQLite
+//!    marks benign, such as page-cache hash tables, whose timing depends on how warm the
+//!    connection's caches are) count against the line's budget, so a line that builds or copies large values over and over stops
 //!    after the same amount of work on every replica instead of running for hours. The
 //!    step budget alone cannot see that one step may copy megabytes.
 //!
 //! Sizes are what SQLite asks for, which depends only on the statement and the data (the
 //! default allocator records each size in a header, so growth is computed from requested
-//! sizes, never from what the C library happened to hand out). So the caps stop a line at
-//! the same point everywhere.
+//! sizes, never from what the C library happened to hand out). A large request is charged
+//! its whole size, so whether a growing buffer started in a lookaside slot or on the heap
+//! does not matter, and page caches allocate page by page (no bulk allocation whose
+//! timing depends on the connection's age). So the caps stop a line at the same point
+//! everywhere; the differential test compares every line's charge between a replica that
+//! never stopped and one that restarted.
 
 use std::cell::Cell;
 use std::ffi::{c_int, c_void};
@@ -57,6 +62,22 @@ const UNLIMITED: Line = Line { cap: u64::MAX, budget: u64::MAX, used: 0, refusal
 
 thread_local! {
     static LINE: Cell<Line> = const { Cell::new(UNLIMITED) };
+    /// How deep this thread is in SQLite's "benign" sections: allocations SQLite can do
+    /// without (page-cache hash tables, lookaside, caches), whose timing depends on the
+    /// connection's history. They are neither charged nor refused.
+    static BENIGN: Cell<u32> = const { Cell::new(0) };
+}
+
+extern "C" fn benign_begin() {
+    let _ = BENIGN.try_with(|depth| depth.set(depth.get() + 1));
+}
+
+extern "C" fn benign_end() {
+    let _ = BENIGN.try_with(|depth| depth.set(depth.get().saturating_sub(1)));
+}
+
+fn in_benign_section() -> bool {
+    BENIGN.try_with(|depth| depth.get() > 0).unwrap_or(false)
 }
 
 fn with_line<T>(f: impl FnOnce(&mut Line) -> T) -> Option<T> {
@@ -78,7 +99,10 @@ pub fn begin_line(cap: u64, budget: Option<u64>) {
 /// Ends the line: lightraft's own work after it (reopening, loading the schema) is not
 /// the line's and runs without caps.
 pub fn end_line() {
-    with_line(|line| *line = Line { failed: line.failed, refusal: line.refusal, injected: line.injected, ..UNLIMITED });
+    with_line(|line| {
+        *line =
+            Line { failed: line.failed, refusal: line.refusal, injected: line.injected, used: line.used, ..UNLIMITED }
+    });
 }
 
 /// Test hook: the next `count` allocations of [`LARGE`] bytes or more on this thread fail
@@ -98,20 +122,26 @@ pub fn refusal() -> Option<Refusal> {
     with_line(|line| line.refusal).flatten()
 }
 
-/// Charges a request (`grow` new bytes, `total` the block's new size); false to refuse.
-fn admit(grow: u64, total: u64) -> bool {
+/// Charges a request for a block of `size` bytes (new, or a resized one); false to
+/// refuse. A large request costs its whole size, even when it grows a block: what the
+/// block was before (a lookaside slot or the heap, which depends on the connection's
+/// history) must not change the cost.
+fn admit(size: u64) -> bool {
+    if in_benign_section() {
+        return true;
+    }
     with_line(|line| {
-        if total >= LARGE && line.injected > 0 {
+        if size >= LARGE && line.injected > 0 {
             line.injected -= 1;
             line.failed = true;
             return false;
         }
-        if total > line.cap {
-            line.refusal.get_or_insert(Refusal::TooLarge { size: total });
+        if size > line.cap {
+            line.refusal.get_or_insert(Refusal::TooLarge { size });
             return false;
         }
-        if total >= LARGE {
-            line.used = line.used.saturating_add(grow);
+        if size >= LARGE {
+            line.used = line.used.saturating_add(size);
             if line.used > line.budget {
                 line.refusal.get_or_insert(Refusal::Budget { budget: line.budget });
                 return false;
@@ -120,6 +150,25 @@ fn admit(grow: u64, total: u64) -> bool {
         true
     })
     .unwrap_or(true)
+}
+
+/// Charges `bytes` of work done outside SQLite's allocator (our own string searches);
+/// false once the line's budget is spent.
+pub fn charge_work(bytes: u64) -> bool {
+    with_line(|line| {
+        line.used = line.used.saturating_add(bytes);
+        if line.used > line.budget {
+            line.refusal.get_or_insert(Refusal::Budget { budget: line.budget });
+            return false;
+        }
+        true
+    })
+    .unwrap_or(true)
+}
+
+/// What the current (or last) line on this thread was charged so far.
+pub fn charged() -> u64 {
+    with_line(|line| line.used).unwrap_or(0)
 }
 
 fn note_failure() {
@@ -140,33 +189,26 @@ fn default() -> Option<&'static ffi::sqlite3_mem_methods> {
 }
 
 unsafe extern "C" fn x_malloc(n: c_int) -> *mut c_void {
-    let size = n.max(0) as u64;
-    if !admit(size, size) {
+    if !admit(n.max(0) as u64) {
         return std::ptr::null_mut();
     }
     let Some(malloc) = default().and_then(|d| d.xMalloc) else { return std::ptr::null_mut() };
     // SAFETY: the default allocator's own function.
     let p = unsafe { malloc(n) };
-    if p.is_null() {
+    if p.is_null() && !in_benign_section() {
         note_failure();
     }
     p
 }
 
 unsafe extern "C" fn x_realloc(p: *mut c_void, n: c_int) -> *mut c_void {
-    let size = n.max(0) as u64;
-    let old = match (p.is_null(), default().and_then(|d| d.xSize)) {
-        // SAFETY: `p` is a live allocation of the default allocator.
-        (false, Some(size_of)) => unsafe { size_of(p) }.max(0) as u64,
-        _ => 0,
-    };
-    if !admit(size.saturating_sub(old), size) {
+    if !admit(n.max(0) as u64) {
         return std::ptr::null_mut();
     }
     let Some(realloc) = default().and_then(|d| d.xRealloc) else { return std::ptr::null_mut() };
     // SAFETY: the default allocator's own function on its own block.
     let q = unsafe { realloc(p, n) };
-    if q.is_null() {
+    if q.is_null() && !in_benign_section() {
         note_failure();
     }
     q
@@ -231,6 +273,21 @@ pub(crate) fn install() -> Result<(), String> {
     }
     let app = methods.pAppData;
     let _ = DEFAULT.set(Default(methods));
+    // No bulk page allocation when a page cache first fills: whether a cache is new
+    // (say, the TEMP database's on a freshly opened connection) would change a line's
+    // large allocations. Pages are then allocated one at a time, well below LARGE.
+    // SAFETY: SQLITE_CONFIG_PAGECACHE takes a buffer (none), a page size and a count.
+    let rc = unsafe {
+        ffi::sqlite3_config(ffi::SQLITE_CONFIG_PAGECACHE, std::ptr::null_mut::<c_void>(), 0 as c_int, 0 as c_int)
+    };
+    if rc != ffi::SQLITE_OK {
+        return Err(format!("turning off SQLite's bulk page allocation failed with code {rc}"));
+    }
+    type Hook = extern "C" fn();
+    // SAFETY: registers two plain functions SQLite calls around its benign allocations.
+    unsafe {
+        ffi::sqlite3_test_control(ffi::SQLITE_TESTCTRL_BENIGN_MALLOC_HOOKS, benign_begin as Hook, benign_end as Hook)
+    };
     let ours = ffi::sqlite3_mem_methods {
         xMalloc: Some(x_malloc),
         xFree: Some(x_free),

@@ -92,6 +92,8 @@ pub struct Policy {
     has_virtual_tables: AtomicBool,
     /// A statement prepared since the last check uses one of them.
     virtual_touched: AtomicBool,
+    /// An ANALYZE was prepared since the last check.
+    analyzed: AtomicBool,
 }
 
 impl Policy {
@@ -106,6 +108,11 @@ impl Policy {
     /// The reason for the last refusal, if any (and forgets it).
     pub fn take_refusal(&self) -> Option<String> {
         self.refusal.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Whether an ANALYZE was prepared since the last `take` (and forgets).
+    pub fn take_analyzed(&self) -> bool {
+        self.analyzed.swap(false, Ordering::Relaxed)
     }
 
     /// Whether a schema-changing statement was prepared since the last `take`.
@@ -125,9 +132,11 @@ impl Policy {
         self.has_virtual_tables.store(!tables.is_empty(), Ordering::Relaxed);
     }
 
-    /// Whether a statement using a virtual table was prepared since the last call (and
-    /// forgets). Virtual-table modules keep caches and prepared statements between
-    /// lines, so the state machine starts afresh after such a line.
+    /// Whether a statement prepared since the last call (which forgets) left state on the
+    /// connection that a freshly opened one lacks: it used a virtual table (modules such
+    /// as FTS5 keep caches and prepared statements between lines) or the TEMP database
+    /// (which SQLite opens on first use and keeps open; ALTER TABLE and a read of
+    /// `temp.sqlite_schema` open it). The state machine starts afresh after such a line.
     pub fn take_virtual_touched(&self) -> bool {
         self.virtual_touched.swap(false, Ordering::Relaxed)
     }
@@ -164,7 +173,13 @@ impl Policy {
                 if touches_schema(&ctx.action) {
                     self.schema_touched.store(true, Ordering::Relaxed);
                 }
+                if matches!(ctx.action, AuthAction::Analyze { .. }) {
+                    self.analyzed.store(true, Ordering::Relaxed);
+                }
                 self.note_use(&ctx.action);
+                if ctx.database_name.is_some_and(|db| db.eq_ignore_ascii_case("temp")) {
+                    self.virtual_touched.store(true, Ordering::Relaxed);
+                }
                 Authorization::Allow
             }
             Err(reason) => self.refuse(reason),

@@ -18,8 +18,9 @@ use rusqlite::hooks::AuthContext;
 use rusqlite::limits::Limit;
 use rusqlite::{Batch, Connection, ErrorCode, OpenFlags};
 
-use crate::command::Limits;
+use crate::command::{Limits, MAX_PATTERN_BYTES};
 use crate::exec::{run_line, unreplicable, LineError, Output, ResultBudget};
+use crate::functions::{self, LengthLimit};
 use crate::mem;
 use crate::policy::Policy;
 use crate::state_machine::{error_message, memory_message, STEPS_PER_CHECK};
@@ -64,6 +65,7 @@ impl std::fmt::Display for ClassifyError {
 #[derive(Debug, Default)]
 struct Shared {
     policy: Policy,
+    length: LengthLimit,
     checks: AtomicU64,
     max_checks: AtomicU64,
     deadline: Mutex<Option<Instant>>,
@@ -88,6 +90,7 @@ impl Reader {
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
             .map_err(|e| format!("cannot enable defensive mode: {e}"))?;
         let shared = Arc::new(Shared::default());
+        functions::install(&conn, &shared.length).map_err(|e| format!("cannot install instr() and replace(): {e}"))?;
         let hook = shared.clone();
         conn.authorizer(Some(move |ctx: AuthContext<'_>| hook.policy.authorize(ctx)))
             .map_err(|e| format!("cannot install the authorizer: {e}"))?;
@@ -172,9 +175,11 @@ impl Reader {
         *shared.deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + timeout);
         let _ = shared.policy.take_refusal();
         let length = limits.length_limit();
+        shared.length.set(length as u64);
         self.conn
             .set_limit(Limit::SQLITE_LIMIT_LENGTH, length)
-            .map_err(|e| format!("cannot set the length limit: {e}"))?;
+            .and_then(|_| self.conn.set_limit(Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, MAX_PATTERN_BYTES))
+            .map_err(|e| format!("cannot set the length limits: {e}"))?;
         let begun = shared.policy.internal(|| self.conn.execute_batch("BEGIN"));
         begun.map_err(|e| format!("cannot start a read: {e}"))?;
         let mut budget = ResultBudget::new(limits.max_result_bytes);

@@ -30,8 +30,10 @@ use rusqlite::hooks::AuthContext;
 use rusqlite::limits::Limit;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+use crate::command::MAX_PATTERN_BYTES;
 use crate::command::{Limits, WriteCommand};
 use crate::exec::{run_line, LineError, Output, ResultBudget};
+use crate::functions::{self, LengthLimit};
 use crate::mem;
 use crate::policy::{Policy, RESERVED_PREFIX};
 use crate::random::SeededRandom;
@@ -47,7 +49,7 @@ pub const APPLIED_TABLE: &str = "_lightraft_applied";
 /// would make every later change slower and slower.
 pub const MAX_SCHEMA_OBJECTS: i64 = 10_000;
 /// See [`MAX_SCHEMA_OBJECTS`].
-pub const MAX_SCHEMA_TEXT: i64 = 16 << 20;
+pub const MAX_SCHEMA_TEXT: i64 = 1 << 20;
 
 /// How many instructions SQLite runs between two calls of the progress handler.
 pub(crate) const STEPS_PER_CHECK: u64 = 10_000;
@@ -73,6 +75,8 @@ pub(crate) struct Shared {
     pub(crate) max_checks: AtomicU64,
     /// A row took the largest rowid during the line.
     largest_rowid: AtomicBool,
+    /// The length limit our own functions enforce.
+    length: LengthLimit,
 }
 
 /// A replica's SQLite database.
@@ -86,6 +90,8 @@ pub struct StateMachine {
     page_size: u64,
     /// The `max_page_count` last set on this connection.
     page_limit: Option<u64>,
+    /// What the last line cost: progress-handler calls and bytes charged to its budget.
+    last_cost: (u64, u64),
 }
 
 impl StateMachine {
@@ -109,6 +115,7 @@ impl StateMachine {
             applied: applied.max(0) as Index,
             page_size: page_size.max(512) as u64,
             page_limit: None,
+            last_cost: (0, 0),
         })
     }
 
@@ -120,6 +127,13 @@ impl StateMachine {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What the last applied line cost, as (progress-handler calls, bytes charged to its
+    /// allocation budget). Both must be the same on every replica; the differential test
+    /// compares them.
+    pub fn last_line_cost(&self) -> (u64, u64) {
+        self.last_cost
     }
 
     /// Applies a committed entry. Returns the line's result for a command (`None` for a
@@ -167,6 +181,7 @@ impl StateMachine {
             },
             Err(message) => Err(message),
         };
+        self.last_cost = (self.shared.checks.load(Ordering::Relaxed), mem::charged());
         mem::end_line();
         if result.is_err() && !self.conn.is_autocommit() {
             self.internal("ROLLBACK").map_err(|e| self.storage(e, "rolling back"))?;
@@ -206,6 +221,17 @@ impl StateMachine {
             Ok(())
         };
         run_line(&self.conn, &command.sql, true, &mut after_statement, &mut collect)?;
+        if self.shared.policy.take_analyzed() {
+            // STAT4 keeps whole index keys (up to a value's size, 24 per index), which every
+            // connection loads when it opens: keep only sqlite_stat1's small summaries.
+            self.shared.policy.internal(|| {
+                let exists = "SELECT 1 FROM main.sqlite_schema WHERE name = 'sqlite_stat4'";
+                if self.conn.query_row(exists, [], |_| Ok(())).is_ok() {
+                    self.conn.execute("DELETE FROM main.sqlite_stat4", [])?;
+                }
+                Ok::<(), rusqlite::Error>(())
+            })?;
+        }
         if self.shared.policy.schema_touched() {
             self.shared.policy.internal(|| self.check_schema())?;
         }
@@ -216,10 +242,11 @@ impl StateMachine {
     /// (the authorizer refuses the obvious ways to create one; this catches every other
     /// way, a rename say), and the schema stays within its bounds.
     fn check_schema(&self) -> Result<(), LineError> {
-        let (objects, text): (i64, i64) =
-            self.conn.query_row("SELECT count(*), ifnull(sum(length(sql)), 0) FROM main.sqlite_schema", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+        let (objects, text): (i64, i64) = self.conn.query_row(
+            "SELECT count(*), ifnull(sum(length(CAST(sql AS BLOB))), 0) FROM main.sqlite_schema",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         if objects > MAX_SCHEMA_OBJECTS || text > MAX_SCHEMA_TEXT {
             return Err(LineError::Stopped(format!(
                 "the schema would hold {objects} objects defined in {text} bytes; at most {MAX_SCHEMA_OBJECTS} objects and {MAX_SCHEMA_TEXT} bytes are allowed"
@@ -251,10 +278,13 @@ impl StateMachine {
         shared.largest_rowid.store(false, Ordering::Relaxed);
         let _ = shared.policy.take_refusal();
         let _ = shared.policy.take_schema_touched();
+        let _ = shared.policy.take_analyzed();
         let length = limits.length_limit();
+        self.shared.length.set(length as u64);
         self.conn
             .set_limit(Limit::SQLITE_LIMIT_LENGTH, length)
-            .map_err(|e| self.storage(e, "setting the length limit"))?;
+            .and_then(|_| self.conn.set_limit(Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, MAX_PATTERN_BYTES))
+            .map_err(|e| self.storage(e, "setting the length limits"))?;
         // The page limit depends only on the page count and the entry's limits, so it is
         // the same on every replica: identical files hold identical page counts.
         let pages: i64 = self
@@ -409,6 +439,7 @@ fn connect(path: &Path, shared: &Arc<Shared>, random: &SeededRandom) -> Result<C
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
         .map_err(|e| format!("cannot enable defensive mode: {e}"))?;
     random.install(&conn).map_err(|e| format!("cannot install random(): {e}"))?;
+    functions::install(&conn, &shared.length).map_err(|e| format!("cannot install instr() and replace(): {e}"))?;
     let hook = shared.clone();
     conn.authorizer(Some(move |ctx: AuthContext<'_>| hook.policy.authorize(ctx)))
         .map_err(|e| format!("cannot install the authorizer: {e}"))?;

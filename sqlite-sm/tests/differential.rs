@@ -104,7 +104,7 @@ impl Grammar {
         let v = self.value();
         let w = self.value();
         let r = &mut self.rng;
-        match r.below(45) {
+        match r.below(46) {
             0..=3 => self.create(),
             4..=11 => format!("INSERT INTO {t}(a, b, c, d) VALUES ({v}, {w}, {}, {})", r.below(20), r.below(5)),
             12 => format!("INSERT INTO {t}(b, c) VALUES ({v}, {w}) RETURNING *"),
@@ -163,6 +163,15 @@ impl Grammar {
                 ),
                 1 => format!("INSERT INTO audit VALUES (length(concat({})), 0, 0)", vec!["zeroblob(2000000)"; 40].join(", ")),
                 _ => "UPDATE sqlite_stat1 SET stat = '100 1'".into(),
+            },
+            44 => match r.below(4) {
+                0 => "INSERT INTO audit SELECT count(*), 0, 0 FROM temp.sqlite_schema".into(),
+                1 => format!(
+                    "INSERT INTO audit SELECT instr(h, substr(h, 1, {n}) || 'b'), length(replace(h, 'aa', 'b')), h LIKE '%a%a%b' FROM (SELECT replace(hex(zeroblob({n})), '0', 'a') AS h)",
+                    n = 1 + r.below(200_000)
+                ),
+                2 => format!("INSERT INTO audit SELECT x, length(x), instr(x, 'a') FROM (SELECT group_concat(b, '') AS x FROM {t})"),
+                _ => format!("SELECT * FROM {t} WHERE b LIKE '{}'", "%a".repeat(r.below(200) as usize)),
             },
             _ => format!("SELECT * FROM {t} ORDER BY rowid LIMIT 3"),
         }
@@ -294,6 +303,13 @@ fn run_case(seed: u64, verbose: bool) -> Result<usize, String> {
         if a != b {
             return Err(report(format!(
                 "entry {index} has different results:\n  steady:    {a:?}\n  restarted: {b:?}"
+            )));
+        }
+        // The budgets must see the same work, or a line near a limit stops on one only.
+        let (cost_a, cost_b) = (steady.last_line_cost(), restarted.last_line_cost());
+        if cost_a != cost_b {
+            return Err(report(format!(
+                "entry {index} cost (progress checks, bytes charged) {cost_a:?} on one replica, {cost_b:?} on the other"
             )));
         }
         let (da, db) = (dump(&steady_path)?, dump(&restarted_path)?);

@@ -513,6 +513,9 @@ fn memory_hungry_lines_are_the_entrys_error_never_the_nodes() {
     assert!(started.elapsed() < Duration::from_secs(30), "stopped early, not after hours");
     let err = query(&sm, &huge.replace("INSERT INTO t VALUES", "SELECT")).expect_err("reads are capped too");
     assert!(err.contains("at once"), "{err}");
+    // Matching a long LIKE pattern costs its length times the text's, in one step.
+    let pattern = "%a".repeat(200);
+    refused(&mut sm, &format!("INSERT INTO t SELECT 'aaa' LIKE '{pattern}'"), "too complex");
     ok(&mut sm, "INSERT INTO t VALUES (1)");
     // A real allocation failure is this node's problem: it stops, and the entry is not applied.
     sqlite_sm::mem::inject_failures(1000);
@@ -545,14 +548,18 @@ fn statistics_change_only_through_analyze() {
     }
     ok(&mut sm, "INSERT INTO t(a) VALUES (3); ANALYZE");
     assert_eq!(scalar(&sm, "SELECT count(*) FROM sqlite_stat1 WHERE idx = 'ia'"), Value::Integer(1));
+    // STAT4 samples are whole index keys, loaded by every connection: not kept.
+    assert_eq!(scalar(&sm, "SELECT count(*) FROM sqlite_stat4"), Value::Integer(0));
 }
 
 #[test]
 fn the_schema_stays_within_bounds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sm = open(&dir, "a.sqlite");
-    let wide = |i: usize| format!("CREATE TABLE w{i}(x DEFAULT '{}')", "x".repeat(2 << 20));
-    let line: Vec<String> = (0..9).map(wide).collect();
-    refused(&mut sm, &line.join("; "), "at most 10000 objects");
-    ok(&mut sm, &line[..2].join("; "));
+    // A schema is loaded by every connection, whole; its text is bounded (in bytes).
+    let wide = |i: usize| format!("CREATE TABLE w{i}(x DEFAULT '{}')", "é".repeat(150_000));
+    let line: Vec<String> = (0..4).map(wide).collect();
+    refused(&mut sm, &line.join("; "), "at most 10000 objects and 1048576 bytes");
+    ok(&mut sm, &line[..3].join("; "));
+    refused(&mut sm, &line[3], "1048576 bytes");
 }

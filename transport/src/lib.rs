@@ -48,6 +48,10 @@ const MAX_HANDSHAKE_FRAME: usize = 4096;
 /// handshake takes one round trip) from getting through by holding connections open.
 const MAX_HANDSHAKING: usize = 64;
 
+/// Handshake places kept for connections from a configured peer's address (not loopback,
+/// which everyone on the machine shares): strangers elsewhere cannot evict those.
+const MAX_PEER_HANDSHAKING: usize = 16;
+
 /// Why a frame could not be read.
 #[derive(Debug)]
 pub enum FrameError {
@@ -183,12 +187,16 @@ impl Throttle {
     }
 }
 
+/// Connections in their handshake: (id, the sender whose drop ends it), oldest first.
+type Handshaking = VecDeque<(u64, oneshot::Sender<()>)>;
+
 /// What every inbound connection shares.
 struct Inbound<T> {
     config: TransportConfig,
     queue: mpsc::Sender<(NodeId, T)>,
-    /// Connections in their handshake, oldest first; dropping one's sender ends it.
-    handshaking: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
+    /// Connections in their handshake, oldest first; dropping one's sender ends it. The
+    /// second queue holds those from configured peers' addresses.
+    handshaking: [Mutex<Handshaking>; 2],
     /// Per peer, the newest authenticated connection's number: an older connection from
     /// the same peer closes when a newer one arrives, so a peer cannot pile them up.
     newest: Mutex<BTreeMap<NodeId, watch::Sender<u64>>>,
@@ -203,7 +211,7 @@ where
     let shared = Arc::new(Inbound {
         config,
         queue,
-        handshaking: Mutex::new(VecDeque::new()),
+        handshaking: [Mutex::new(VecDeque::new()), Mutex::new(VecDeque::new())],
         newest: Mutex::new(BTreeMap::new()),
         throttle: Throttle::default(),
     });
@@ -214,9 +222,12 @@ where
                 let _ = stream.set_nodelay(true);
                 let (id, (evict, evicted)) = (next, oneshot::channel::<()>());
                 next += 1;
+                let ip = addr.ip();
+                let from_peer = !ip.is_loopback() && shared.config.peers.values().any(|peer| peer.ip() == ip);
+                let (queue, places) = if from_peer { (1, MAX_PEER_HANDSHAKING) } else { (0, MAX_HANDSHAKING) };
                 {
-                    let mut handshaking = shared.handshaking.lock().unwrap_or_else(|e| e.into_inner());
-                    if handshaking.len() >= MAX_HANDSHAKING {
+                    let mut handshaking = shared.handshaking[queue].lock().unwrap_or_else(|e| e.into_inner());
+                    if handshaking.len() >= places {
                         handshaking.pop_front(); // drops its sender: that handshake ends
                     }
                     handshaking.push_back((id, evict));
@@ -228,7 +239,7 @@ where
                             outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(stream, &shared)) => Some(outcome),
                             _ = evicted => None,
                         };
-                        shared.handshaking.lock().unwrap_or_else(|e| e.into_inner()).retain(|(i, _)| *i != id);
+                        shared.handshaking[queue].lock().unwrap_or_else(|e| e.into_inner()).retain(|(i, _)| *i != id);
                         match outcome {
                             None => shared.throttle.refused(addr, "newer connections evicted it from its handshake"),
                             Some(Err(_)) => shared.throttle.refused(addr, "no handshake within 5 seconds"),
