@@ -9,9 +9,10 @@
 //!    pay for it in memory;
 //! 3. allocations of [`LARGE`] bytes or more (values, sort buffers; not the ones SQLite
 //!    marks benign, such as page-cache hash tables, whose timing depends on how warm the
-//!    connection's caches are) count against the line's budget, so a line that builds or copies large values over and over stops
-//!    after the same amount of work on every replica instead of running for hours. The
-//!    step budget alone cannot see that one step may copy megabytes.
+//!    connection's caches are) count against the line's budget, so a line that builds or
+//!    copies large values over and over stops after the same amount of work on every
+//!    replica instead of running for hours. The step budget alone cannot see that one
+//!    step may copy megabytes.
 //!
 //! Sizes are what SQLite asks for, which depends only on the statement and the data (the
 //! default allocator records each size in a header, so growth is computed from requested

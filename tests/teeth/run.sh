@@ -41,6 +41,10 @@ PY
     # A test of its own: it fails (naming its seed) or the bug went unnoticed.
     out=$(cd "$scratch/ws" && LIGHTRAFT_DIFF_CASES=$seeds cargo test --release -q $test 2>&1 || true)
     caught=$(grep -m1 -E '^seed [0-9]+: ' <<<"$out" || true)
+    if [ -z "$caught" ]; then
+      # Not a seeded test: the assertion that failed says what it caught.
+      caught=$(grep -m1 -A2 'panicked at' <<<"$out" | tr '\n' ' ' || true)
+    fi
     if [ -n "$caught" ]; then echo "CAUGHT  $name: $caught"; else echo "MISSED  $name"; status=1; fi
     continue
   fi
