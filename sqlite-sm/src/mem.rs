@@ -141,30 +141,27 @@ fn admit(size: u64) -> bool {
             line.refusal.get_or_insert(Refusal::TooLarge { size });
             return false;
         }
-        if size >= LARGE {
-            line.used = line.used.saturating_add(size);
-            if line.used > line.budget {
-                line.refusal.get_or_insert(Refusal::Budget { budget: line.budget });
-                return false;
-            }
-        }
-        true
+        size < LARGE || line.charge(size)
     })
     .unwrap_or(true)
+}
+
+impl Line {
+    /// Adds `bytes` to what the line used; false (and the refusal noted) past its budget.
+    fn charge(&mut self, bytes: u64) -> bool {
+        self.used = self.used.saturating_add(bytes);
+        if self.used > self.budget {
+            self.refusal.get_or_insert(Refusal::Budget { budget: self.budget });
+            return false;
+        }
+        true
+    }
 }
 
 /// Charges `bytes` of work done outside SQLite's allocator (our own string searches);
 /// false once the line's budget is spent.
 pub fn charge_work(bytes: u64) -> bool {
-    with_line(|line| {
-        line.used = line.used.saturating_add(bytes);
-        if line.used > line.budget {
-            line.refusal.get_or_insert(Refusal::Budget { budget: line.budget });
-            return false;
-        }
-        true
-    })
-    .unwrap_or(true)
+    with_line(|line| line.charge(bytes)).unwrap_or(true)
 }
 
 /// What the current (or last) line on this thread was charged so far.

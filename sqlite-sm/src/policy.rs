@@ -90,8 +90,9 @@ pub struct Policy {
     virtual_tables: Mutex<Vec<String>>,
     /// Whether there are any, so the common case takes no lock.
     has_virtual_tables: AtomicBool,
-    /// A statement prepared since the last check uses one of them.
-    virtual_touched: AtomicBool,
+    /// A statement prepared since the last check uses one of them, or the TEMP database:
+    /// either leaves state on the connection that a freshly opened one lacks.
+    left_state: AtomicBool,
     /// An ANALYZE was prepared since the last check.
     analyzed: AtomicBool,
 }
@@ -137,8 +138,8 @@ impl Policy {
     /// as FTS5 keep caches and prepared statements between lines) or the TEMP database
     /// (which SQLite opens on first use and keeps open; ALTER TABLE and a read of
     /// `temp.sqlite_schema` open it). The state machine starts afresh after such a line.
-    pub fn take_virtual_touched(&self) -> bool {
-        self.virtual_touched.swap(false, Ordering::Relaxed)
+    pub fn take_left_state(&self) -> bool {
+        self.left_state.swap(false, Ordering::Relaxed)
     }
 
     fn note_use(&self, action: &AuthAction<'_>) {
@@ -154,7 +155,7 @@ impl Policy {
         }
         let tables = self.virtual_tables.lock().unwrap_or_else(|e| e.into_inner());
         if tables.iter().any(|name| name.eq_ignore_ascii_case(table)) {
-            self.virtual_touched.store(true, Ordering::Relaxed);
+            self.left_state.store(true, Ordering::Relaxed);
         }
     }
 
@@ -178,7 +179,7 @@ impl Policy {
                 }
                 self.note_use(&ctx.action);
                 if ctx.database_name.is_some_and(|db| db.eq_ignore_ascii_case("temp")) {
-                    self.virtual_touched.store(true, Ordering::Relaxed);
+                    self.left_state.store(true, Ordering::Relaxed);
                 }
                 Authorization::Allow
             }

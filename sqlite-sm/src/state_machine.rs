@@ -168,7 +168,7 @@ impl StateMachine {
         let outcome = vfs::with_pinned_time(command.time_ms, || self.run_command(index, command));
         // Either kind of line leaves this connection different from a freshly opened one.
         let schema_touched = self.shared.policy.take_schema_touched();
-        let virtual_touched = self.shared.policy.take_virtual_touched();
+        let left_state = self.shared.policy.take_left_state();
         let result = match outcome {
             Ok(results) => Ok(results),
             Err(error) => Err(self.judge(error)?),
@@ -186,7 +186,7 @@ impl StateMachine {
         if result.is_err() && !self.conn.is_autocommit() {
             self.internal("ROLLBACK").map_err(|e| self.storage(e, "rolling back"))?;
         }
-        if schema_touched || virtual_touched {
+        if schema_touched || left_state {
             // Even a rolled-back schema change may have reshuffled the in-memory schema,
             // and virtual tables (FTS5) keep caches whose presence changes how many steps
             // the next line runs. A replica that just restarted has neither.
