@@ -13,19 +13,23 @@
 //!
 //! Client requests never get lost in here: each one is answered exactly once, either
 //! with its outcome or, when its deadline passes, with `unavailable` (never proposed)
-//! or `outcome_unknown` (proposed, fate unknown).
+//! or `outcome_unknown` (proposed, fate unknown). Nothing waits for its deadline once
+//! its fate is known: a write whose proposal was lost, or forwarded to a leader that
+//! then lost its term without committing it ([`crate::forwarding`]), is sent again at
+//! once, to whoever leads now.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use raft_core::{Entry, Index, Node, NodeId, ProposalOutcome, ProposeError, ReadId, Ready, Role, Term};
-use sqlite_sm::{Limits, LineResult, RaftStore, StorageError, WriteCommand};
+use sqlite_sm::{Limits, LineResult, Origin, RaftStore, StorageError, WriteCommand};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use transport::Transport;
 
 use crate::applier::Applied;
+use crate::forwarding::{Forwarded, Taken};
 use crate::protocol::{ErrorCode, PeerMessage, Reply, Request, StatusReport};
 
 /// An input to the core.
@@ -95,8 +99,10 @@ pub struct Core {
     proposed: HashMap<(Term, Index), Write>,
     /// Writes committed, waiting for the apply thread's result.
     committed: HashMap<Index, Write>,
-    /// Writes forwarded to a leader: our id for them -> (that leader, the write).
-    forwarded: HashMap<u64, (NodeId, Write)>,
+    /// Writes forwarded to a leader, waiting for its answer or for our log to tell.
+    forwarded: Forwarded<Write>,
+    /// As leader: the forwarded writes taken in this term.
+    taken: Taken,
     /// Writes waiting for a leader.
     parked: Vec<Write>,
     /// Reads waiting for their read index.
@@ -128,6 +134,8 @@ impl Core {
         let incarnation = store.next_incarnation()?;
         Ok(Core {
             id: raft.id(),
+            forwarded: Forwarded::new(raft.id()),
+            taken: Taken::default(),
             raft,
             store,
             transport,
@@ -135,7 +143,6 @@ impl Core {
             config,
             proposed: HashMap::new(),
             committed: HashMap::new(),
-            forwarded: HashMap::new(),
             parked: Vec::new(),
             reads: HashMap::new(),
             confirmed: Vec::new(),
@@ -206,7 +213,9 @@ impl Core {
                     warn!("node {from} sent a Raft message claiming to be from node {}; dropped", msg.from);
                 }
             }
-            Event::Peer(from, PeerMessage::Forward { id, sql }) => self.forwarded_write(from, id, sql),
+            Event::Peer(from, PeerMessage::Forward { id, term, settled_below, sql }) => {
+                self.forwarded_write(from, id, term, settled_below, sql)
+            }
             Event::Peer(from, PeerMessage::ForwardReply { id, reply }) => {
                 if let Some(write) = self.take_forwarded(from, id) {
                     self.answer(write.waiter, reply);
@@ -246,14 +255,14 @@ impl Core {
     /// Answers to a forwarded write count only from the node it was sent to: any other
     /// peer is confused or lying, and its answer is ignored.
     fn take_forwarded(&mut self, from: NodeId, id: u64) -> Option<Write> {
-        match self.forwarded.get(&id) {
-            Some((target, _)) if *target == from => self.forwarded.remove(&id).map(|(_, write)| write),
-            Some((target, _)) => {
-                warn!("node {from} answered request {id}, which was sent to node {target}; ignored");
+        match self.forwarded.answered(from, id) {
+            Ok(Some(write)) => Some(write),
+            Ok(None) => {
+                debug!("node {from} answered request {id}, which is no longer waiting");
                 None
             }
-            None => {
-                debug!("node {from} answered request {id}, which is no longer waiting");
+            Err(target) => {
+                warn!("node {from} answered request {id}, which was sent to node {target}; ignored");
                 None
             }
         }
@@ -271,11 +280,17 @@ impl Core {
         }
     }
 
-    /// A follower's client write, forwarded to us as the leader: propose it. If we are
-    /// not the leader, refuse, and the follower tries again elsewhere.
-    fn forwarded_write(&mut self, from: NodeId, id: u64, sql: String) {
-        if self.raft.role() != Role::Leader || self.stopping.is_some() {
+    /// A follower's client write, forwarded to us as the leader of `term`: propose it,
+    /// tagged with its origin. If we do not lead in that term, refuse, and the follower
+    /// tries again elsewhere: its write must only ever become an entry of `term`.
+    fn forwarded_write(&mut self, from: NodeId, id: u64, term: Term, settled_below: u64, sql: String) {
+        if self.raft.role() != Role::Leader || self.raft.status().term != term || self.stopping.is_some() {
             return self.send(from, PeerMessage::ForwardRefused { id });
+        }
+        if !self.taken.take(term, from, id, settled_below) {
+            // A copy sent again after a lost connection: the first is proposed already,
+            // and its answer comes from us or from the follower's own log.
+            return;
         }
         let deadline = Instant::now() + self.config.timeout;
         self.submit_write(Write { sql, waiter: Waiter::Peer { node: from, id }, deadline });
@@ -285,37 +300,80 @@ impl Core {
     /// for one. A write forwarded to us is never forwarded again: we refuse it instead,
     /// and its node retries, so a request cannot circle between confused nodes.
     fn submit_write(&mut self, write: Write) {
+        if self.raft.role() != Role::Leader {
+            // Not worth encoding an entry only to be told so (parked writes come back
+            // here every tick).
+            let leader = self.raft.status().leader;
+            return self.not_leader(write, leader);
+        }
+        let origin = match write.waiter {
+            Waiter::Peer { node, id } => Some(Origin { node, request: id }),
+            Waiter::Client(_) => None,
+        };
         let command = WriteCommand {
             sql: write.sql.clone(),
             time_ms: unix_ms(),
             seed: rand::random(),
             limits: self.config.limits,
+            origin,
         };
         match self.raft.propose(command.encode()) {
             Ok(key) => {
                 self.proposed.insert(key, write);
             }
-            Err(err) => match write.waiter {
+            Err(ProposeError::NotLeader { leader }) => self.not_leader(write, leader),
+            // Not now (a transfer is under way, say): the follower tries again, our own
+            // client's write waits for the next try.
+            Err(_) => match write.waiter {
                 Waiter::Peer { node, id } => self.send(node, PeerMessage::ForwardRefused { id }),
-                Waiter::Client(_) => match err {
-                    ProposeError::NotLeader { leader: Some(leader) } => {
-                        let id = self.fresh_id();
-                        let forward = PeerMessage::Forward { id, sql: write.sql.clone() };
-                        if self.transport.send(leader, forward).is_ok() {
-                            self.forwarded.insert(id, (leader, write));
-                        } else {
-                            self.parked.push(write);
-                        }
-                    }
-                    _ => self.parked.push(write),
-                },
+                Waiter::Client(_) => self.parked.push(write),
             },
         }
     }
 
+    /// Someone else leads (or no one): forward our client's write there, or wait.
+    fn not_leader(&mut self, write: Write, leader: Option<NodeId>) {
+        if let Waiter::Peer { node, id } = write.waiter {
+            return self.send(node, PeerMessage::ForwardRefused { id });
+        }
+        let Some(leader) = leader.filter(|&l| l != self.id) else { return self.parked.push(write) };
+        let id = self.fresh_id();
+        let term = self.raft.status().term;
+        let settled_below = self.forwarded.settled_below(id);
+        let forward = PeerMessage::Forward { id, term, settled_below, sql: write.sql.clone() };
+        // Refused at once when the leader is not connected: then it was surely not sent,
+        // and waits for a leader we can reach.
+        if self.transport.send(leader, forward).is_ok() {
+            self.forwarded.sent(id, leader, term, write, Instant::now());
+        } else {
+            self.parked.push(write);
+        }
+    }
+
+    /// Sends forwarded writes again that have waited a while for a leader still leading
+    /// the same term: the first copy may have been lost with a connection. The leader
+    /// proposes each at most once ([`crate::forwarding::Taken`]).
+    fn resend_forwards(&mut self, now: Instant) {
+        let status = self.raft.status();
+        let Some(leader) = status.leader.filter(|&l| l != self.id && self.transport.is_connected(l)) else { return };
+        for id in self.forwarded.due(leader, status.term, now, self.config.election) {
+            let Some(write) = self.forwarded.write(id) else { continue };
+            let settled_below = self.forwarded.settled_below(id);
+            let forward = PeerMessage::Forward { id, term: status.term, settled_below, sql: write.sql.clone() };
+            self.send(leader, forward);
+        }
+    }
+
     /// Starts a ReadIndex round (§6.4) for a linearizable read, or waits for a leader.
+    /// A read already asked of a leader that then fails is aborted by raft-core when the
+    /// leader changes or this node starts an election, and comes back here.
     fn submit_read(&mut self, barrier: Barrier) {
-        if self.raft.status().leader.is_none() {
+        let reachable = match self.raft.status().leader {
+            None => false,
+            Some(leader) => leader == self.id || self.transport.is_connected(leader),
+        };
+        if !reachable {
+            // Its question would be dropped: wait for a leader we can reach.
             return self.parked_reads.push(barrier);
         }
         let id = self.fresh_id();
@@ -340,14 +398,14 @@ impl Core {
     fn applied(&mut self, index: Index, results: Vec<(Index, LineResult)>) {
         self.applied = self.applied.max(index);
         for (at, result) in results {
-            if let Some(write) = self.committed.remove(&at) {
+            if let Some(write) = self.committed.remove(&at).or_else(|| self.forwarded.applied(at)) {
                 self.answer(write.waiter, reply_of(result));
             }
         }
         // A committed proposal always has a result; this only guards against waiting forever.
         let done: Vec<Index> = self.committed.keys().copied().filter(|&at| at <= index).collect();
-        for at in done {
-            if let Some(write) = self.committed.remove(&at) {
+        for at in done.into_iter().chain(self.forwarded.committed_up_to(index)) {
+            if let Some(write) = self.committed.remove(&at).or_else(|| self.forwarded.applied(at)) {
                 self.answer(write.waiter, Reply::Results(Vec::new()));
             }
         }
@@ -364,19 +422,19 @@ impl Core {
         let expired: Vec<(Term, Index)> =
             self.proposed.iter().filter(|(_, w)| w.deadline <= now).map(|(&k, _)| k).collect();
         for key in expired {
-            if let Some(write) = self.proposed.remove(&key) {
+            let Some(write) = self.proposed.remove(&key) else { continue };
+            // A forwarding node keeps its own deadline and reads the fate in its own log,
+            // which is better than our guess: tell it nothing.
+            if let Waiter::Client(_) = write.waiter {
                 let message = "the write was proposed but its outcome is unknown (leadership changed or no quorum)";
                 self.answer(write.waiter, Reply::error(ErrorCode::OutcomeUnknown, message));
             }
         }
-        let expired: Vec<u64> =
-            self.forwarded.iter().filter(|(_, (_, w))| w.deadline <= now).map(|(&k, _)| k).collect();
-        for id in expired {
-            if let Some((_, write)) = self.forwarded.remove(&id) {
-                let message =
-                    "the write was forwarded to the leader, which did not answer in time; it may have been applied";
-                self.answer(write.waiter, Reply::error(ErrorCode::OutcomeUnknown, message));
-            }
+        self.resend_forwards(now);
+        for write in self.forwarded.expired(|w| w.deadline <= now) {
+            let message =
+                "the write was forwarded to the leader, which did not answer in time; it may have been applied";
+            self.answer(write.waiter, Reply::error(ErrorCode::OutcomeUnknown, message));
         }
         let expired: Vec<ReadId> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(&k, _)| k).collect();
         for id in expired {
@@ -435,6 +493,11 @@ impl Core {
             // 4. Apply, in order, on the apply thread. Results come back as events.
             if !ready.committed.is_empty() && self.applier.send(ready.committed.clone()).is_err() {
                 return Err(StorageError("the apply thread stopped".to_string()));
+            }
+            // Forwarded writes our log proves lost go again, to whoever leads now.
+            for write in self.forwarded.committed(&ready.committed) {
+                info!("a write forwarded to an earlier term's leader was never committed; sending it again");
+                self.submit_write(write);
             }
             // 5. Answer clients: writes once applied, reads once applied far enough.
             self.answer_proposals(&ready);
@@ -502,7 +565,8 @@ impl Core {
     }
 
     fn send(&self, to: NodeId, msg: PeerMessage) {
-        // A full queue means the peer is unreachable or slow; Raft retries what matters.
+        // Refused when the peer is not connected or its queue is full (it is slow): Raft
+        // retries what matters.
         let _ = self.transport.send(to, msg);
     }
 
@@ -513,7 +577,8 @@ impl Core {
         self.stopping = Some(Instant::now());
         if self.raft.role() == Role::Leader {
             // Hand over leadership so the cluster does not wait an election timeout (§3.10).
-            if let Some(&peer) = self.transport.peers().first() {
+            let connected = self.transport.peers().into_iter().find(|&p| self.transport.is_connected(p));
+            if let Some(peer) = connected {
                 info!("shutting down: transferring leadership to node {peer}");
                 let _ = self.raft.transfer_leadership(peer);
             }
@@ -526,10 +591,15 @@ impl Core {
         let writes: Vec<Write> = std::mem::take(&mut self.proposed)
             .into_values()
             .chain(std::mem::take(&mut self.committed).into_values())
-            .chain(std::mem::take(&mut self.forwarded).into_values().map(|(_, w)| w))
+            .chain(self.forwarded.drain())
             .collect();
         for write in writes {
-            self.answer(write.waiter, unknown());
+            match write.waiter {
+                // The node that forwarded it learns its fate from its own log, which is
+                // better than our guess: stay silent.
+                Waiter::Peer { .. } => {}
+                Waiter::Client(_) => self.answer(write.waiter, unknown()),
+            }
         }
         for write in std::mem::take(&mut self.parked) {
             self.answer(write.waiter, gone());

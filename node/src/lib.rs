@@ -3,7 +3,8 @@
 //!
 //! - [`config`] holds `lightraft.toml`.
 //! - [`server`] starts and stops one node.
-//! - [`core`] is the thread that drives raft-core and answers every client request.
+//! - [`core`] is the thread that drives raft-core and answers every client request;
+//!   [`forwarding`] is how it learns the fate of writes it forwarded to a leader.
 //! - [`applier`] applies committed entries; [`readers`] serve reads; both off that thread.
 //! - [`session`] and [`format`] are what `nc` users see.
 //! - [`up`] runs a whole local cluster in one command; [`bench`] is the benchmark.
@@ -14,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod format;
+pub mod forwarding;
 pub mod protocol;
 pub mod readers;
 pub mod server;

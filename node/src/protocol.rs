@@ -104,6 +104,12 @@ pub enum PeerMessage {
     Forward {
         /// The follower's id for the request.
         id: u64,
+        /// The term of the leader the follower means: the write may only be proposed in
+        /// it (see `forwarding.rs`).
+        term: raft_core::Term,
+        /// Every request of this follower's below this id is settled: the leader may
+        /// forget them (it remembers the others so a copy sent again is not proposed twice).
+        settled_below: u64,
         /// The client's line.
         sql: String,
     },

@@ -135,6 +135,8 @@ async fn serve(config: &Config, index: usize) -> Result<(), String> {
         peers,
         queue_capacity: 4096,
         max_frame: config.max_frame(),
+        // A peer silent for a whole election timeout is lost to Raft too: redial it.
+        peer_timeout: config.tick() * config.raft.election_ticks as u32,
     };
     let transport = Transport::start(transport_config, peer_tx)
         .await

@@ -68,8 +68,13 @@ async fn a_stranger_who_knows_the_cluster_name_can_neither_append_nor_vote() {
 
     // What a peer would send: the leader's append of a line no leader proposed, and a
     // vote in the last possible term, behind a handshake made without the secret.
-    let forged =
-        WriteCommand { sql: "INSERT INTO t VALUES (666)".into(), time_ms: 0, seed: 0, limits: Limits::default() };
+    let forged = WriteCommand {
+        sql: "INSERT INTO t VALUES (666)".into(),
+        time_ms: 0,
+        seed: 0,
+        limits: Limits::default(),
+        origin: None,
+    };
     let append = Message {
         from: pretend as u64,
         to: follower as u64,
@@ -89,8 +94,7 @@ async fn a_stranger_who_knows_the_cluster_name_can_neither_append_nor_vote() {
     };
     for guess in ["", "lightraft", "a wrong guess at the secret"] {
         let mut stream = TcpStream::connect(cluster.rpc_addrs[follower]).await.expect("connect");
-        let hello =
-            Hello { cluster: "test".into(), from: pretend as u64, to: follower as u64, nonce: handshake::nonce() };
+        let hello = Hello::new("test", pretend as u64, follower as u64);
         send_json(&mut stream, &hello).await.expect("hello");
         let challenge: Challenge =
             serde_json::from_slice(&read_frame(&mut stream, 4096).await.expect("a challenge")).expect("json");
@@ -219,7 +223,7 @@ async fn up_makes_a_secret_for_its_cluster_so_strangers_are_refused() {
     assert!(created.get("error").is_none(), "the cluster works: {created}");
     // A process that knows the cluster name but not up's secret (as with no secret at all).
     let mut stream = TcpStream::connect(rpcs[1]).await.expect("connect");
-    let hello = Hello { cluster: "up".into(), from: 0, to: 1, nonce: handshake::nonce() };
+    let hello = Hello::new("up", 0, 1);
     send_json(&mut stream, &hello).await.expect("hello");
     let challenge: Challenge =
         serde_json::from_slice(&read_frame(&mut stream, 4096).await.expect("challenge")).expect("json");

@@ -80,10 +80,28 @@ pub struct WriteCommand {
     pub seed: u64,
     /// What the line may consume.
     pub limits: Limits,
+    /// Who asked for the write, when a node forwarded it to the leader: so that node can
+    /// recognise the entry in its own log (see the node's `forwarding.rs`). The state
+    /// machine ignores it.
+    pub origin: Option<Origin>,
 }
 
-const VERSION: u8 = 1;
-const HEADER: usize = 1 + 8 * 8;
+/// A forwarded write's origin: the node its client sent it to, and that node's id for
+/// the request (unique across the node's restarts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// The node the client sent the write to.
+    pub node: u64,
+    /// That node's request id.
+    pub request: u64,
+}
+
+/// Version 1 had no origin; version 2 adds two words. Both are read, so logs written
+/// before the origin existed still apply.
+const VERSION: u8 = 2;
+const V1: u8 = 1;
+const V1_HEADER: usize = 1 + 8 * 8;
+const HEADER: usize = V1_HEADER + 1 + 2 * 8;
 
 impl WriteCommand {
     /// The bytes of the log entry.
@@ -98,22 +116,32 @@ impl WriteCommand {
             out.extend_from_slice(&field.to_le_bytes());
         }
         out.extend_from_slice(&l.max_temp_bytes.to_le_bytes());
+        let origin = self.origin.unwrap_or(Origin { node: 0, request: 0 });
+        out.push(u8::from(self.origin.is_some()));
+        out.extend_from_slice(&origin.node.to_le_bytes());
+        out.extend_from_slice(&origin.request.to_le_bytes());
         out.extend_from_slice(self.sql.as_bytes());
         out
     }
 
+    /// Reads only the origin of an encoded command, without copying its SQL: the node
+    /// looks at every committed entry for its forwarded writes.
+    pub fn origin_of(bytes: &[u8]) -> Option<Origin> {
+        if bytes.len() < HEADER || bytes[0] != VERSION || bytes[V1_HEADER] != 1 {
+            return None;
+        }
+        Some(Origin { node: word(bytes, V1_HEADER + 1), request: word(bytes, V1_HEADER + 9) })
+    }
+
     /// Parses a log entry's bytes.
     pub fn decode(bytes: &[u8]) -> Result<WriteCommand, String> {
-        if bytes.len() < HEADER || bytes[0] != VERSION {
-            return Err("the log entry is not a write command this version understands".to_string());
-        }
-        let field = |i: usize| {
-            let start = 1 + 8 * i;
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&bytes[start..start + 8]);
-            u64::from_le_bytes(word)
+        let (header, origin) = match bytes.first() {
+            Some(&VERSION) if bytes.len() >= HEADER => (HEADER, WriteCommand::origin_of(bytes)),
+            Some(&V1) if bytes.len() >= V1_HEADER => (V1_HEADER, None),
+            _ => return Err("the log entry is not a write command this version understands".to_string()),
         };
-        let sql = std::str::from_utf8(&bytes[HEADER..]).map_err(|_| "the log entry's SQL is not UTF-8".to_string())?;
+        let field = |i: usize| word(bytes, 1 + 8 * i);
+        let sql = std::str::from_utf8(&bytes[header..]).map_err(|_| "the log entry's SQL is not UTF-8".to_string())?;
         Ok(WriteCommand {
             sql: sql.to_string(),
             time_ms: field(0) as i64,
@@ -126,8 +154,16 @@ impl WriteCommand {
                 max_result_bytes: field(6),
                 max_temp_bytes: field(7),
             },
+            origin,
         })
     }
+}
+
+/// The little-endian word at `start` (the caller checked the length).
+fn word(bytes: &[u8], start: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[start..start + 8]);
+    u64::from_le_bytes(word)
 }
 
 #[cfg(test)]
@@ -141,14 +177,38 @@ mod tests {
             time_ms: -5,
             seed: u64::MAX,
             limits: Limits { max_database_bytes: 7, ..Limits::default() },
+            origin: Some(Origin { node: 2, request: u64::MAX }),
         };
         let bytes = command.encode();
-        assert_eq!(bytes.len(), command.sql.len() + 65);
-        assert_eq!(WriteCommand::decode(&bytes), Ok(command));
+        assert_eq!(bytes.len(), command.sql.len() + 82);
+        assert_eq!(WriteCommand::origin_of(&bytes), command.origin);
+        assert_eq!(WriteCommand::decode(&bytes), Ok(command.clone()));
+        let local = WriteCommand { origin: None, ..command.clone() };
+        assert_eq!(WriteCommand::origin_of(&local.encode()), None);
+        assert_eq!(WriteCommand::decode(&local.encode()), Ok(local));
         assert!(WriteCommand::decode(b"{\"sql\":\"x\"}").is_err());
         assert!(WriteCommand::decode(&[]).is_err());
-        let mut bad_utf8 = WriteCommand { sql: String::new(), time_ms: 0, seed: 0, limits: Limits::default() }.encode();
+        assert_eq!(WriteCommand::origin_of(&[VERSION]), None);
+        let mut bad_utf8 = WriteCommand { sql: String::new(), origin: None, ..command.clone() }.encode();
         bad_utf8.push(0xff);
         assert!(WriteCommand::decode(&bad_utf8).unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn commands_written_before_the_origin_existed_still_decode() {
+        let command = WriteCommand {
+            sql: "INSERT INTO t VALUES (1)".into(),
+            time_ms: 1_700_000_000_000,
+            seed: 42,
+            limits: Limits::default(),
+            origin: None,
+        };
+        // Version 1: the same header without the origin.
+        let v2 = command.encode();
+        let mut v1 = vec![V1];
+        v1.extend_from_slice(&v2[1..V1_HEADER]);
+        v1.extend_from_slice(command.sql.as_bytes());
+        assert_eq!(WriteCommand::decode(&v1), Ok(command));
+        assert_eq!(WriteCommand::origin_of(&v1), None);
     }
 }

@@ -19,7 +19,7 @@ pub mod state_machine;
 pub mod value;
 pub mod vfs;
 
-pub use command::{Limits, WriteCommand};
+pub use command::{Limits, Origin, WriteCommand};
 pub use exec::Output;
 pub use raft_store::RaftStore;
 pub use reader::{ClassifyError, Kind, Reader};

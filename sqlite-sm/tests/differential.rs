@@ -257,6 +257,7 @@ fn run_case(seed: u64, verbose: bool) -> Result<usize, String> {
             time_ms: grammar.rng.below(1 << 45) as i64,
             seed: grammar.rng.next(),
             limits,
+            origin: None,
         };
         let entry = Entry { index, term: 1, payload: Payload::Command(command.encode()) };
         history.push(format!(

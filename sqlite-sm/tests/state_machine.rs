@@ -15,7 +15,7 @@ fn reader(sm: &StateMachine) -> Reader {
 }
 
 fn entry(index: u64, sql: &str, time_ms: i64, seed: u64, limits: Limits) -> Entry {
-    let command = WriteCommand { sql: sql.into(), time_ms, seed, limits };
+    let command = WriteCommand { sql: sql.into(), time_ms, seed, limits, origin: None };
     Entry { index, term: 1, payload: Payload::Command(command.encode()) }
 }
 

@@ -48,9 +48,19 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// What this build speaks to its peers: messages, keepalives and log entries. Nodes of
+/// different versions refuse each other in the handshake with a clear reason, rather than
+/// misread each other (an older node would, say, fail to decode newer log entries and
+/// diverge). Version 2 added keepalives, the term of a forwarded write and the origin in
+/// log entries; version 1 (which sent no version) was the first.
+pub const PROTOCOL_VERSION: u32 = 2;
+
 /// The first frame on every connection, from the dialer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The dialer's [`PROTOCOL_VERSION`] (absent, so 1, from the first version).
+    #[serde(default = "first_version")]
+    pub version: u32,
     /// The cluster name from the configuration; nodes of different clusters never talk.
     pub cluster: String,
     /// The dialing node.
@@ -61,9 +71,33 @@ pub struct Hello {
     pub nonce: String,
 }
 
+impl Hello {
+    /// This node's greeting to node `to`, with a fresh nonce.
+    pub fn new(cluster: &str, from: NodeId, to: NodeId) -> Hello {
+        Hello { version: PROTOCOL_VERSION, cluster: cluster.to_string(), from, to, nonce: nonce() }
+    }
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+/// Refuses a peer that speaks another protocol version.
+pub fn check_version(theirs: u32) -> Result<(), String> {
+    if theirs == PROTOCOL_VERSION {
+        return Ok(());
+    }
+    Err(format!(
+        "it speaks peer protocol version {theirs} and this node version {PROTOCOL_VERSION}: every node of a cluster must run the same lightraft version"
+    ))
+}
+
 /// The acceptor's answer: its own nonce and its proof.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Challenge {
+    /// The acceptor's [`PROTOCOL_VERSION`] (absent, so 1, from the first version).
+    #[serde(default = "first_version")]
+    pub version: u32,
     /// The acceptor's fresh random nonce, base64.
     pub nonce: String,
     /// HMAC proving the acceptor knows the secret, base64.
@@ -132,7 +166,7 @@ mod tests {
     #[test]
     fn proofs_bind_the_secret_the_role_the_link_and_both_nonces() {
         let secret = Secret::new(b"a secret of sixteen+ bytes".to_vec());
-        let hello = Hello { cluster: "c".into(), from: 1, to: 2, nonce: nonce() };
+        let hello = Hello::new("c", 1, 2);
         let acceptor_nonce = nonce();
         let proof = prove(&secret, Role::Dialer, &hello, &acceptor_nonce);
         assert!(verify(&secret, Role::Dialer, &hello, &acceptor_nonce, &proof));

@@ -6,24 +6,37 @@
 //! frame over the size limit, or malformed JSON closes that connection with a logged
 //! reason and never disturbs the node.
 //!
-//! Connections are one-way: each node dials every peer and only writes to that
+//! Connections are one-way: each node dials every peer and only writes messages to that
 //! connection; what a peer says arrives on the connection it dialed to us. Sending never
 //! blocks the caller: each peer has a bounded queue, drained by a task that dials (and
-//! redials, with backoff) the peer. When a queue is full the message is dropped; Raft
-//! already tolerates lost messages, and blocking the Raft loop would be worse.
+//! redials, with backoff) the peer. When a queue is full, or the peer is not connected,
+//! the message is dropped and the caller told so; Raft already tolerates lost messages,
+//! and blocking the Raft loop would be worse.
+//!
+//! A connection can die without a word: the peer's machine stops, or the network drops
+//! every packet. TCP alone would notice late (its retransmissions back off to minutes),
+//! and after the network heals a connection may sit idle until the next, ever-later
+//! retransmission. So the accepting side writes an empty frame, a keepalive, every
+//! 100 ms; a dialer that hears nothing for a whole `peer_timeout` closes the connection
+//! and dials again. Connecting may take a quarter of the `peer_timeout` before it is
+//! tried afresh, and the backoff between attempts is at most as long, so a peer that
+//! comes back is reached again within about half a `peer_timeout`, however long it was
+//! away. (A round trip must therefore stay well under a quarter of the `peer_timeout`,
+//! which Raft asks of heartbeats anyway, §5.6.)
 
 pub mod handshake;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn, Instrument};
 
@@ -37,8 +50,17 @@ pub type NodeId = u64;
 /// below what would hurt the node if a peer sent garbage.
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 
-/// How long a new connection has to complete its handshake.
+/// How long an accepted connection has to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The shortest `peer_timeout` honoured: below it, a busy machine's scheduling delays
+/// alone would make connections look dead.
+pub const MIN_PEER_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// How often an accepted connection sends a keepalive. Fixed, not derived from this
+/// node's settings, so a dialer whose `peer_timeout` differs (its config changed, say)
+/// still hears several within its own timeout.
+const KEEPALIVE_EVERY: Duration = Duration::from_millis(100);
 
 /// The largest handshake frame.
 const MAX_HANDSHAKE_FRAME: usize = 4096;
@@ -123,6 +145,23 @@ pub struct TransportConfig {
     pub queue_capacity: usize,
     /// The largest frame accepted.
     pub max_frame: usize,
+    /// A connection silent this long is taken for dead and dialed again (at least
+    /// [`MIN_PEER_TIMEOUT`]). The node uses its minimum election timeout: a peer silent
+    /// that long is lost to Raft anyway.
+    pub peer_timeout: Duration,
+}
+
+impl TransportConfig {
+    /// The silence after which a connection is dropped.
+    fn dead_after(&self) -> Duration {
+        self.peer_timeout.max(MIN_PEER_TIMEOUT)
+    }
+
+    /// The longest wait for a connection to a peer, and the longest backoff between
+    /// attempts: a peer back from a long absence is reached within two beats.
+    fn beat(&self) -> Duration {
+        self.dead_after() / 4
+    }
 }
 
 /// Why [`Transport::send`] dropped a message.
@@ -132,11 +171,20 @@ pub enum SendError {
     UnknownPeer(NodeId),
     /// The peer's queue is full (it is slow or unreachable).
     QueueFull(NodeId),
+    /// There is no connection to the peer right now (it is down, unreachable, or being
+    /// dialed again): the message would only be discarded.
+    Disconnected(NodeId),
+}
+
+/// The sending half of one peer: its queue, and whether its connection is up.
+struct Outbound<T> {
+    queue: mpsc::Sender<T>,
+    connected: Arc<AtomicBool>,
 }
 
 /// The sending half: one bounded queue per peer.
 pub struct Transport<T> {
-    queues: BTreeMap<NodeId, mpsc::Sender<T>>,
+    outbound: BTreeMap<NodeId, Outbound<T>>,
 }
 
 impl<T> Transport<T>
@@ -149,24 +197,34 @@ where
     pub async fn start(config: TransportConfig, inbound: mpsc::Sender<(NodeId, T)>) -> io::Result<Transport<T>> {
         let listener = TcpListener::bind(config.listen).await?;
         tokio::spawn(accept_loop(listener, config.clone(), inbound).in_current_span());
-        let mut queues = BTreeMap::new();
+        let mut outbound = BTreeMap::new();
         for (&peer, &addr) in &config.peers {
-            let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-            queues.insert(peer, tx);
-            tokio::spawn(dial_loop(peer, addr, config.clone(), rx).in_current_span());
+            let (queue, rx) = mpsc::channel(config.queue_capacity.max(1));
+            let connected = Arc::new(AtomicBool::new(false));
+            tokio::spawn(dial_loop(peer, addr, config.clone(), rx, connected.clone()).in_current_span());
+            outbound.insert(peer, Outbound { queue, connected });
         }
-        Ok(Transport { queues })
+        Ok(Transport { outbound })
     }
 
     /// The configured peers.
     pub fn peers(&self) -> Vec<NodeId> {
-        self.queues.keys().copied().collect()
+        self.outbound.keys().copied().collect()
     }
 
-    /// Queues `msg` for `to` without waiting; drops it if the queue is full.
+    /// Queues `msg` for `to` without waiting. Refuses it at once if `to` is not connected
+    /// or its queue is full, so the caller knows the message never left.
     pub fn send(&self, to: NodeId, msg: T) -> Result<(), SendError> {
-        let queue = self.queues.get(&to).ok_or(SendError::UnknownPeer(to))?;
-        queue.try_send(msg).map_err(|_| SendError::QueueFull(to))
+        let peer = self.outbound.get(&to).ok_or(SendError::UnknownPeer(to))?;
+        if !peer.connected.load(Ordering::Acquire) {
+            return Err(SendError::Disconnected(to));
+        }
+        peer.queue.try_send(msg).map_err(|_| SendError::QueueFull(to))
+    }
+
+    /// Whether `to` is connected right now.
+    pub fn is_connected(&self, to: NodeId) -> bool {
+        self.outbound.get(&to).is_some_and(|peer| peer.connected.load(Ordering::Acquire))
     }
 }
 
@@ -259,8 +317,10 @@ where
     }
 }
 
-/// Checks a handshake's names: the right cluster, a known peer, addressed to us.
+/// Checks a handshake's names: the same protocol version, the right cluster, a known
+/// peer, addressed to us.
 pub fn check_hello(hello: &Hello, config: &TransportConfig) -> Result<(), String> {
+    handshake::check_version(hello.version)?;
     if hello.cluster != config.cluster {
         return Err(format!("it belongs to cluster {:?}, not {:?}", hello.cluster, config.cluster));
     }
@@ -280,7 +340,9 @@ async fn accept<T>(mut stream: TcpStream, shared: &Inbound<T>) -> Result<(TcpStr
     check_hello(&hello, config)?;
     let nonce = handshake::nonce();
     let proof = handshake::prove(&config.secret, Role::Acceptor, &hello, &nonce);
-    write_json(&mut stream, &Challenge { nonce: nonce.clone(), proof }).await.map_err(|e| e.to_string())?;
+    write_json(&mut stream, &Challenge { version: handshake::PROTOCOL_VERSION, nonce: nonce.clone(), proof })
+        .await
+        .map_err(|e| e.to_string())?;
     let answer: Proof = read_json(&mut stream, MAX_HANDSHAKE_FRAME).await.map_err(|e| format!("bad handshake: {e}"))?;
     if !handshake::verify(&config.secret, Role::Dialer, &hello, &nonce, &answer.proof) {
         return Err(format!("node {} could not prove it knows the cluster secret", hello.from));
@@ -289,8 +351,9 @@ async fn accept<T>(mut stream: TcpStream, shared: &Inbound<T>) -> Result<(TcpStr
 }
 
 /// Reads frames from an authenticated peer until it goes away, misbehaves, or connects
-/// again (the newer connection wins).
-async fn serve_peer<T>(mut stream: TcpStream, addr: SocketAddr, from: NodeId, shared: &Inbound<T>)
+/// again (the newer connection wins). Meanwhile, sends it a keepalive every beat, so that
+/// its dialer can tell a live connection from a dead one.
+async fn serve_peer<T>(stream: TcpStream, addr: SocketAddr, from: NodeId, shared: &Inbound<T>)
 where
     T: DeserializeOwned,
 {
@@ -303,25 +366,39 @@ where
         rx
     };
     debug!("peer {from} connected from {addr}");
-    loop {
-        let frame = tokio::select! {
-            frame = read_frame(&mut stream, shared.config.max_frame) => frame,
-            _ = replaced.changed() => return debug!("peer {from} connected again; closing its older connection"),
-        };
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(FrameError::Closed) => return debug!("peer {from} closed its connection"),
-            Err(e) => return warn!("closed connection from peer {from} ({addr}): {e}"),
-        };
-        match serde_json::from_slice::<T>(&frame) {
-            // A full inbound queue means the node is overloaded: drop, like a lost packet.
-            Ok(msg) => {
-                if shared.queue.try_send((from, msg)).is_err() && shared.queue.is_closed() {
-                    return;
+    let (mut reader, mut writer) = stream.into_split();
+    let reading = async {
+        loop {
+            let frame = match read_frame(&mut reader, shared.config.max_frame).await {
+                Ok(frame) => frame,
+                Err(FrameError::Closed) => return debug!("peer {from} closed its connection"),
+                Err(e) => return warn!("closed connection from peer {from} ({addr}): {e}"),
+            };
+            match serde_json::from_slice::<T>(&frame) {
+                // A full inbound queue means the node is overloaded: drop, like a lost packet.
+                Ok(msg) => {
+                    if shared.queue.try_send((from, msg)).is_err() && shared.queue.is_closed() {
+                        return;
+                    }
                 }
+                Err(e) => return warn!("closed connection from peer {from} ({addr}): malformed message: {e}"),
             }
-            Err(e) => return warn!("closed connection from peer {from} ({addr}): malformed message: {e}"),
         }
+    };
+    let keepalives = async {
+        let mut beat = tokio::time::interval(KEEPALIVE_EVERY);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            beat.tick().await;
+            if let Err(e) = write_frame(&mut writer, &[]).await {
+                return debug!("keepalive to peer {from} failed: {e}");
+            }
+        }
+    };
+    tokio::select! {
+        _ = reading => {}
+        _ = keepalives => {}
+        _ = replaced.changed() => debug!("peer {from} connected again; closing its older connection"),
     }
 }
 
@@ -340,6 +417,7 @@ async fn write_json<W: AsyncWrite + Unpin, V: Serialize>(writer: &mut W, value: 
 async fn introduce(stream: &mut TcpStream, hello: &Hello, secret: &Secret) -> Result<(), String> {
     write_json(stream, hello).await.map_err(|e| e.to_string())?;
     let challenge: Challenge = read_json(stream, MAX_HANDSHAKE_FRAME).await?;
+    handshake::check_version(challenge.version)?;
     if !handshake::verify(secret, Role::Acceptor, hello, &challenge.nonce, &challenge.proof) {
         return Err("it could not prove it knows the cluster secret (is the secret the same on every node?)".into());
     }
@@ -353,52 +431,83 @@ async fn dial_loop<T: Serialize>(
     addr: SocketAddr,
     config: TransportConfig,
     mut queue: mpsc::Receiver<T>,
+    connected: Arc<AtomicBool>,
 ) {
-    const MIN_BACKOFF: Duration = Duration::from_millis(50);
-    const MAX_BACKOFF: Duration = Duration::from_secs(2);
+    const MIN_BACKOFF: Duration = Duration::from_millis(20);
+    // A small backoff: a peer that comes back after a long absence is reached within
+    // about two beats, not after an ever-growing wait.
+    let max_backoff = config.beat();
     let mut backoff = MIN_BACKOFF;
     let mut was_connected = true; // so the first failure is reported once
     loop {
-        let mut stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                report_unreachable(peer, addr, &e.to_string(), &mut was_connected);
-                if !wait_or_drain(&mut queue, &mut backoff, MAX_BACKOFF).await {
-                    return;
-                }
-                continue;
-            }
-            Err(_) => {
-                report_unreachable(peer, addr, "timed out", &mut was_connected);
-                if !wait_or_drain(&mut queue, &mut backoff, MAX_BACKOFF).await {
+        let stream = match dial(addr, &config, peer).await {
+            Ok(stream) => stream,
+            Err(reason) => {
+                report_unreachable(peer, addr, &reason, &mut was_connected);
+                if !wait_or_drain(&mut queue, &mut backoff, max_backoff).await {
                     return;
                 }
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let hello = Hello { cluster: config.cluster.clone(), from: config.me, to: peer, nonce: handshake::nonce() };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, introduce(&mut stream, &hello, &config.secret)).await {
-            Ok(Ok(())) => {}
-            failed => {
-                let reason = match failed {
-                    Ok(Err(reason)) => reason,
-                    _ => "no handshake within 5 seconds".to_string(),
-                };
-                report_unreachable(peer, addr, &reason, &mut was_connected);
-                if !wait_or_drain(&mut queue, &mut backoff, MAX_BACKOFF).await {
-                    return;
-                }
-                continue;
-            }
-        }
         info!("connected to peer {peer} at {addr}");
         was_connected = true;
-        backoff = MIN_BACKOFF;
-        let mut writer = BufWriter::new(stream);
-        match pump(&mut writer, &mut queue).await {
+        connected.store(true, Ordering::Release);
+        let since = Instant::now();
+        let (mut reader, writer) = stream.into_split();
+        let mut writer = BufWriter::new(writer);
+        let outcome = tokio::select! {
+            outcome = pump(&mut writer, &mut queue) => outcome,
+            e = expect_keepalives(&mut reader, config.dead_after()) => Err(e),
+        };
+        connected.store(false, Ordering::Release);
+        match outcome {
             Ok(()) => return, // the node is shutting down
             Err(e) => info!("lost connection to peer {peer}: {e}"),
+        }
+        // Only a connection that lasted starts the backoff over: two processes that keep
+        // closing each other's connections (the same node index twice) must not spin.
+        if since.elapsed() >= config.dead_after() {
+            backoff = MIN_BACKOFF;
+        }
+        // What was queued for the lost connection is stale by the time it is back.
+        if !wait_or_drain(&mut queue, &mut backoff, max_backoff).await {
+            return;
+        }
+    }
+}
+
+/// Connects to a peer (from our own listening address, so the peer sees the address its
+/// configuration names for us) and introduces ourselves. Connecting gets one beat: into
+/// a network that drops packets it would otherwise wait for TCP's next, ever-later SYN,
+/// while a fresh attempt sends one at once. The handshake, two round trips over a
+/// connection that works, gets a whole `peer_timeout`.
+async fn dial(addr: SocketAddr, config: &TransportConfig, peer: NodeId) -> Result<TcpStream, String> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(|e| e.to_string())?;
+    let local = config.listen.ip();
+    if !local.is_unspecified() && local.is_ipv4() == addr.is_ipv4() {
+        socket.bind(SocketAddr::new(local, 0)).map_err(|e| format!("cannot dial from {local}: {e}"))?;
+    }
+    let mut stream = match tokio::time::timeout(config.beat(), socket.connect(addr)).await {
+        Ok(connected) => connected.map_err(|e| e.to_string())?,
+        Err(_) => return Err(format!("no connection within {:?}", config.beat())),
+    };
+    let _ = stream.set_nodelay(true);
+    let hello = Hello::new(&config.cluster, config.me, peer);
+    match tokio::time::timeout(config.dead_after(), introduce(&mut stream, &hello, &config.secret)).await {
+        Ok(introduced) => introduced.map(|()| stream),
+        Err(_) => Err(format!("no handshake within {:?}", config.dead_after())),
+    }
+}
+
+/// Reads the keepalives an accepting peer sends; returns when the connection
+/// fails or stays silent for `dead_after`. Nothing but empty frames may arrive here.
+async fn expect_keepalives<R: AsyncRead + Unpin>(reader: &mut R, dead_after: Duration) -> io::Error {
+    loop {
+        match tokio::time::timeout(dead_after, read_frame(reader, 0)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return io::Error::other(e),
+            Err(_) => return io::Error::new(io::ErrorKind::TimedOut, format!("silent for {dead_after:?}")),
         }
     }
 }
@@ -411,12 +520,17 @@ fn report_unreachable(peer: NodeId, addr: SocketAddr, error: &str, was_connected
     }
 }
 
-/// Sleeps for the backoff, discarding messages queued meanwhile (they would be stale by
-/// the time the peer is back, and Raft resends what matters). Returns false once the
+/// Sleeps for the backoff, then discards messages queued meanwhile (they would be stale
+/// by the time the peer is back, and Raft resends what matters). Returns false once the
 /// queue is closed.
 async fn wait_or_drain<T>(queue: &mut mpsc::Receiver<T>, backoff: &mut Duration, max: Duration) -> bool {
     tokio::time::sleep(*backoff).await;
     *backoff = (*backoff * 2).min(max);
+    drain(queue)
+}
+
+/// Discards every queued message. Returns false once the queue is closed.
+fn drain<T>(queue: &mut mpsc::Receiver<T>) -> bool {
     loop {
         match queue.try_recv() {
             Ok(_) => continue,
@@ -477,20 +591,37 @@ mod tests {
             peers: peers.iter().copied().collect(),
             queue_capacity: 64,
             max_frame: 1024,
+            peer_timeout: Duration::from_millis(400),
         }
     }
 
     #[test]
     fn handshakes_from_other_clusters_or_nodes_are_refused() {
         let config = config(0, "127.0.0.1:0".parse().expect("addr"), &[(1, "127.0.0.1:1".parse().expect("addr"))], "");
-        let ok = Hello { cluster: "c".into(), from: 1, to: 0, nonce: handshake::nonce() };
+        let ok = Hello::new("c", 1, 0);
         assert!(check_hello(&ok, &config).is_ok());
         let other_cluster = Hello { cluster: "test".into(), ..ok.clone() };
         assert!(check_hello(&other_cluster, &config).unwrap_err().contains("cluster"));
         let unknown = Hello { from: 7, ..ok.clone() };
         assert!(check_hello(&unknown, &config).unwrap_err().contains("not a peer"));
-        let misrouted = Hello { to: 3, ..ok };
+        let misrouted = Hello { to: 3, ..ok.clone() };
         assert!(check_hello(&misrouted, &config).unwrap_err().contains("meant to reach"));
+        // A node of the first version sends no version at all.
+        let first: Hello = serde_json::from_str(r#"{"cluster":"c","from":1,"to":0,"nonce":"AA=="}"#).expect("json");
+        assert!(check_hello(&first, &config).unwrap_err().contains("same lightraft version"));
+        let newer = Hello { version: handshake::PROTOCOL_VERSION + 1, ..ok };
+        assert!(check_hello(&newer, &config).unwrap_err().contains("same lightraft version"));
+    }
+
+    /// Sends once `to` is connected (a message to a peer not yet connected is refused).
+    async fn send_when_connected(transport: &Transport<String>, to: NodeId, msg: &str) {
+        for _ in 0..500 {
+            if transport.send(to, msg.to_string()).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("node {to} never connected");
     }
 
     fn free_addr() -> SocketAddr {
@@ -527,10 +658,10 @@ mod tests {
         let mut huge = TcpStream::connect(b_addr).await.expect("connect");
         huge.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
         let mut stranger = TcpStream::connect(b_addr).await.expect("connect");
-        let hello = Hello { cluster: "other".into(), from: 0, to: 1, nonce: handshake::nonce() };
+        let hello = Hello::new("other", 0, 1);
         write_json(&mut stranger, &hello).await.expect("write");
         let mut impostor = TcpStream::connect(b_addr).await.expect("connect");
-        let hello = Hello { cluster: "c".into(), from: 0, to: 1, nonce: handshake::nonce() };
+        let hello = Hello::new("c", 0, 1);
         write_json(&mut impostor, &hello).await.expect("write");
         let challenge: Challenge = read_json(&mut impostor, 4096).await.expect("a challenge");
         let guess = handshake::prove(
@@ -547,10 +678,10 @@ mod tests {
             assert_closed(conn, what).await;
         }
 
-        a.send(1, "ping".to_string()).expect("queued");
+        send_when_connected(&a, 1, "ping").await;
         let got = tokio::time::timeout(Duration::from_secs(5), b_rx.recv()).await.expect("delivered in time");
         assert_eq!(got, Some((0, "ping".to_string())), "the forged message never arrived; the real one did");
-        b.send(0, "pong".to_string()).expect("queued");
+        send_when_connected(&b, 0, "pong").await;
         let got = tokio::time::timeout(Duration::from_secs(5), a_rx.recv()).await.expect("delivered in time");
         assert_eq!(got, Some((1, "pong".to_string())));
         assert_eq!(a.send(5, "x".into()), Err(SendError::UnknownPeer(5)));
@@ -572,6 +703,83 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(b_rx.try_recv().is_err(), "nothing crossed between different secrets");
+        assert!(!a.is_connected(1), "a failed handshake never counts as a connection");
+    }
+
+    #[tokio::test]
+    async fn an_accepting_node_sends_keepalives_on_an_idle_connection() {
+        let (a_addr, b_addr) = (free_addr(), free_addr());
+        let secret = "sixteen bytes or more of secret";
+        let (b_in, _b_rx) = mpsc::channel::<(NodeId, String)>(16);
+        let _b = Transport::start(config(1, b_addr, &[(0, a_addr)], secret), b_in).await.expect("b starts");
+        let mut conn = TcpStream::connect(b_addr).await.expect("connect");
+        let hello = Hello::new("c", 0, 1);
+        introduce(&mut conn, &hello, &Secret::new(secret.as_bytes().to_vec())).await.expect("handshake");
+        // We send nothing; b keeps telling us it is alive.
+        for n in 0..5 {
+            let frame = tokio::time::timeout(Duration::from_secs(2), read_frame(&mut conn, 0)).await;
+            assert!(matches!(frame, Ok(Ok(_))), "keepalive {n} never came: {frame:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dialer_keeps_a_connection_its_peer_keeps_alive() {
+        let (a, b, _, first) = dialed_by_a_real_node().await;
+        let (mut reader, mut writer) = first.into_split();
+        let beats = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if write_frame(&mut writer, &[]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Five peer timeouts without a message: the keepalives alone keep it connected.
+        let second = tokio::time::timeout(Duration::from_secs(2), b.accept()).await;
+        assert!(second.is_err(), "a connection kept alive was dropped and dialed again");
+        a.send(1, "still here".to_string()).expect("connected");
+        let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut reader, 1024)).await;
+        assert_eq!(frame.expect("in time").expect("a frame"), b"\"still here\"");
+        beats.abort();
+    }
+
+    /// A real node "a" dialing a hand-driven peer "b": a, b's listener and configuration,
+    /// and a's first connection to b, handshake done.
+    async fn dialed_by_a_real_node() -> (Transport<String>, TcpListener, TransportConfig, TcpStream) {
+        let (a_addr, b_addr) = (free_addr(), free_addr());
+        let secret = "sixteen bytes or more of secret";
+        let b_config = config(1, b_addr, &[(0, a_addr)], secret);
+        let b = TcpListener::bind(b_addr).await.expect("b listens");
+        let (a_in, _a_rx) = mpsc::channel::<(NodeId, String)>(16);
+        let a = Transport::start(config(0, a_addr, &[(1, b_addr)], secret), a_in).await.expect("a starts");
+        let first = tokio::time::timeout(Duration::from_secs(5), accept_as_peer(&b, &b_config)).await.expect("dialed");
+        (a, b, b_config, first)
+    }
+
+    /// Accepts one connection as a peer would and completes the handshake.
+    async fn accept_as_peer(listener: &TcpListener, config: &TransportConfig) -> TcpStream {
+        let (mut stream, _) = listener.accept().await.expect("a connection");
+        let hello: Hello = read_json(&mut stream, MAX_HANDSHAKE_FRAME).await.expect("hello");
+        let nonce = handshake::nonce();
+        let proof = handshake::prove(&config.secret, Role::Acceptor, &hello, &nonce);
+        write_json(&mut stream, &Challenge { version: handshake::PROTOCOL_VERSION, nonce: nonce.clone(), proof })
+            .await
+            .expect("challenge");
+        let answer: Proof = read_json(&mut stream, MAX_HANDSHAKE_FRAME).await.expect("proof");
+        assert!(handshake::verify(&config.secret, Role::Dialer, &hello, &nonce, &answer.proof));
+        stream
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_goes_silent_is_dropped_and_dialed_again() {
+        // "b" completes the handshake, then never sends a keepalive: a stalled network or
+        // a stopped machine looks like this from a's side.
+        let (a, b, b_config, first) = dialed_by_a_real_node().await;
+        send_when_connected(&a, 1, "into the void").await;
+        // The silent connection is given up and a new one dialed, with no help from TCP.
+        let second = tokio::time::timeout(Duration::from_secs(10), accept_as_peer(&b, &b_config)).await;
+        assert!(second.is_ok(), "a silent connection was kept instead of dialing again");
+        drop(first);
     }
 
     #[tokio::test]
@@ -586,7 +794,7 @@ mod tests {
         }
         let (a_in, _a_rx) = mpsc::channel::<(NodeId, String)>(16);
         let a = Transport::start(config(0, a_addr, &[(1, b_addr)], secret), a_in).await.expect("a starts");
-        a.send(1, "through".to_string()).expect("queued");
+        send_when_connected(&a, 1, "through").await;
         let got = tokio::time::timeout(Duration::from_secs(5), b_rx.recv()).await.expect("delivered in time");
         assert_eq!(got, Some((0, "through".to_string())));
         drop(idle);

@@ -22,6 +22,11 @@ pub struct Options {
     pub client: Option<String>,
     /// The body of `[limits]`, if any.
     pub limits: Option<String>,
+    /// The body of `[raft]` (default: 20 ms ticks).
+    pub raft: Option<String>,
+    /// Give node i the peer address 127.0.0.(10 + i), so that a firewall rule on that
+    /// address cuts exactly its peer traffic (clients stay on 127.0.0.1).
+    pub own_peer_address: bool,
 }
 
 /// A running cluster. Dropping it kills every node.
@@ -53,15 +58,19 @@ impl Cluster {
         config += "\n";
         let mut client_addrs = Vec::new();
         let mut rpc_addrs = Vec::new();
-        for _ in 0..size {
+        for i in 0..size {
             let (client, rpc) = (free_port(), free_port());
+            let rpc_ip = if options.own_peer_address { [127, 0, 0, 10 + i as u8] } else { [127, 0, 0, 1] };
+            let rpc_host = std::net::Ipv4Addr::from(rpc_ip);
             config += &format!(
-                "[[nodes]]\nclientBindAddress = \"127.0.0.1\"\nclientBindPort = {client}\nrpcBindAddress = \"127.0.0.1\"\nrpcBindPort = {rpc}\n\n"
+                "[[nodes]]\nclientBindAddress = \"127.0.0.1\"\nclientBindPort = {client}\nrpcBindAddress = \"{rpc_host}\"\nrpcBindPort = {rpc}\n\n"
             );
             client_addrs.push(SocketAddr::from(([127, 0, 0, 1], client)));
-            rpc_addrs.push(SocketAddr::from(([127, 0, 0, 1], rpc)));
+            rpc_addrs.push(SocketAddr::from((rpc_ip, rpc)));
         }
-        config += "[driver]\nname = \"sqlite\"\npathPrefix = \"db\"\n\n[raft]\ntickMs = 20\n\n[client]\n";
+        config += "[driver]\nname = \"sqlite\"\npathPrefix = \"db\"\n\n[raft]\n";
+        config += options.raft.as_deref().unwrap_or("tickMs = 20\n");
+        config += "\n[client]\n";
         config += options.client.as_deref().unwrap_or("timeoutMs = 4000\nmaxLineBytes = 65536\n");
         if let Some(limits) = &options.limits {
             config += &format!("\n[limits]\n{limits}");
@@ -80,7 +89,9 @@ impl Cluster {
             .append(true)
             .open(self.dir.path().join(format!("node-{i}.log")))
             .expect("log file");
-        let child = Command::new(BIN)
+        // LIGHTRAFT_BIN runs another build (a benchmark comparing two versions).
+        let binary = std::env::var_os("LIGHTRAFT_BIN").unwrap_or_else(|| BIN.into());
+        let child = Command::new(binary)
             .arg(i.to_string())
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info")
@@ -108,6 +119,21 @@ impl Cluster {
     /// What node `i` logged so far.
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
+    }
+
+    /// Sends `signal` to node `i` (SIGSTOP pauses it, SIGCONT resumes it).
+    pub fn signal(&self, i: usize, signal: i32) {
+        // SAFETY: kill(2) with our running child's pid and a valid signal number.
+        let rc = unsafe { libc::kill(self.pid(i) as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "signal {signal} to node {i}");
+    }
+
+    /// SIGTERM, then waits for the node to finish its shutdown.
+    pub fn stop(&mut self, i: usize) {
+        self.signal(i, libc::SIGTERM);
+        if let Some(mut child) = self.nodes[i].take() {
+            let _ = child.wait();
+        }
     }
 
     /// kill -9.
