@@ -221,12 +221,12 @@ impl Core {
                     self.answer(write.waiter, reply);
                 }
             }
-            Event::Peer(from, PeerMessage::ForwardRefused { id }) => {
+            Event::Peer(from, PeerMessage::ForwardRefused { id }) => match self.forwarded.refused(from, id) {
                 // Not proposed anywhere: safe to try again once we know a leader.
-                if let Some(write) = self.take_forwarded(from, id) {
-                    self.parked.push(write);
-                }
-            }
+                Ok(Some(write)) => self.parked.push(write),
+                Ok(None) => debug!("node {from} refused request {id}, which a refusal does not settle"),
+                Err(target) => warn!("node {from} refused request {id}, which was sent to node {target}; ignored"),
+            },
             Event::Client(Request::Status(reply)) => {
                 let _ = reply.send(self.status());
             }
@@ -325,16 +325,22 @@ impl Core {
             // Not now (a transfer is under way, say): the follower tries again, our own
             // client's write waits for the next try.
             Err(_) => match write.waiter {
-                Waiter::Peer { node, id } => self.send(node, PeerMessage::ForwardRefused { id }),
+                Waiter::Peer { node, id } => self.refuse_forward(node, id),
                 Waiter::Client(_) => self.parked.push(write),
             },
         }
     }
 
+    /// Refuses a forwarded write we took but could not propose; a copy may come again.
+    fn refuse_forward(&mut self, node: NodeId, id: u64) {
+        self.taken.release(node, id);
+        self.send(node, PeerMessage::ForwardRefused { id });
+    }
+
     /// Someone else leads (or no one): forward our client's write there, or wait.
     fn not_leader(&mut self, write: Write, leader: Option<NodeId>) {
         if let Waiter::Peer { node, id } = write.waiter {
-            return self.send(node, PeerMessage::ForwardRefused { id });
+            return self.refuse_forward(node, id);
         }
         let Some(leader) = leader.filter(|&l| l != self.id) else { return self.parked.push(write) };
         let id = self.fresh_id();

@@ -21,7 +21,9 @@
 //! A forward can also be lost on its way while its leader lives on (a connection dropped
 //! with the message in it). So a write that waits long for a leader still leading its
 //! term is sent again, with the same id; the leader remembers the ids it took in its term
-//! ([`Taken`]) and proposes each at most once.
+//! ([`Taken`]) and proposes each at most once. A leader's refusal then proves nothing
+//! (it may have taken the first copy before it lost its leadership), so only a write sent
+//! once is sent elsewhere on a refusal; the log or the deadline settles the others.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -39,6 +41,8 @@ struct Forward<W> {
     committed_at: Option<Index>,
     /// When it was last sent.
     sent: Instant,
+    /// Whether it was sent more than once.
+    resent: bool,
     write: W,
 }
 
@@ -59,7 +63,7 @@ impl<W> Forwarded<W> {
 
     /// Records `write`, sent as request `id` to `leader`, with our current `term`.
     pub fn sent(&mut self, id: u64, leader: NodeId, term: Term, write: W, now: Instant) {
-        self.waiting.insert(id, Forward { leader, term, committed_at: None, sent: now, write });
+        self.waiting.insert(id, Forward { leader, term, committed_at: None, sent: now, resent: false, write });
     }
 
     /// The lowest id still waiting, or `next` (the id about to be used) if none: every
@@ -76,6 +80,7 @@ impl<W> Forwarded<W> {
             let stale = now.saturating_duration_since(forward.sent) >= every;
             if forward.leader == leader && forward.term == term && forward.committed_at.is_none() && stale {
                 forward.sent = now;
+                forward.resent = true;
                 due.push(id);
             }
         }
@@ -87,12 +92,26 @@ impl<W> Forwarded<W> {
         self.waiting.get(&id).map(|forward| &forward.write)
     }
 
-    /// The leader answered request `id` (its outcome, or a refusal: not proposed).
-    /// Returns the write if it was waiting and `from` is the node it was sent to; an
-    /// answer from any other node is refused with the node that was asked.
+    /// The leader answered request `id` with its outcome. Returns the write if it was
+    /// waiting and `from` is the node it was sent to; an answer from any other node is
+    /// refused with the node that was asked.
     pub fn answered(&mut self, from: NodeId, id: u64) -> Result<Option<W>, NodeId> {
         match self.waiting.get(&id) {
             Some(forward) if forward.leader != from => Err(forward.leader),
+            Some(_) => Ok(self.remove(id)),
+            None => Ok(None),
+        }
+    }
+
+    /// The leader refused request `id`: it did not propose the copy it refused. That
+    /// proves the write was never proposed only if there was one copy: a copy sent again
+    /// may be refused by a leader that took the first (and lost its leadership since).
+    /// Such a write stays, for the log or the deadline to settle. Returns the write if it
+    /// may be sent elsewhere.
+    pub fn refused(&mut self, from: NodeId, id: u64) -> Result<Option<W>, NodeId> {
+        match self.waiting.get(&id) {
+            Some(forward) if forward.leader != from => Err(forward.leader),
+            Some(forward) if forward.resent || forward.committed_at.is_some() => Ok(None),
             Some(_) => Ok(self.remove(id)),
             None => Ok(None),
         }
@@ -171,21 +190,42 @@ impl<W> Forwarded<W> {
 #[derive(Default)]
 pub struct Taken {
     term: Term,
-    by_node: HashMap<NodeId, BTreeSet<u64>>,
+    by_node: HashMap<NodeId, Requests>,
+}
+
+/// One follower's requests taken in this term.
+#[derive(Default)]
+struct Requests {
+    /// The follower has settled every request below this: the highest `settled_below` it
+    /// sent. Copies arriving late (from an older connection, say) fall below it.
+    floor: u64,
+    /// Requests at or above the floor taken so far.
+    taken: BTreeSet<u64>,
 }
 
 impl Taken {
-    /// Takes request `id` from `node` in `term`: false if it was taken already. Forgets
-    /// that node's requests below `settled_below`, which it has settled.
+    /// Takes request `id` from `node` in `term`: false if it was taken already, or the
+    /// follower has settled it. Forgets that node's requests below `settled_below`.
     pub fn take(&mut self, term: Term, node: NodeId, id: u64, settled_below: u64) -> bool {
         if term != self.term {
             // Ids taken in an earlier term can never be proposed in this one.
             self.term = term;
             self.by_node.clear();
         }
-        let ids = self.by_node.entry(node).or_default();
-        *ids = ids.split_off(&settled_below);
-        id >= settled_below && ids.insert(id)
+        let requests = self.by_node.entry(node).or_default();
+        if settled_below > requests.floor {
+            requests.floor = settled_below;
+            requests.taken = requests.taken.split_off(&settled_below);
+        }
+        id >= requests.floor && requests.taken.insert(id)
+    }
+
+    /// Gives back request `id` from `node`, refused after all (it was not proposed): a
+    /// copy sent again may be taken.
+    pub fn release(&mut self, node: NodeId, id: u64) {
+        if let Some(requests) = self.by_node.get_mut(&node) {
+            requests.taken.remove(&id);
+        }
     }
 }
 
@@ -291,11 +331,35 @@ mod tests {
         assert!(taken.take(3, 1, 7, 7));
         assert!(!taken.take(3, 1, 7, 7), "a copy of request 7");
         assert!(taken.take(3, 2, 7, 7), "another node's request 7");
-        // Settled requests are forgotten; one below the mark is never taken.
+        // Settled requests are forgotten; one below the mark is never taken, even a late
+        // copy that carries an older mark.
         assert!(taken.take(3, 1, 8, 8));
         assert!(!taken.take(3, 1, 7, 8));
-        assert_eq!(taken.by_node[&1].len(), 1);
+        assert!(!taken.take(3, 1, 7, 7), "a late copy of a settled request");
+        assert_eq!(taken.by_node[&1].taken.len(), 1);
+        // A refused request is given back: its copy may be taken.
+        taken.release(1, 8);
+        assert!(taken.take(3, 1, 8, 8));
         // A new term starts afresh: nothing taken before can be proposed in it.
         assert!(taken.take(4, 1, 8, 8));
+    }
+
+    #[test]
+    fn a_refusal_proves_nothing_once_a_copy_was_sent_again() {
+        let start = now();
+        let mut table = Forwarded::new(1);
+        table.sent(7, 0, 3, "w7", start);
+        table.sent(8, 0, 3, "w8", start);
+        table.sent(9, 0, 3, "w9", start);
+        assert_eq!(table.refused(2, 9), Err(0), "only the node asked may refuse");
+        assert_eq!(table.refused(0, 9), Ok(Some("w9")), "one copy, refused: never proposed");
+        assert_eq!(table.due(0, 3, start + Duration::from_secs(1), Duration::from_secs(1)), vec![7, 8]);
+        // The leader may have taken the first copy of 7 and refused the second.
+        assert_eq!(table.refused(0, 7), Ok(None));
+        assert!(table.committed(&[command(10, 3, Some((1, 8)))]).is_empty());
+        assert_eq!(table.refused(0, 8), Ok(None), "found committed: a refusal changes nothing");
+        // The log settles 7: a later term commits without it.
+        assert_eq!(table.committed(&[noop(11, 4)]), vec!["w7"]);
+        assert_eq!(table.applied(10), Some("w8"));
     }
 }
