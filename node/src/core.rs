@@ -165,7 +165,11 @@ impl Core {
     }
 
     fn run_loop(&mut self, events: &Receiver<Event>) -> Result<(), StorageError> {
-        let mut next_tick = Instant::now() + self.config.tick;
+        // The first tick comes after a random part of a tick. Nodes started together would
+        // otherwise tick in step, and two followers drawing the same election timeout
+        // (1 in 10 with the defaults) would then campaign at the same instant after the
+        // leader dies, and split the vote: a whole extra election timeout.
+        let mut next_tick = Instant::now() + self.config.tick.mul_f64(rand::random::<f64>());
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match events.recv_timeout(wait) {

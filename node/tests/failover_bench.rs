@@ -127,7 +127,17 @@ async fn bench_write_gap_when_the_leader_crashes() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             let (successes, round_failures) = load.stop().await;
-            gaps.push(longest_gap_after(&successes, killed));
+            let gap = longest_gap_after(&successes, killed);
+            if gap > target {
+                // Show how the election went, for whoever reads a slow round.
+                println!("slow round: {gap:?} after killing node {leader} (logs in UTC):");
+                for i in (0..size).filter(|&i| i != leader) {
+                    for line in cluster.log(i).lines().filter(|l| l.contains("term") || l.contains("peer")) {
+                        println!("  node {i}: {line}");
+                    }
+                }
+            }
+            gaps.push(gap);
             failures.extend(round_failures);
         }
         worst = worst.max(summary(&format!("{size} nodes, kill -9 of the leader, longest write gap"), &mut gaps));

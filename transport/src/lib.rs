@@ -486,6 +486,7 @@ async fn dial(addr: SocketAddr, config: &TransportConfig, peer: NodeId) -> Resul
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(|e| e.to_string())?;
     let local = config.listen.ip();
     if !local.is_unspecified() && local.is_ipv4() == addr.is_ipv4() {
+        defer_port_choice(&socket);
         socket.bind(SocketAddr::new(local, 0)).map_err(|e| format!("cannot dial from {local}: {e}"))?;
     }
     let mut stream = match tokio::time::timeout(config.beat(), socket.connect(addr)).await {
@@ -498,6 +499,31 @@ async fn dial(addr: SocketAddr, config: &TransportConfig, peer: NodeId) -> Resul
         Ok(introduced) => introduced.map(|()| stream),
         Err(_) => Err(format!("no handshake within {:?}", config.dead_after())),
     }
+}
+
+/// Binding a socket to port 0 reserves a port at once, from the same range (and, on
+/// Linux, the same half of it) that other programs bind to, so a dialer could take a port
+/// some server on the machine is about to listen on. `IP_BIND_ADDRESS_NO_PORT` fixes only
+/// the address and lets `connect` choose the port, as it does for an unbound socket.
+fn defer_port_choice(socket: &TcpSocket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket we own, with a valid pointer to an int and its size.
+        // Failing only means the port is chosen at bind, as without the option.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
 }
 
 /// Reads the keepalives an accepting peer sends; returns when the connection
