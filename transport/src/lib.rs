@@ -351,8 +351,8 @@ async fn accept<T>(mut stream: TcpStream, shared: &Inbound<T>) -> Result<(TcpStr
 }
 
 /// Reads frames from an authenticated peer until it goes away, misbehaves, or connects
-/// again (the newer connection wins). Meanwhile, sends it a keepalive every beat, so that
-/// its dialer can tell a live connection from a dead one.
+/// again (the newer connection wins). Meanwhile, sends it a keepalive every 100 ms, so
+/// that its dialer can tell a live connection from a dead one.
 async fn serve_peer<T>(stream: TcpStream, addr: SocketAddr, from: NodeId, shared: &Inbound<T>)
 where
     T: DeserializeOwned,
