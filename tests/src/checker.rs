@@ -10,6 +10,9 @@
 //! - Monotonicity: a node's commit index never moves back while it runs, and its applied
 //!   index never moves back at all, across restarts included.
 //! - Durability: what a node applied is still in its durable log when it restarts.
+//! - Durable quorum (§10.2.1): when an entry is first committed, it is on the durable
+//!   logs of a majority of the nodes, so no set of crashes can lose it. A leader may send
+//!   entries before its own write finishes, but must not count itself until it has.
 //! - Outcomes: a proposal reported committed was applied with that term; one reported
 //!   lost is never applied.
 //! - Linearizable reads: a read sees every write acknowledged before the read began.
@@ -119,6 +122,7 @@ impl Checker {
     }
 
     /// A running node reports its term and commit index; records newly committed entries.
+    /// `disks` holds every node's durable log, crashed nodes' included.
     pub fn node_state(
         &mut self,
         node: NodeId,
@@ -126,6 +130,7 @@ impl Checker {
         commit: Index,
         log: &Log,
         leaders: &[(NodeId, Term, &Log)],
+        disks: &[&[Entry]],
     ) -> Result<(), Violation> {
         let last = self.last_commit.entry(node).or_insert(0);
         if commit < *last {
@@ -150,6 +155,14 @@ impl Checker {
                     // learn commits from leaders), so its term is the term of the commit.
                     let commit_term = term;
                     self.committed.push(Committed { entry: entry.clone(), commit_term });
+                    let durable = disks.iter().filter(|disk| disk.get((index - 1) as usize) == Some(entry)).count();
+                    if durable <= disks.len() / 2 {
+                        return Err(format!(
+                            "Durable quorum: node {node} committed {index}@{} in term {term}, but only {durable} of {} nodes have it on disk",
+                            entry.term,
+                            disks.len()
+                        ));
+                    }
                     // Leader Completeness for leaders of later terms that already exist.
                     for &(leader, leader_term, leader_log) in leaders {
                         if leader_term > commit_term && leader_log.entry(index) != Some(entry) {

@@ -506,7 +506,8 @@ impl Cluster {
             .filter(|(_, r)| r.role() == Role::Leader)
             .map(|(n, r)| (n, r.status().term, r.log()))
             .collect();
-        checker.node_state(id, status.term, status.commit_index, raft.log(), &leaders)
+        let disks: Vec<&[Entry]> = nodes.values().map(|node| node.disk.entries.as_slice()).collect();
+        checker.node_state(id, status.term, status.commit_index, raft.log(), &leaders, &disks)
     }
 
     /// Log Matching over all running nodes' whole logs.
