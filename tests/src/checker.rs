@@ -16,6 +16,9 @@
 //! - Outcomes: a proposal reported committed was applied with that term; one reported
 //!   lost is never applied.
 //! - Linearizable reads: a read sees every write acknowledged before the read began.
+//! - Stale messages (Figure 2): a message from an older term changes neither the
+//!   receiver's term, role, leader or vote, nor its commit index (checked in
+//!   `Cluster::deliver`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

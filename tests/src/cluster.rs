@@ -286,8 +286,23 @@ impl Cluster {
             self.say(format!("drop {msg} (n{to} is down)"));
             return Ok(());
         };
+        let before = raft.status();
         raft.step(msg.clone());
+        let after = raft.status();
         self.say(format!("recv {msg}"));
+        // Figure 2 ("if a request's term is older, reject it"): a message from an older
+        // term may be answered, but it changes neither the receiver's term, role, leader
+        // or vote, nor its commit index.
+        let state = |s: &raft_core::Status| (s.term, s.role, s.leader, s.voted_for, s.commit_index);
+        if msg.term < before.term && state(&after) != state(&before) {
+            return Err(format!(
+                "Stale message: n{to} in term {} went from {:?} to {:?} on a message of term {}: {msg}",
+                before.term,
+                state(&before),
+                state(&after),
+                msg.term
+            ));
+        }
         self.process(to)
     }
 
