@@ -260,7 +260,10 @@ impl Cluster {
         }
         node.restarts += 1;
         let mut config = node.config.clone();
-        config.seed = config.seed.wrapping_add(node.restarts);
+        // A new seed per restart, in bits no other node's seed uses: adding the restart
+        // count gave node 1, restarted once, node 2's seed, and in a 2-node cluster two
+        // nodes with the same timeouts split every vote forever.
+        config.seed = config.seed.wrapping_add(node.restarts << 32);
         let restored = Restored {
             hard_state: node.disk.hard_state,
             entries: node.disk.entries.clone(),
