@@ -134,3 +134,113 @@ fn the_same_inputs_give_the_same_outputs() {
     };
     assert_eq!(run(), run());
 }
+
+fn append(from: u64, term: u64, prev: (u64, u64), entries: Vec<Entry>, commit: u64) -> Message {
+    Message { from, to: 1, term, kind: MessageKind::Append { prev_index: prev.0, prev_term: prev.1, entries, commit } }
+}
+
+fn noop(index: u64, term: u64) -> Entry {
+    Entry { index, term, payload: Payload::Noop }
+}
+
+/// Carries out step 2 of `ready` on `disk`, as a driver must.
+fn persist(disk: &mut Vec<Entry>, ready: &Ready) {
+    if let Some(from) = ready.truncate_from {
+        disk.truncate(from as usize - 1);
+    }
+    disk.extend(ready.entries.iter().cloned());
+}
+
+#[test]
+fn several_truncations_in_one_ready_truncate_from_the_lowest_and_keep_only_live_entries() {
+    // Node 1 of {1, 2, 3} holds 1..=4 of term 1, durably.
+    let mut disk: Vec<Entry> = (1..=4).map(|i| noop(i, 1)).collect();
+    let restored = Restored { hard_state: HardState { term: 1, voted_for: None }, entries: disk.clone(), applied: 0 };
+    let mut node = Node::new(Config::new(1, vec![1, 2, 3]), restored).expect("valid");
+    // Two leaders overwrite it before the driver takes a ready: term 2 from index 4,
+    // then term 3 from index 2.
+    node.step(append(2, 2, (3, 1), vec![noop(4, 2)], 0));
+    node.step(append(3, 3, (1, 1), vec![noop(2, 3)], 0));
+    let ready = node.ready();
+    assert_eq!(ready.truncate_from, Some(2), "one truncation, from the lowest index");
+    assert_eq!(ready.entries, vec![noop(2, 3)], "4@2 was itself overwritten: it must not be written");
+    persist(&mut disk, &ready);
+    node.advance(&ready);
+    let log: Vec<Entry> = (1..=node.log().last_index()).filter_map(|i| node.log().entry(i).cloned()).collect();
+    assert_eq!(disk, log, "the durable log is exactly the node's log");
+}
+
+#[test]
+fn after_a_truncation_a_leader_counts_itself_only_for_what_is_durable_again() {
+    // Node 1 of {1, 2, 3} holds 1..=3 of term 1, durably, and follows term 2's leader,
+    // which overwrites 2 and 3. That write is still in flight when node 1 is elected
+    // for term 3 and appends its no-op 3@3.
+    let restored = Restored {
+        hard_state: HardState { term: 1, voted_for: None },
+        entries: (1..=3).map(|i| noop(i, 1)).collect(),
+        applied: 0,
+    };
+    let mut config = Config::new(1, vec![1, 2, 3]);
+    config.pre_vote = false;
+    let mut node = Node::new(config, restored).expect("valid");
+    node.step(append(2, 2, (1, 1), vec![noop(2, 2)], 0));
+    let overwrite = node.ready(); // not yet durable
+    node.campaign();
+    let vote = node.ready();
+    node.step(Message { from: 3, to: 1, term: 3, kind: MessageKind::VoteResp { granted: true } });
+    assert_eq!(node.role(), Role::Leader);
+    let noop_ready = node.ready();
+    assert_eq!(noop_ready.entries, vec![noop(3, 3)]);
+    // Node 3 acknowledges 3@3. Node 1's own copy of 2@2 and 3@3 is not durable: with
+    // one of three acknowledgements, nothing new may commit.
+    node.step(Message {
+        from: 3,
+        to: 1,
+        term: 3,
+        kind: MessageKind::AppendResp(raft_core::AppendResult::Accepted { match_index: 3 }),
+    });
+    assert_eq!(node.status().commit_index, 0, "committed 3@3 while only node 3 held it durably");
+    // The writes finish, in order; now node 1 counts itself, and 3@3 commits.
+    node.advance(&overwrite);
+    node.advance(&vote);
+    assert_eq!(node.status().commit_index, 0, "2@2 alone is not of the leader's term");
+    node.advance(&noop_ready);
+    assert_eq!(node.status().commit_index, 3);
+}
+
+#[test]
+fn advancing_a_ready_whose_entries_were_since_overwritten_makes_nothing_durable() {
+    // Leader 1 of term 1 appends 2@1 and 3@1 (its write in flight), then term 2's
+    // leader overwrites index 2. Finishing the old write must not count 3 as durable.
+    let mut config = Config::new(1, vec![1, 2, 3]);
+    config.pre_vote = false;
+    let mut node = Node::new(config, Restored::default()).expect("valid");
+    node.campaign();
+    drive(&mut node);
+    node.step(Message { from: 2, to: 1, term: 1, kind: MessageKind::VoteResp { granted: true } });
+    drive(&mut node); // no-op 1@1, durable
+    node.propose(b"x".to_vec()).expect("leader");
+    node.propose(b"y".to_vec()).expect("leader");
+    let stale = node.ready(); // 2@1 and 3@1, in flight
+    node.step(append(2, 2, (1, 1), vec![noop(2, 2)], 0));
+    let overwrite = node.ready();
+    node.advance(&stale);
+    // Node 1 becomes leader of term 3 (vote from 3) before the overwrite is durable.
+    node.advance(&Ready::default());
+    node.campaign();
+    let vote = node.ready();
+    node.step(Message { from: 3, to: 1, term: 3, kind: MessageKind::VoteResp { granted: true } });
+    let noop_ready = node.ready();
+    node.step(Message {
+        from: 3,
+        to: 1,
+        term: 3,
+        kind: MessageKind::AppendResp(raft_core::AppendResult::Accepted { match_index: 3 }),
+    });
+    // 1@1 was never acknowledged by anyone else, so nothing is committed yet either.
+    assert_eq!(node.status().commit_index, 0, "3@3 committed before node 1's own copy was durable");
+    node.advance(&overwrite);
+    node.advance(&vote);
+    node.advance(&noop_ready);
+    assert_eq!(node.status().commit_index, 3);
+}

@@ -106,6 +106,12 @@ impl Checker {
         Ok(())
     }
 
+    /// Forgets placed entries that no log, disk or message holds any more: a crash erased
+    /// them before anyone saw them, so their (index, term) may be used again.
+    pub fn forget_unless_held(&mut self, held: &HashSet<(Index, Term)>) {
+        self.placed.retain(|key, _| held.contains(key));
+    }
+
     /// Log Matching over whole logs: any two logs that share an entry are identical up to it.
     pub fn logs_match(&self, logs: &[(NodeId, &Log)]) -> Result<(), Violation> {
         for (i, (a, log_a)) in logs.iter().enumerate() {

@@ -6,15 +6,16 @@
 //! naming the violated property, and narrates what happened as lines of text: the golden
 //! scenarios print them, the simulator keeps the last few hundred as a trace.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use raft_core::{
-    Config, Entry, HardState, Index, Message, Node, NodeId, Payload, ProposalOutcome, ProposeError, ReadId, Ready,
-    Restored, Role, Term,
+    AppendResult, Config, Entry, HardState, Index, Message, MessageKind, Node, NodeId, Payload, ProposalOutcome,
+    ProposeError, ReadId, Ready, Restored, Role, Term,
 };
 
 use crate::checker::{Checker, Violation};
 use crate::rng::SimRng;
+use crate::watch::Watch;
 
 /// What survives a crash: the durable Raft state and the state machine (which the real
 /// driver keeps in SQLite, with its applied index).
@@ -65,6 +66,32 @@ pub struct Faults {
     pub slow_disk: f64,
     /// The longest disk write.
     pub max_disk_delay: u64,
+    /// Keep each link's messages in the order sent, as TCP does (the transport's case).
+    pub in_order: bool,
+}
+
+/// What was put on the wire while [`Cluster::counting`] was on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Messages sent.
+    pub messages: u64,
+    /// Their size as JSON, as the transport sends them.
+    pub bytes: u64,
+    /// Appends that carried entries.
+    pub appends: u64,
+    /// Entries carried, counting every copy.
+    pub entries: u64,
+}
+
+/// How far a node got through carrying out a ready when it crashed (see [`Cluster::crash_during_ready`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Partial {
+    /// Step 2 finished: the ready's state is durable.
+    pub persisted: bool,
+    /// Step 3: how many of the persisted messages left.
+    pub sent: usize,
+    /// Step 4: how many committed entries were applied.
+    pub applied: usize,
 }
 
 /// A cluster of simulated nodes plus everything the driver and clients keep.
@@ -95,6 +122,16 @@ pub struct Cluster {
     pub acked_writes: u64,
     /// How many linearizable reads were served.
     pub served_reads: u64,
+    /// While true, `traffic` counts what is sent.
+    pub counting: bool,
+    /// Messages sent while counting.
+    pub traffic: Traffic,
+    /// With `Faults::in_order`: the latest due time on each link.
+    link_due: BTreeMap<(NodeId, NodeId), u64>,
+    /// Each running node's timers and claims, watched from outside.
+    watches: BTreeMap<NodeId, Watch>,
+    /// Vote requests and answers produced by the input being handled, for the watch.
+    produced: Vec<Message>,
     next_read: ReadId,
     rng: SimRng,
 }
@@ -128,6 +165,11 @@ impl Cluster {
             reads: BTreeMap::new(),
             acked_writes: 0,
             served_reads: 0,
+            counting: false,
+            traffic: Traffic::default(),
+            link_due: BTreeMap::new(),
+            watches: BTreeMap::new(),
+            produced: Vec::new(),
             next_read: 1,
             rng: SimRng::new(seed),
         }
@@ -181,14 +223,23 @@ impl Cluster {
     /// Ticks node `id` once.
     pub fn tick(&mut self, id: NodeId) -> Result<(), Violation> {
         let Some(raft) = self.raft_mut(id) else { return Ok(()) };
+        let before = raft.status();
         raft.tick();
-        self.process(id)
+        self.produced.clear();
+        self.process(id)?;
+        let Cluster { nodes, watches, produced, .. } = self;
+        let Some(node) = nodes.get(&id) else { return Ok(()) };
+        let Some(raft) = node.raft.as_ref() else { return Ok(()) };
+        watches.entry(id).or_default().ticked(&node.config, &before, &raft.status(), produced)
     }
 
     /// Makes node `id` start an election now.
     pub fn campaign(&mut self, id: NodeId) -> Result<(), Violation> {
         let Some(raft) = self.raft_mut(id) else { return Ok(()) };
+        let before = raft.status();
         raft.campaign();
+        let after = raft.status();
+        self.watches.entry(id).or_default().changed(&before, &after);
         self.process(id)
     }
 
@@ -250,6 +301,44 @@ impl Cluster {
         self.proposals.retain(|&(n, _, _)| n != id);
         self.reads.retain(|&(n, _), _| n != id);
         self.say(format!("n{id} CRASH"));
+        // Entries that lived only in this node's memory are gone as if never written: no
+        // one saw them, so the same (index, term) may later hold another entry. This
+        // happens to a lone node, which leads before its new term is durable (it needs no
+        // votes) and, if that write is lost, leads the same term again after restarting.
+        let held = self.held_entries();
+        self.checker.forget_unless_held(&held);
+    }
+
+    /// Crashes node `id` part-way through carrying out its oldest ready whose disk write
+    /// is in flight: the moments Figure 2's "persistent state" and §10.2.1 are about.
+    pub fn crash_during_ready(&mut self, id: NodeId, partial: Partial) -> Result<(), Violation> {
+        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        if node.raft.is_some() {
+            if let Some((_, ready)) = node.writing.pop_front() {
+                self.say(format!("n{id} crashes while carrying out a ready: {partial:?}"));
+                self.carry_out(id, ready, Some(partial))?;
+            }
+        }
+        self.crash(id);
+        Ok(())
+    }
+
+    /// Every (index, term) that some running log, some disk or some message in flight holds.
+    fn held_entries(&self) -> HashSet<(Index, Term)> {
+        let mut held = HashSet::new();
+        for node in self.nodes.values() {
+            held.extend(node.disk.entries.iter().map(|e| (e.index, e.term)));
+            if let Some(raft) = &node.raft {
+                let log = raft.log();
+                held.extend((1..=log.last_index()).filter_map(|i| log.term_at(i).map(|t| (i, t))));
+            }
+        }
+        for m in &self.network {
+            if let MessageKind::Append { entries, .. } = &m.msg.kind {
+                held.extend(entries.iter().map(|e| (e.index, e.term)));
+            }
+        }
+        held
     }
 
     /// Restarts node `id` from its durable state.
@@ -273,7 +362,9 @@ impl Cluster {
         let applied = node.disk.applied.len() as Index;
         self.checker.restarted(id, applied, raft.log())?;
         let hs = node.disk.hard_state;
+        let durable = node.disk.entries.len() as Index;
         node.raft = Some(raft);
+        self.watches.entry(id).or_default().restarted(durable);
         self.say(format!("n{id} RESTART term={} vote={} applied={applied}", hs.term, fmt_vote(hs.voted_for)));
         Ok(())
     }
@@ -306,7 +397,12 @@ impl Cluster {
                 msg.term
             ));
         }
-        self.process(to)
+        self.produced.clear();
+        self.process(to)?;
+        let Cluster { nodes, watches, produced, .. } = self;
+        let Some(node) = nodes.get(&to) else { return Ok(()) };
+        let Some(raft) = node.raft.as_ref() else { return Ok(()) };
+        watches.entry(to).or_default().delivered(&node.config, &msg, &before, &after, raft.log(), produced)
     }
 
     /// Delivers every message due by now, in random order among themselves.
@@ -315,7 +411,7 @@ impl Cluster {
         let (mut due, later): (Vec<InFlight>, Vec<InFlight>) = self.network.drain(..).partition(|m| m.due <= now);
         self.network = later;
         // Shuffle (Fisher-Yates) so equal delays still reorder.
-        for i in (1..due.len()).rev() {
+        for i in (1..due.len()).rev().filter(|_| !self.faults.in_order) {
             let j = self.rng.range(0, i as u64 + 1) as usize;
             due.swap(i, j);
         }
@@ -397,6 +493,16 @@ impl Cluster {
             let log = self.raft(id).ok_or("node vanished")?.log().clone();
             self.checker.entries_placed(id, &log, &ready.entries)?;
         }
+        let votes = |m: &&Message| {
+            matches!(
+                m.kind,
+                MessageKind::PreVote { .. }
+                    | MessageKind::Vote { .. }
+                    | MessageKind::PreVoteResp { .. }
+                    | MessageKind::VoteResp { .. }
+            )
+        };
+        self.produced.extend(ready.messages.iter().chain(&ready.persisted_messages).filter(votes).cloned());
         for msg in &ready.messages {
             self.send(msg.clone());
         }
@@ -416,11 +522,15 @@ impl Cluster {
                 return Ok(());
             }
             let Some((_, ready)) = node.writing.pop_front() else { return Ok(()) };
-            self.finish_ready(id, ready)?;
+            self.carry_out(id, ready, None)?;
         }
     }
 
-    fn finish_ready(&mut self, id: NodeId, ready: Ready) -> Result<(), Violation> {
+    /// Ready steps 2 to 6, all of them, or with `partial` only as far as a crash allows.
+    fn carry_out(&mut self, id: NodeId, ready: Ready, partial: Option<Partial>) -> Result<(), Violation> {
+        if partial.is_some_and(|p| !p.persisted) {
+            return Ok(());
+        }
         let node = self.nodes.get_mut(&id).ok_or("unknown node")?;
         // Step 2: make it durable.
         let mut durable = Vec::new();
@@ -440,16 +550,22 @@ impl Cluster {
             self.say(format!("n{id} persist {}", durable.join(", ")));
         }
         // Step 3: messages that speak for durable state.
-        for msg in &ready.persisted_messages {
+        let sent = partial.map_or(usize::MAX, |p| p.sent);
+        for msg in ready.persisted_messages.iter().take(sent) {
+            self.check_promise(id, msg)?;
             self.send(msg.clone());
         }
         // Step 4: apply.
-        for entry in &ready.committed {
+        let applied = partial.map_or(usize::MAX, |p| p.applied);
+        for entry in ready.committed.iter().take(applied) {
             let node = self.nodes.get_mut(&id).ok_or("unknown node")?;
             let applied = node.disk.applied.len() as Index;
             node.disk.applied.push(entry.clone());
             self.checker.applied(id, applied, entry)?;
             self.say(format!("n{id} apply {}", fmt_entry(entry)));
+        }
+        if partial.is_some() {
+            return Ok(());
         }
         // Step 5: answer clients.
         for outcome in &ready.proposals {
@@ -492,8 +608,62 @@ impl Cluster {
         Ok(())
     }
 
+    /// A vote or an acknowledgement promises something about durable state (Figure 2,
+    /// "Persistent state"; §10.2.1): check the promise holds as it leaves.
+    fn check_promise(&self, id: NodeId, msg: &Message) -> Result<(), Violation> {
+        let disk = &self.nodes.get(&id).ok_or("unknown node")?.disk;
+        match &msg.kind {
+            MessageKind::VoteResp { granted: true } => {
+                let promised = HardState { term: msg.term, voted_for: Some(msg.to) };
+                if disk.hard_state != promised {
+                    return Err(format!(
+                        "Durable vote (Figure 2): n{id} grants n{} its vote in term {}, but its durable state is term {} vote {}",
+                        msg.to,
+                        msg.term,
+                        disk.hard_state.term,
+                        fmt_vote(disk.hard_state.voted_for)
+                    ));
+                }
+            }
+            MessageKind::AppendResp(AppendResult::Accepted { match_index }) if *match_index > 0 => {
+                let Some(durable) = disk.entries.get((*match_index - 1) as usize) else {
+                    return Err(format!(
+                        "Durable acknowledgement (§10.2.1): n{id} tells n{} it holds up to {match_index}, but its durable log ends at {}",
+                        msg.to,
+                        disk.entries.len()
+                    ));
+                };
+                // The acknowledged entry must be the leader's own, if that leader still leads.
+                if let Some(leader) =
+                    self.raft(msg.to).filter(|r| r.role() == Role::Leader && r.status().term == msg.term)
+                {
+                    if leader.log().entry(*match_index) != Some(durable) {
+                        return Err(format!(
+                            "Acknowledgement: n{id} tells n{} it holds up to {match_index}, but its entry there is {}, the leader's {:?}",
+                            msg.to,
+                            fmt_entry(durable),
+                            leader.log().entry(*match_index).map(fmt_entry)
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Puts a message on the wire, subject to partitions and faults.
     fn send(&mut self, msg: Message) {
+        if self.counting {
+            self.traffic.messages += 1;
+            self.traffic.bytes += serde_json::to_vec(&msg).map_or(0, |v| v.len() as u64);
+            if let MessageKind::Append { entries, .. } = &msg.kind {
+                if !entries.is_empty() {
+                    self.traffic.appends += 1;
+                    self.traffic.entries += entries.len() as u64;
+                }
+            }
+        }
         if self.narrate_sends {
             self.say(format!("send {msg}"));
         }
@@ -507,7 +677,12 @@ impl Cluster {
         }
         let copies = if self.rng.chance(self.faults.duplicate) { 2 } else { 1 };
         for _ in 0..copies {
-            let due = self.now + self.rng.range(0, self.faults.max_delay + 1);
+            let mut due = self.now + self.rng.range(0, self.faults.max_delay + 1);
+            if self.faults.in_order {
+                let last = self.link_due.entry((msg.from, msg.to)).or_insert(0);
+                due = due.max(*last);
+                *last = due;
+            }
             self.network.push(InFlight { due, msg: msg.clone() });
         }
     }

@@ -9,3 +9,4 @@ pub mod checker;
 pub mod cluster;
 pub mod rng;
 pub mod sim;
+pub mod watch;

@@ -4,6 +4,7 @@
 # unless the bug names another with "test:"), and expects it to fail. Prints, per bug,
 # the first failing seed and the property that caught it.
 # Usage: tests/teeth/run.sh [seeds per bug, default 2000] [only bugs whose name contains this]
+# TEETH_LIST=<file> reads the bugs from another file in the same format.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 seeds=${1:-2000}
@@ -12,7 +13,7 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/teeth}
 status=0
-python3 - "$root/tests/teeth/mutations.txt" > "$scratch/list" <<'PY'
+python3 - "${TEETH_LIST:-$root/tests/teeth/mutations.txt}" > "$scratch/list" <<'PY'
 import sys
 blocks, cur = [], {}
 for line in open(sys.argv[1]):

@@ -16,6 +16,12 @@
 //! - `partition N...`: cut the named nodes off from the others; `heal` removes all cuts
 //! - `crash N`, `restart N`
 //! - `status`, `log [N...]`: show node state and logs
+//! - `check N [role=R] [term=T] [leader=L] [vote=V] [commit=C] [applied=A] [last=I]
+//!   [log=1@1,2@1,...]`: fail unless node N is in exactly that state (`leader` and `vote`
+//!   take a node or `none`; `role=down` for a crashed node). Without a node, it checks
+//!   the clients' side: `acked=W` writes acknowledged, `served=R` linearizable reads
+//!   served, `pending=P` reads still waiting. Every script ends with checks of what it
+//!   shows, so regenerating a transcript cannot hide a broken rule.
 
 use std::error::Error;
 use std::fmt::Write as _;
@@ -169,11 +175,80 @@ impl goldenscript::Runner for Runner {
                     writeln!(out, "n{id}: [{}]", entries.join(", "))?;
                 }
             }
+            "check" => check(cluster, command)?,
             other => return Err(format!("unknown command {other}").into()),
         }
         cluster.check_logs()?;
         Ok(cluster.take_events() + &out)
     }
+}
+
+/// The `check` command: compares a node's state with what the script says it must be.
+fn check(cluster: &Cluster, command: &Command) -> Result<(), Box<dyn Error>> {
+    if nodes(command)?.is_empty() {
+        return check_clients(cluster, command);
+    }
+    let id = one_node(command)?;
+    let show = |node: Option<NodeId>| node.map_or("none".to_string(), |n| n.to_string());
+    let actual = |name: &str| -> Result<String, Box<dyn Error>> {
+        let Some(raft) = cluster.raft(id) else {
+            return if name == "role" { Ok("down".into()) } else { Err(format!("n{id} is down").into()) };
+        };
+        let s = raft.status();
+        Ok(match name {
+            "role" => s.role.to_string(),
+            "term" => s.term.to_string(),
+            "leader" => show(s.leader),
+            "vote" => show(s.voted_for),
+            "commit" => s.commit_index.to_string(),
+            "applied" => s.applied_index.to_string(),
+            "last" => s.last_index.to_string(),
+            "log" => {
+                let log = raft.log();
+                let entries: Vec<String> = (1..=log.last_index())
+                    .filter_map(|i| log.entry(i))
+                    .map(|e| format!("{}@{}", e.index, e.term))
+                    .collect();
+                entries.join(",")
+            }
+            other => return Err(format!("check: unknown field {other}").into()),
+        })
+    };
+    let mut wrong = Vec::new();
+    for arg in &command.args {
+        if let Argument::KeyValue(name, expected) = arg {
+            let actual = actual(name)?;
+            if actual != *expected {
+                wrong.push(format!("{name} is {actual}, expected {expected}"));
+            }
+        }
+    }
+    if !wrong.is_empty() {
+        return Err(format!("check n{id}: {}", wrong.join("; ")).into());
+    }
+    Ok(())
+}
+
+/// The `check` command without a node: what clients were told.
+fn check_clients(cluster: &Cluster, command: &Command) -> Result<(), Box<dyn Error>> {
+    let mut wrong = Vec::new();
+    for arg in &command.args {
+        if let Argument::KeyValue(name, expected) = arg {
+            let actual = match name.as_str() {
+                "acked" => cluster.acked_writes,
+                "served" => cluster.served_reads,
+                "pending" => cluster.reads.len() as u64,
+                other => return Err(format!("check: unknown field {other}").into()),
+            };
+            if actual.to_string() != *expected {
+                wrong.push(format!("{name} is {actual}, expected {expected}"));
+            }
+        }
+    }
+    if !wrong.is_empty() {
+        return Err(format!("check: {}", wrong.join("; ")).into());
+    }
+    Ok(())
 }
 
 #[test]

@@ -43,6 +43,33 @@ fn run_seeds(seeds: Vec<u64>) -> (Vec<String>, Vec<Report>) {
     (failures.into_inner().unwrap_or_else(|e| e.into_inner()), reports.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
+/// Over many runs, elections after healing are quick: half within `MEDIAN` ticks (one
+/// longest election timeout) and 99% within `P99`. Measured at 5000 seeds: 2194 runs
+/// needed an election; median 11 ticks, 99th percentile 57, longest 158. A bug that makes split
+/// votes common, or keeps a candidate from stepping down, moves these long before any
+/// single run hits its hard bound.
+fn elections_settle_quickly_on_the_whole(reports: &[Report]) {
+    const MEDIAN: u64 = 20;
+    const P99: u64 = 80;
+    // Only runs that needed an election (in the others the leader survived the chaos).
+    let mut ticks: Vec<u64> = reports.iter().filter(|r| r.election_terms > 0).map(|r| r.election_ticks).collect();
+    if ticks.len() < 200 {
+        return; // too few elections for percentiles to mean much
+    }
+    ticks.sort_unstable();
+    let at = |q: f64| ticks[((ticks.len() - 1) as f64 * q) as usize];
+    let (median, p99) = (at(0.5), at(0.99));
+    println!(
+        "{} elections after healing: median {median} ticks, 99th percentile {p99}, longest {}",
+        ticks.len(),
+        at(1.0)
+    );
+    assert!(
+        median <= MEDIAN && p99 <= P99,
+        "Liveness: elections after healing took {median} ticks (median) and {p99} (99th percentile); bounds {MEDIAN} and {P99}"
+    );
+}
+
 #[test]
 fn simulated_clusters_stay_safe_under_faults_and_recover_once_healed() {
     let seeds: Vec<u64> = match env_u64("LIGHTRAFT_SEED") {
@@ -62,9 +89,27 @@ fn simulated_clusters_stay_safe_under_faults_and_recover_once_healed() {
     let reads: u64 = reports.iter().map(|r| r.served_reads).sum();
     let slowest_heal = reports.iter().map(|r| r.heal_ticks).max().unwrap_or(0);
     let committed: usize = reports.iter().map(|r| r.committed).sum();
+    let max = |f: &dyn Fn(&Report) -> u64| reports.iter().map(f).max().unwrap_or(0);
     println!(
         "{} seeds: {committed} entries committed, {acked} writes acknowledged, {reads} linearizable reads served, slowest recovery {slowest_heal} ticks",
         seeds.len()
     );
+    println!(
+        "after healing: a leader within {} ticks and {} terms at most; highest term {}; one write: at most {} ticks, {} messages, {} bytes",
+        max(&|r| r.election_ticks),
+        max(&|r| r.election_terms),
+        max(&|r| r.max_term),
+        max(&|r| r.agreement.ticks),
+        max(&|r| r.agreement.messages),
+        max(&|r| r.agreement.bytes),
+    );
+    elections_settle_quickly_on_the_whole(&reports);
+    if std::env::var("LIGHTRAFT_SIM_SLOWEST").is_ok() {
+        let mut by_election: Vec<&Report> = reports.iter().collect();
+        by_election.sort_by_key(|r| std::cmp::Reverse((r.election_ticks, r.election_terms)));
+        for r in by_election.iter().take(20) {
+            println!("election {} ticks {} terms: {:?}", r.election_ticks, r.election_terms, r.params);
+        }
+    }
     assert!(acked > 0 && reads > 0, "the simulation acknowledged no writes or served no reads");
 }
