@@ -68,6 +68,9 @@ pub struct Faults {
     pub max_disk_delay: u64,
     /// Keep each link's messages in the order sent, as TCP does (the transport's case).
     pub in_order: bool,
+    /// Probability that a node handles all its messages due at once before taking one
+    /// ready (so one ready may carry several truncations, votes and acknowledgements).
+    pub batch: f64,
 }
 
 /// What was put on the wire while [`Cluster::counting`] was on.
@@ -371,41 +374,60 @@ impl Cluster {
 
     /// Delivers one message.
     pub fn deliver(&mut self, msg: Message) -> Result<(), Violation> {
-        let to = msg.to;
-        if self.blocked.contains(&(msg.from, msg.to)) {
-            self.say(format!("drop {msg} (partitioned)"));
-            return Ok(());
+        self.deliver_batch(msg.to, vec![msg])
+    }
+
+    /// Delivers messages to node `to` one after another, then lets its driver take one
+    /// ready for all of them, as a real driver does when several arrive at once.
+    pub fn deliver_batch(&mut self, to: NodeId, batch: Vec<Message>) -> Result<(), Violation> {
+        let mut stepped = Vec::with_capacity(batch.len());
+        for msg in batch {
+            if self.blocked.contains(&(msg.from, msg.to)) {
+                self.say(format!("drop {msg} (partitioned)"));
+                continue;
+            }
+            let Cluster { nodes, watches, .. } = &mut *self;
+            let Some(node) = nodes.get_mut(&to) else { continue };
+            let Some(raft) = node.raft.as_mut() else {
+                self.say(format!("drop {msg} (n{to} is down)"));
+                continue;
+            };
+            let before = raft.status();
+            raft.step(msg.clone());
+            let after = raft.status();
+            // Figure 2 ("if a request's term is older, reject it"): a message from an older
+            // term may be answered, but it changes neither the receiver's term, role, leader
+            // or vote, nor its commit index.
+            let state = |s: &raft_core::Status| (s.term, s.role, s.leader, s.voted_for, s.commit_index);
+            if msg.term < before.term && state(&after) != state(&before) {
+                return Err(format!(
+                    "Stale message: n{to} in term {} went from {:?} to {:?} on a message of term {}: {msg}",
+                    before.term,
+                    state(&before),
+                    state(&after),
+                    msg.term
+                ));
+            }
+            let in_lease = watches.entry(to).or_default().stepped(&node.config, &msg, &before, &after, raft.log())?;
+            self.say(format!("recv {msg}"));
+            stepped.push((msg, before, after, in_lease));
         }
-        let Some(raft) = self.raft_mut(to) else {
-            self.say(format!("drop {msg} (n{to} is down)"));
+        if stepped.is_empty() {
             return Ok(());
-        };
-        let before = raft.status();
-        raft.step(msg.clone());
-        let after = raft.status();
-        self.say(format!("recv {msg}"));
-        // Figure 2 ("if a request's term is older, reject it"): a message from an older
-        // term may be answered, but it changes neither the receiver's term, role, leader
-        // or vote, nor its commit index.
-        let state = |s: &raft_core::Status| (s.term, s.role, s.leader, s.voted_for, s.commit_index);
-        if msg.term < before.term && state(&after) != state(&before) {
-            return Err(format!(
-                "Stale message: n{to} in term {} went from {:?} to {:?} on a message of term {}: {msg}",
-                before.term,
-                state(&before),
-                state(&after),
-                msg.term
-            ));
         }
         self.produced.clear();
         self.process(to)?;
         let Cluster { nodes, watches, produced, .. } = self;
         let Some(node) = nodes.get(&to) else { return Ok(()) };
-        let Some(raft) = node.raft.as_ref() else { return Ok(()) };
-        watches.entry(to).or_default().delivered(&node.config, &msg, &before, &after, raft.log(), produced)
+        let watch = watches.entry(to).or_default();
+        for (msg, before, after, in_lease) in &stepped {
+            watch.answered(&node.config, msg, before, after, *in_lease, produced)?;
+        }
+        Ok(())
     }
 
-    /// Delivers every message due by now, in random order among themselves.
+    /// Delivers every message due by now, in random order among themselves. With
+    /// `Faults::batch`, a node sometimes takes all its due messages before one ready.
     pub fn deliver_due(&mut self) -> Result<(), Violation> {
         let now = self.now;
         let (mut due, later): (Vec<InFlight>, Vec<InFlight>) = self.network.drain(..).partition(|m| m.due <= now);
@@ -415,8 +437,16 @@ impl Cluster {
             let j = self.rng.range(0, i as u64 + 1) as usize;
             due.swap(i, j);
         }
-        for m in due {
-            self.deliver(m.msg)?;
+        let mut due: VecDeque<Message> = due.into_iter().map(|m| m.msg).collect();
+        while let Some(first) = due.pop_front() {
+            let to = first.to;
+            let mut batch = vec![first];
+            if self.faults.batch > 0.0 && self.rng.chance(self.faults.batch) {
+                let (same, rest): (VecDeque<Message>, VecDeque<Message>) = due.drain(..).partition(|m| m.to == to);
+                batch.extend(same);
+                due = rest;
+            }
+            self.deliver_batch(to, batch)?;
         }
         Ok(())
     }
@@ -504,6 +534,8 @@ impl Cluster {
         };
         self.produced.extend(ready.messages.iter().chain(&ready.persisted_messages).filter(votes).cloned());
         for msg in &ready.messages {
+            // Step 1 is before the disk write: nothing sent now may promise durability.
+            self.check_promise(id, msg)?;
             self.send(msg.clone());
         }
         let delay =

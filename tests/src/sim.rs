@@ -1,16 +1,24 @@
 //! The randomized simulator: a cluster under a seeded storm of faults, checked after every
-//! step, then healed and checked for liveness.
+//! step, then healed and checked for liveness, then measured.
 //!
-//! One run has two phases:
-//! 1. Chaos, for `chaos_ticks`: messages are delayed, reordered, lost and duplicated;
-//!    partitions (symmetric, one-way, isolating the leader) come and go; nodes crash and
-//!    restart with only their durable state; disk writes are slow; clients propose writes,
-//!    ask for linearizable reads and occasionally ask for a leadership transfer.
+//! One run has three phases:
+//! 1. Chaos, for `chaos_ticks`: 1 to 7 nodes; messages are delayed, reordered, lost and
+//!    duplicated; partitions (symmetric, one-way, isolating the leader) come and go, for
+//!    hundreds of ticks in one seed in eight; any node crashes, also part-way through
+//!    carrying out a ready, and restarts with only its durable state; disk writes are
+//!    slow; clients propose writes, ask for linearizable reads and occasionally ask for a
+//!    leadership transfer.
 //! 2. Heal: every fault stops and every node runs; clients write now and then. Within
-//!    [`LIVENESS_TICKS`] ticks a leader must be known to every node and every pending
-//!    request must be resolved.
+//!    [`ELECTION_BOUND_TICKS`] every node knows one leader, and within [`LIVENESS_TICKS`]
+//!    every pending request is resolved.
+//! 3. Measure, with delays under a tick and each link in order: an idle cluster keeps
+//!    its leader and term for [`IDLE_TICKS`] and sends only heartbeats; one write reaches
+//!    every follower once, within [`AGREEMENT_BOUND_TICKS`] and a bounded number of
+//!    messages and bytes.
 //!
-//! Everything derives from the seed, so `LIGHTRAFT_SEED=<seed>` replays a run exactly.
+//! The checker (safety) and the watch (timers, leases, what a node may claim) run after
+//! every step of every phase. Everything derives from the seed, so
+//! `LIGHTRAFT_SEED=<seed>` replays a run exactly.
 
 use std::fmt;
 
@@ -91,6 +99,7 @@ impl Params {
                 slow_disk: rng.range(0, 30) as f64 / 100.0,
                 max_disk_delay: rng.range(1, 2 * UNITS_PER_TICK),
                 in_order: false,
+                batch: if rng.chance(0.5) { rng.range(10, 60) as f64 / 100.0 } else { 0.0 },
             },
             chaos_ticks: rng.range(500, 1500),
             propose_rate: rng.range(2, 20) as f64 / 100.0,

@@ -131,39 +131,18 @@ impl Watch {
         Ok(())
     }
 
-    /// The node handled `msg`, going from `before` to `after` with log `log`, and sent `sent`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn delivered(
+    /// The node just stepped `msg`, going from `before` to `after`, and its log is now
+    /// `log`. Returns whether the lease held when the message arrived, for [`Watch::answered`].
+    pub fn stepped(
         &mut self,
         config: &Config,
         msg: &Message,
         before: &Status,
         after: &Status,
         log: &Log,
-        sent: &[Message],
-    ) -> Result<(), Violation> {
+    ) -> Result<bool, Violation> {
         let id = after.id;
-        let granted = |m: &Message| {
-            m.to == msg.from
-                && matches!(
-                    m.kind,
-                    MessageKind::PreVoteResp { granted: true } | MessageKind::VoteResp { granted: true }
-                )
-        };
-        // Lease: vote requests for a later term, other than a transfer's, are refused
-        // while a leader is heard from.
-        let asks_vote = matches!(msg.kind, MessageKind::PreVote { .. } | MessageKind::Vote { transfer: false, .. });
-        let in_lease = asks_vote && msg.term > before.term && self.in_lease(config, before);
-        if in_lease && (sent.iter().any(granted) || after.term != before.term) {
-            return Err(format!(
-                "Lease (§4.2.3): n{id} heard from leader {:?} {} ticks ago (the timeout is {}), yet on {msg} it granted or moved from term {} to {}",
-                before.leader,
-                self.quiet(),
-                config.election_ticks,
-                before.term,
-                after.term
-            ));
-        }
+        let in_lease = self.in_lease(config, before);
         if matches!(msg.kind, MessageKind::Vote { transfer: true, .. })
             && msg.term > before.term
             && after.term != msg.term
@@ -194,18 +173,54 @@ impl Watch {
         }
 
         // The election timer restarts on a leader's append or heartbeat of the current
-        // term, and on granting a vote (Figure 2, "Rules for Servers", Followers).
+        // term (Figure 2, "Rules for Servers", Followers), and on any change of role,
+        // term or leader.
         let from_leader = matches!(msg.kind, MessageKind::Append { .. } | MessageKind::Heartbeat { .. })
             && msg.term >= before.term
             && after.role != Role::Leader;
-        let vote_granted = matches!(msg.kind, MessageKind::Vote { .. })
-            && sent.iter().any(|m| m.to == msg.from && m.kind == MessageKind::VoteResp { granted: true });
-        if from_leader || vote_granted {
+        if from_leader {
             self.quiet_since = self.ticks;
         }
         self.settle(before, after);
         if after.role == Role::Leader && msg.term == after.term {
             self.heard.insert(msg.from, self.ticks);
+        }
+        Ok(in_lease)
+    }
+
+    /// The ready that followed sent `sent` (vote requests and answers only). `in_lease` is
+    /// what [`Watch::stepped`] returned for `msg`.
+    pub fn answered(
+        &mut self,
+        config: &Config,
+        msg: &Message,
+        before: &Status,
+        after: &Status,
+        in_lease: bool,
+        sent: &[Message],
+    ) -> Result<(), Violation> {
+        let id = after.id;
+        let granted = |m: &Message| {
+            m.to == msg.from
+                && matches!(
+                    m.kind,
+                    MessageKind::PreVoteResp { granted: true } | MessageKind::VoteResp { granted: true }
+                )
+        };
+        // Lease: vote requests for a later term, other than a transfer's, are refused
+        // while a leader is heard from.
+        let asks_vote = matches!(msg.kind, MessageKind::PreVote { .. } | MessageKind::Vote { transfer: false, .. });
+        if asks_vote && msg.term > before.term && in_lease && (sent.iter().any(granted) || after.term != before.term) {
+            return Err(format!(
+                "Lease (§4.2.3): n{id} had heard from leader {:?} within the election timeout ({} ticks), yet on {msg} it granted or moved from term {} to {}",
+                before.leader, config.election_ticks, before.term, after.term
+            ));
+        }
+        // Granting a vote restarts the election timer (§5.2).
+        if matches!(msg.kind, MessageKind::Vote { .. })
+            && sent.iter().any(|m| m.to == msg.from && m.kind == MessageKind::VoteResp { granted: true })
+        {
+            self.quiet_since = self.ticks;
         }
         Ok(())
     }
