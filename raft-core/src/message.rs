@@ -172,3 +172,35 @@ impl std::fmt::Display for Message {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Payload;
+
+    #[test]
+    fn messages_print_as_the_transcripts_and_logs_show_them() {
+        let entry = |index| Entry { index, term: 3, payload: Payload::Noop };
+        let append = Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            kind: MessageKind::Append { prev_index: 4, prev_term: 2, entries: vec![entry(5), entry(6)], commit: 4 },
+        };
+        assert_eq!(append.to_string(), "1->2 t3 Append prev=4@2 commit=4 [5@3 6@3]");
+        let reject = Message {
+            from: 2,
+            to: 1,
+            term: 3,
+            kind: MessageKind::AppendResp(AppendResult::Rejected { rejected: 9, hint_index: 7, hint_term: Some(2) }),
+        };
+        assert_eq!(reject.to_string(), "2->1 t3 AppendResp reject=9 hint=7@2");
+        let vote = Message {
+            from: 3,
+            to: 1,
+            term: 4,
+            kind: MessageKind::Vote { last_index: 6, last_term: 3, transfer: true },
+        };
+        assert_eq!(vote.to_string(), "3->1 t4 Vote last=6@3 transfer");
+    }
+}

@@ -125,6 +125,27 @@ mod tests {
     }
 
     #[test]
+    fn answers_move_the_follower_between_probe_and_replicate_and_never_back_in_time() {
+        let mut p = Progress::new(10);
+        assert!(p.accepted(6));
+        assert!(!p.accepted(6), "a duplicate ack in Replicate is no news");
+        assert!(!p.rejected(6, 3), "a rejection at or below match is stale");
+        assert_eq!((p.state, p.match_index), (ProgressState::Replicate, 6));
+        // A lost append: the follower rejects 8, and we probe from 7.
+        assert!(p.rejected(8, 7));
+        assert_eq!((p.state, p.next_index), (ProgressState::Probe, 7));
+        assert!(!p.accepted(4), "an older ack never lowers match");
+        assert_eq!(p.match_index, 6);
+        // No honest follower rejects the index it acknowledged; it changes nothing.
+        assert!(p.rejected(6, 2));
+        assert_eq!((p.state, p.match_index, p.next_index), (ProgressState::Probe, 6, 7));
+        // The probe (prev 6) is accepted at the match we knew: that is the news that
+        // lets us stream again.
+        assert!(p.accepted(6));
+        assert_eq!((p.state, p.match_index, p.next_index), (ProgressState::Replicate, 6, 7));
+    }
+
+    #[test]
     fn probe_sends_one_at_a_time_replicate_streams() {
         let mut p = Progress::new(3);
         assert!(p.can_send());

@@ -108,3 +108,19 @@ impl std::fmt::Display for Role {
         f.write_str(name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_size_bounds_the_json_of_a_base64_command() {
+        let entry = |payload| Entry { index: 1, term: 1, payload };
+        assert_eq!(entry(Payload::Noop).size(), 96);
+        assert_eq!(entry(Payload::Command(vec![0; 3])).size(), 96 + 4);
+        assert_eq!(entry(Payload::Command(vec![0; 4])).size(), 96 + 8);
+        let big = entry(Payload::Command(vec![0; 3000]));
+        let json = serde_json::to_string(&big).expect("serializes");
+        assert!(json.len() <= big.size(), "{} > {}", json.len(), big.size());
+    }
+}

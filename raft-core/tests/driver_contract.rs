@@ -244,3 +244,21 @@ fn advancing_a_ready_whose_entries_were_since_overwritten_makes_nothing_durable(
     node.advance(&noop_ready);
     assert_eq!(node.status().commit_index, 3);
 }
+
+#[test]
+fn a_truncation_inside_entries_of_the_same_ready_keeps_the_ones_before_it() {
+    // Node 1 holds 1@1 durably. Term 2's leader sends 2@2 and 3@2; before the driver
+    // takes a ready, term 3's leader overwrites 3 only. The ready must write 2@2 and
+    // 3@3: not 3@2, and not without 2@2.
+    let mut disk = vec![noop(1, 1)];
+    let restored = Restored { hard_state: HardState { term: 1, voted_for: None }, entries: disk.clone(), applied: 0 };
+    let mut node = Node::new(Config::new(1, vec![1, 2, 3]), restored).expect("valid");
+    node.step(append(2, 2, (1, 1), vec![noop(2, 2), noop(3, 2)], 0));
+    node.step(append(3, 3, (2, 2), vec![noop(3, 3)], 0));
+    let ready = node.ready();
+    assert_eq!(ready.entries, vec![noop(2, 2), noop(3, 3)]);
+    persist(&mut disk, &ready);
+    node.advance(&ready);
+    assert_eq!(disk, vec![noop(1, 1), noop(2, 2), noop(3, 3)]);
+    assert_eq!(node.log().entry(3), Some(&noop(3, 3)));
+}

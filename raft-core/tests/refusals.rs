@@ -98,6 +98,15 @@ fn a_durable_term_beyond_the_limit_is_reported_at_start() {
 }
 
 #[test]
+fn a_durable_entry_beyond_the_highest_term_is_reported_at_start_and_the_highest_is_not() {
+    let restore =
+        |term| Restored { hard_state: HardState { term, voted_for: None }, entries: vec![entry(1, term)], applied: 0 };
+    let err = Node::new(Config::new(1, vec![1, 2, 3]), restore(MAX_TERM + 1)).expect_err("damaged log");
+    assert!(err.contains("beyond the highest possible term"), "{err}");
+    Node::new(Config::new(1, vec![1, 2, 3]), restore(MAX_TERM)).expect("the highest term itself is a valid term");
+}
+
+#[test]
 fn strangers_and_misaddressed_messages_are_refused() {
     let mut node = follower();
     let heartbeat = MessageKind::Heartbeat { commit: 3, read_round: 0 };
@@ -178,4 +187,17 @@ fn a_read_index_answer_counts_only_from_the_leader_asked() {
     assert!(ready.refused.is_empty());
     assert_eq!(ready.reads.len(), 1);
     assert_eq!(ready.reads[0].result, Ok(2));
+}
+
+#[test]
+fn the_highest_term_itself_is_accepted_and_refusals_say_who_and_why() {
+    let mut node = follower();
+    node.step(msg(1, 2, MAX_TERM, MessageKind::Heartbeat { commit: 0, read_round: 0 }));
+    let ready = drive(&mut node);
+    assert!(ready.refused.is_empty(), "{:?}", ready.refused);
+    assert_eq!(node.status().term, MAX_TERM);
+    node.step(msg(3, 2, MAX_TERM + 1, MessageKind::TimeoutNow));
+    let ready = drive(&mut node);
+    let text = ready.refused.first().map(|r| r.to_string()).unwrap_or_default();
+    assert!(text.starts_with(&format!("refused a message from node 3 in term {}: ", MAX_TERM + 1)), "{text}");
 }

@@ -3,7 +3,9 @@
 //! refuses vote requests while a leader is heard from (§4.2.3), the transfer that passes
 //! it (§3.10), and CheckQuorum, which makes a cut-off leader step down (§6.2).
 
-use raft_core::{Config, Entry, HardState, Message, MessageKind, Node, Payload, Ready, Restored, Role};
+use raft_core::{
+    Config, Entry, HardState, Message, MessageKind, Node, Payload, ProposeError, ReadError, Ready, Restored, Role,
+};
 
 const ET: u64 = 10;
 
@@ -83,17 +85,25 @@ fn election_timeouts_are_randomized_between_one_and_two_election_timeouts() {
     assert_eq!(seen.len() as u64, ET, "timeouts seen: {seen:?}");
 }
 
+/// Whether `ready` asks for (pre-)votes.
+fn campaigns(ready: &Ready) -> bool {
+    ready
+        .messages
+        .iter()
+        .chain(&ready.persisted_messages)
+        .any(|m| matches!(m.kind, MessageKind::PreVote { .. } | MessageKind::Vote { .. }))
+}
+
 #[test]
 fn a_leaders_heartbeats_keep_a_follower_from_campaigning() {
     let mut node = follower(config(2, 7));
-    for _ in 0..20 {
+    for round in 0..20 {
         for _ in 0..ET - 1 {
             node.tick();
-            drive(&mut node);
+            assert!(!campaigns(&drive(&mut node)), "round {round}: campaigned while the leader was heard");
         }
         node.step(msg(1, 2, 1, MessageKind::Heartbeat { commit: 1, read_round: 0 }));
         drive(&mut node);
-        assert_eq!(node.role(), Role::Follower);
     }
     let t = ticks_to_campaign(&mut node, 3 * ET).expect("campaigns once the heartbeats stop");
     assert!((ET..2 * ET).contains(&t), "campaigned {t} ticks after the last heartbeat");
@@ -101,22 +111,26 @@ fn a_leaders_heartbeats_keep_a_follower_from_campaigning() {
 
 #[test]
 fn appends_from_the_leader_restart_the_timer_but_stale_ones_do_not() {
-    // Two followers with the same seed draw the same timeout.
-    let (mut quiet, mut fed) = (follower(config(2, 11)), follower(config(2, 11)));
-    let mut stale = follower(config(2, 11));
+    // Followers with the same seed draw the same timeout. All wait ET - 1 ticks.
+    let (mut quiet, mut fed) = (follower(config(2, 12)), follower(config(2, 12)));
+    let mut stale = follower(config(2, 12));
     for node in [&mut quiet, &mut fed, &mut stale] {
-        node.tick();
-        drive(node);
+        for _ in 0..ET - 1 {
+            node.tick();
+            drive(node);
+        }
     }
-    let append =
-        |term| msg(1, 2, term, MessageKind::Append { prev_index: 1, prev_term: 1, entries: vec![], commit: 1 });
-    fed.step(append(1));
+    fed.step(msg(1, 2, 1, MessageKind::Append { prev_index: 1, prev_term: 1, entries: vec![], commit: 1 }));
     drive(&mut fed);
-    stale.step(append(0));
-    drive(&mut stale);
+    // An append of term 0, which the node (in term 1) answers as stale.
+    stale.step(msg(3, 2, 0, MessageKind::Append { prev_index: 0, prev_term: 0, entries: vec![], commit: 0 }));
+    assert!(drive(&mut stale).refused.is_empty(), "stale, not impossible");
     let q = ticks_to_campaign(&mut quiet, 3 * ET).expect("campaigns");
     let f = ticks_to_campaign(&mut fed, 3 * ET).expect("campaigns");
     let s = ticks_to_campaign(&mut stale, 3 * ET).expect("campaigns");
+    // This seed's timeout is below its maximum, so a timer that was not restarted fires
+    // within ET ticks.
+    assert!(q < ET, "seed 12 must draw a timeout below {}", 2 * ET - 1);
     assert!(f >= ET, "an append restarts the timer: campaigned {f} ticks after it");
     assert_eq!(s, q, "a message from an older term changes nothing, the timer included");
 }
@@ -148,6 +162,7 @@ fn granting_a_vote_restarts_the_timer_and_refusing_one_does_not() {
     let q = ticks_to_campaign(&mut quiet, 3 * ET).expect("campaigns");
     let g = ticks_to_campaign(&mut granted, 3 * ET).expect("campaigns");
     let r = ticks_to_campaign(&mut refused, 3 * ET).expect("campaigns");
+    assert!(q < ET, "seed 5 must draw a timeout below {}, so an unrestarted timer fires within ET", 2 * ET - 1);
     assert!(g >= ET, "granting a vote restarts the timer: campaigned {g} ticks after it");
     assert_eq!(r, q, "a refused vote leaves the timer alone");
 }
@@ -169,6 +184,9 @@ fn within_the_lease_prevotes_are_refused_and_vote_requests_ignored() {
         node.tick();
         drive(&mut node);
     }
+    // It still follows n1 (its own timeout, on this seed, is longer): the lease ran out
+    // by time alone.
+    assert_eq!((node.role(), node.status().leader), (Role::Follower, Some(1)), "pick a seed with a longer timeout");
     node.step(request("prevote", 2));
     assert!(grants(&drive(&mut node)), "after an election timeout without a leader, PreVote is granted");
 }
@@ -219,7 +237,9 @@ fn check_quorum_makes_a_leader_that_hears_no_majority_step_down() {
         }
     }
     let t = stepped_down.expect("a leader that hears from no one steps down");
-    assert!(t <= 2 * ET, "stepped down after {t} ticks, more than two election timeouts");
+    // Heard from no one since it was elected: the first check, an election timeout
+    // later, finds no majority.
+    assert_eq!(t, ET, "stepped down after {t} ticks");
     let s = node.status();
     assert_eq!((s.role, s.term, s.leader), (Role::Follower, 1, None), "same term, no leader");
 }
@@ -238,5 +258,44 @@ fn a_leader_that_hears_from_a_majority_keeps_leading() {
             }
         }
         assert_eq!(node.role(), Role::Leader, "check_quorum={check_quorum}");
+    }
+}
+
+#[test]
+fn a_transfer_not_done_within_an_election_timeout_is_abandoned() {
+    // Without CheckQuorum the leader stays leader though no one answers (§3.10 step 4).
+    let mut node = leader(false);
+    node.transfer_leadership(3).expect("n3 is a voter");
+    drive(&mut node);
+    for t in 1..ET {
+        node.tick();
+        drive(&mut node);
+        assert_eq!(node.propose(b"x".to_vec()), Err(ProposeError::TransferInProgress), "tick {t}");
+    }
+    node.tick();
+    drive(&mut node);
+    assert!(node.propose(b"x".to_vec()).is_ok(), "an election timeout later the leader takes writes again");
+}
+
+#[test]
+fn a_follower_read_the_leader_never_answers_fails_after_two_election_timeouts() {
+    let mut node = follower(config(2, 7));
+    node.read(7);
+    drive(&mut node);
+    for t in 1..=2 * ET {
+        node.tick();
+        let ready = drive(&mut node);
+        if t % (ET - 1) == 0 {
+            // The leader is alive (no election, which would abort the read too); it just
+            // never answers this read.
+            node.step(msg(1, 2, 1, MessageKind::Heartbeat { commit: 1, read_round: 0 }));
+            drive(&mut node);
+        }
+        let outcome: Vec<_> = ready.reads.iter().map(|r| r.result).collect();
+        if t < 2 * ET {
+            assert!(outcome.is_empty(), "tick {t}: {outcome:?}");
+        } else {
+            assert_eq!(outcome, vec![Err(ReadError::Aborted)], "tick {t}");
+        }
     }
 }

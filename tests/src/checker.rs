@@ -51,12 +51,14 @@ pub struct Checker {
     max_acked: Index,
     /// Each running node's last commit index; reset when it restarts.
     last_commit: BTreeMap<NodeId, Index>,
+    /// A cluster of one node, which may lead the same term twice (see `Cluster::crash`).
+    lone: bool,
 }
 
 impl Checker {
-    /// A checker that has seen nothing.
-    pub fn new() -> Checker {
-        Checker::default()
+    /// A checker that has seen nothing, for a cluster of one node if `lone`.
+    pub fn new(lone: bool) -> Checker {
+        Checker { lone, ..Checker::default() }
     }
 
     /// Election Safety: `node` is leader in `term`.
@@ -64,6 +66,10 @@ impl Checker {
         if let Some(&other) = self.leaders.get(&term) {
             if other != node {
                 return Err(format!("Election Safety: nodes {other} and {node} both leader in term {term}"));
+            }
+            // With peers, a term's leader was voted for durably and cannot win it again.
+            if !self.lone {
+                return Err(format!("Election Safety: node {node} became leader of term {term} a second time"));
             }
         }
         self.leaders.insert(term, node);

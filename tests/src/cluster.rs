@@ -160,7 +160,7 @@ impl Cluster {
             network: Vec::new(),
             blocked: BTreeSet::new(),
             faults: Faults::default(),
-            checker: Checker::new(),
+            checker: Checker::new(size == 1),
             events: VecDeque::new(),
             event_limit: usize::MAX,
             narrate_sends: false,
@@ -242,7 +242,7 @@ impl Cluster {
         let before = raft.status();
         raft.campaign();
         let after = raft.status();
-        self.watches.entry(id).or_default().changed(&before, &after);
+        self.watches.entry(id).or_default().campaigned(&before, &after);
         self.process(id)
     }
 
@@ -304,12 +304,15 @@ impl Cluster {
         self.proposals.retain(|&(n, _, _)| n != id);
         self.reads.retain(|&(n, _), _| n != id);
         self.say(format!("n{id} CRASH"));
-        // Entries that lived only in this node's memory are gone as if never written: no
-        // one saw them, so the same (index, term) may later hold another entry. This
-        // happens to a lone node, which leads before its new term is durable (it needs no
-        // votes) and, if that write is lost, leads the same term again after restarting.
-        let held = self.held_entries();
-        self.checker.forget_unless_held(&held);
+        // A lone node needs no votes, so it leads before its new term is durable; if that
+        // write is lost, it leads the same term again after restarting, with other
+        // entries. The first ones lived only in its memory and no one saw them: forget
+        // them. (With peers, a leader's term is durable before any vote for it, so it
+        // never leads a term twice, and nothing is forgotten.)
+        if self.nodes.len() == 1 {
+            let held = self.held_entries();
+            self.checker.forget_unless_held(&held);
+        }
     }
 
     /// Crashes node `id` part-way through carrying out its oldest ready whose disk write
@@ -331,6 +334,9 @@ impl Cluster {
         let mut held = HashSet::new();
         for node in self.nodes.values() {
             held.extend(node.disk.entries.iter().map(|e| (e.index, e.term)));
+            for (_, ready) in &node.writing {
+                held.extend(ready.entries.iter().map(|e| (e.index, e.term)));
+            }
             if let Some(raft) = &node.raft {
                 let log = raft.log();
                 held.extend((1..=log.last_index()).filter_map(|i| log.term_at(i).map(|t| (i, t))));
@@ -365,9 +371,8 @@ impl Cluster {
         let applied = node.disk.applied.len() as Index;
         self.checker.restarted(id, applied, raft.log())?;
         let hs = node.disk.hard_state;
-        let durable = node.disk.entries.len() as Index;
         node.raft = Some(raft);
-        self.watches.entry(id).or_default().restarted(durable);
+        self.watches.entry(id).or_default().restarted();
         self.say(format!("n{id} RESTART term={} vote={} applied={applied}", hs.term, fmt_vote(hs.voted_for)));
         Ok(())
     }
@@ -408,9 +413,9 @@ impl Cluster {
                     msg.term
                 ));
             }
-            let in_lease = watches.entry(to).or_default().stepped(&node.config, &msg, &before, &after, raft.log())?;
+            let expected = watches.entry(to).or_default().stepped(&node.config, &msg, &before, &after, raft.log())?;
             self.say(format!("recv {msg}"));
-            stepped.push((msg, before, after, in_lease));
+            stepped.push((msg, before, expected));
         }
         if stepped.is_empty() {
             return Ok(());
@@ -420,8 +425,9 @@ impl Cluster {
         let Cluster { nodes, watches, produced, .. } = self;
         let Some(node) = nodes.get(&to) else { return Ok(()) };
         let watch = watches.entry(to).or_default();
-        for (msg, before, after, in_lease) in &stepped {
-            watch.answered(&node.config, msg, before, after, *in_lease, produced)?;
+        for (msg, before, expected) in &stepped {
+            let alone = stepped.iter().filter(|(m, _, _)| m.from == msg.from).count() == 1;
+            watch.answered(&node.config, msg, before, *expected, alone, produced)?;
         }
         Ok(())
     }
@@ -493,10 +499,17 @@ impl Cluster {
             }
             self.finish_due_writes(id)?;
             let Some(raft) = self.raft_mut(id) else { return Ok(()) };
-            if !raft.has_ready() {
+            // Driver contract: when `has_ready` says there is nothing, `ready` has nothing: a
+            // false "no" would leave a vote or a commit waiting for the next input. (A false
+            // "yes" only costs the driver an empty round; a leader may have nothing to send.)
+            let has_ready = raft.has_ready();
+            let ready = raft.ready();
+            if !has_ready && !ready.is_empty() {
+                return Err(format!("Driver contract: n{id} has_ready() said false, but ready() returned {ready:?}"));
+            }
+            if !has_ready {
                 break;
             }
-            let ready = raft.ready();
             self.start_ready(id, ready)?;
         }
         self.check_node(id)
@@ -585,6 +598,9 @@ impl Cluster {
         let sent = partial.map_or(usize::MAX, |p| p.sent);
         for msg in ready.persisted_messages.iter().take(sent) {
             self.check_promise(id, msg)?;
+            if let MessageKind::AppendResp(AppendResult::Accepted { match_index }) = msg.kind {
+                self.watches.entry(id).or_default().acknowledged(msg.term, match_index);
+            }
             self.send(msg.clone());
         }
         // Step 4: apply.
@@ -645,7 +661,9 @@ impl Cluster {
     fn check_promise(&self, id: NodeId, msg: &Message) -> Result<(), Violation> {
         let disk = &self.nodes.get(&id).ok_or("unknown node")?.disk;
         match &msg.kind {
-            MessageKind::VoteResp { granted: true } => {
+            // A later durable term keeps the promise too: this node never votes in
+            // `msg.term` again (it may have moved on within the same ready).
+            MessageKind::VoteResp { granted: true } if disk.hard_state.term <= msg.term => {
                 let promised = HardState { term: msg.term, voted_for: Some(msg.to) };
                 if disk.hard_state != promised {
                     return Err(format!(
@@ -657,7 +675,14 @@ impl Cluster {
                     ));
                 }
             }
-            MessageKind::AppendResp(AppendResult::Accepted { match_index }) if *match_index > 0 => {
+            // If a later term's leader overwrote those entries within the same ready, the
+            // acknowledgement speaks for a log that existed only in memory. That is
+            // harmless: such a leader was elected without this node, so any majority for
+            // those entries needs another node that holds them durably, and that node's
+            // vote would have made the new leader hold them too.
+            MessageKind::AppendResp(AppendResult::Accepted { match_index })
+                if *match_index > 0 && disk.hard_state.term <= msg.term =>
+            {
                 let Some(durable) = disk.entries.get((*match_index - 1) as usize) else {
                     return Err(format!(
                         "Durable acknowledgement (§10.2.1): n{id} tells n{} it holds up to {match_index}, but its durable log ends at {}",

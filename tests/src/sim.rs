@@ -216,7 +216,7 @@ impl<'a> Sim<'a> {
             self.chaos()?;
             self.step()?;
         }
-        self.cluster.say("HEAL: faults stop, every node restarts".into());
+        self.cluster.say("HEAL: faults stop, every crashed node restarts".into());
         self.cluster.faults = Faults { max_delay: self.params.faults.max_delay, ..Faults::default() };
         self.cluster.blocked.clear();
         for id in self.cluster.ids() {

@@ -5,11 +5,13 @@
 //!   election timeout without hearing from the leader of its term and without granting a
 //!   vote, and always within the longest randomized timeout. The timeout is drawn from
 //!   `[election_ticks, 2 * election_ticks)`.
+//!   Only a timeout, or the leader's TimeoutNow, starts an election.
 //! - Lease (§4.2.3): with CheckQuorum on, a node that heard from a leader less than an
 //!   election timeout ago grants no PreVote and no vote for a later term, and does not
-//!   even adopt that term. A transfer's vote request (§3.10) passes the lease.
-//! - CheckQuorum (§6.2): a leader that has not heard from a majority (itself included)
-//!   for two election timeouts has stepped down.
+//!   even adopt that term; once the lease has run out it treats them as usual. A
+//!   transfer's vote request (§3.10) passes the lease.
+//! - CheckQuorum (§6.2): a leader that has had no answer from a majority (itself
+//!   included) for two election timeouts has stepped down.
 //! - Commit beyond a verified match (Figure 2, AppendEntries rule 5): a follower raises
 //!   its commit index only as far as appends of its current term proved its log matches
 //!   the leader's. Entries after that point may still be overwritten.
@@ -32,15 +34,41 @@ pub struct Watch {
     quiet_since: u64,
     /// The highest index its log is known to match its leader's, and in which term.
     verified: (Term, Index),
+    /// The highest index it acknowledged (each once durable), and in which term.
+    acked: (Term, Index),
     /// While leader: the tick it became leader.
     leader_since: Option<u64>,
-    /// While leader: the last tick each peer was heard from in its term.
+    /// While leader: the last tick each peer answered in its term.
     heard: BTreeMap<NodeId, u64>,
+}
+
+/// What a node's answer to a message must be, worked out when it stepped the message.
+#[derive(Clone, Copy, Debug)]
+pub enum Expected {
+    /// A PreVote for a later term: granted exactly when the lease does not hold and the
+    /// candidate's log is at least as up-to-date as ours (§9.6, §4.2.3, §5.4.1).
+    PreVote {
+        /// Whether it must be granted.
+        grant: bool,
+        /// Whether the lease held.
+        in_lease: bool,
+    },
+    /// No rule here about the answer.
+    Anything,
 }
 
 /// Role, term and leader: a change of any restarts the election timer.
 fn soft(status: &Status) -> (Role, Term, Option<NodeId>) {
     (status.role, status.term, status.leader)
+}
+
+/// `(term, index)` raised to `index` if in the same term, else replaced.
+fn raise(mark: (Term, Index), term: Term, index: Index) -> (Term, Index) {
+    if mark.0 == term {
+        (term, mark.1.max(index))
+    } else {
+        (term, index)
+    }
 }
 
 impl Watch {
@@ -68,16 +96,22 @@ impl Watch {
         }
     }
 
-    /// The node restarted with `durable` entries on disk. Its timers start afresh, but
-    /// what appends proved still holds for the part of its log that was durable: the
-    /// leader counted only acknowledged, so durable, entries.
-    pub fn restarted(&mut self, durable: Index) {
-        let (term, index) = self.verified;
-        *self = Watch { verified: (term, index.min(durable)), ..Watch::default() };
+    /// The node acknowledged entries up to `index` in `term`; its log is durable that far.
+    pub fn acknowledged(&mut self, term: Term, index: Index) {
+        self.acked = raise(self.acked, term, index);
     }
 
-    /// Something other than a tick or a message changed the node (a campaign asked for).
-    pub fn changed(&mut self, before: &Status, after: &Status) {
+    /// The node restarted. Its timers start afresh. Of what appends proved, only what it
+    /// acknowledged is sure to have survived (acknowledgements leave once durable), and
+    /// that is all a leader can have counted.
+    pub fn restarted(&mut self) {
+        let acked = self.acked;
+        *self = Watch { verified: acked, acked, ..Watch::default() };
+    }
+
+    /// The node was asked to campaign now: its election timer restarts.
+    pub fn campaigned(&mut self, before: &Status, after: &Status) {
+        self.quiet_since = self.ticks;
         self.settle(before, after);
     }
 
@@ -119,7 +153,7 @@ impl Watch {
                 let quorum = raft_core::quorum::quorum_size(config.voters.len());
                 if heard < quorum {
                     return Err(format!(
-                        "CheckQuorum (§6.2): n{id} still leads term {} though only {heard} of {} nodes (itself included) were heard from in the last {} ticks",
+                        "CheckQuorum (§6.2): n{id} still leads term {} though only {heard} of {} nodes (itself included) answered in the last {} ticks",
                         after.term,
                         config.voters.len(),
                         2 * et
@@ -132,7 +166,7 @@ impl Watch {
     }
 
     /// The node just stepped `msg`, going from `before` to `after`, and its log is now
-    /// `log`. Returns whether the lease held when the message arrived, for [`Watch::answered`].
+    /// `log`. Returns what its answer must be, for [`Watch::answered`].
     pub fn stepped(
         &mut self,
         config: &Config,
@@ -140,26 +174,44 @@ impl Watch {
         before: &Status,
         after: &Status,
         log: &Log,
-    ) -> Result<bool, Violation> {
+    ) -> Result<Expected, Violation> {
         let id = after.id;
         let in_lease = self.in_lease(config, before);
-        if matches!(msg.kind, MessageKind::Vote { transfer: true, .. })
-            && msg.term > before.term
-            && after.term != msg.term
-        {
-            return Err(format!(
-                "Lease (§3.10): n{id} ignored a transfer's vote request {msg}; transfers pass the lease"
-            ));
+        let later = msg.term > before.term;
+        // Lease: a vote request for a later term, other than a transfer's, is ignored
+        // while a leader is heard from, and handled as usual once the lease has run out.
+        if let MessageKind::Vote { transfer, .. } = msg.kind {
+            let ignored = after.term == before.term && after.voted_for == before.voted_for;
+            if later && !transfer && in_lease && !ignored {
+                return Err(format!(
+                    "Lease (§4.2.3): n{id} had heard from leader {:?} within the election timeout ({} ticks), yet on {msg} it went from term {} vote {:?} to term {} vote {:?}",
+                    before.leader, config.election_ticks, before.term, before.voted_for, after.term, after.voted_for
+                ));
+            }
+            if later && (transfer || !in_lease) && after.term != msg.term {
+                let why =
+                    if transfer { "transfers pass the lease (§3.10)" } else { "its lease had run out (§4.2.3)" };
+                return Err(format!("Lease: n{id} ignored the vote request {msg}, but {why}"));
+            }
         }
+        // Only a timeout, or the leader's TimeoutNow, starts an election (§5.2, §3.10).
+        let campaigning = matches!(after.role, Role::PreCandidate | Role::Candidate);
+        if before.role == Role::Follower && campaigning && msg.kind != MessageKind::TimeoutNow {
+            return Err(format!("Election timer (§5.2): n{id} started an election on receiving {msg}"));
+        }
+        let expected = match msg.kind {
+            MessageKind::PreVote { last_index, last_term } if later => {
+                Expected::PreVote { grant: !in_lease && log.is_up_to_date(last_index, last_term), in_lease }
+            }
+            _ => Expected::Anything,
+        };
 
         // What this append proved about the log: it matches the leader's up to the
         // append's last entry.
         if let MessageKind::Append { prev_index, prev_term, entries, .. } = &msg.kind {
             let proved = log.matches(*prev_index, *prev_term) && entries.iter().all(|e| log.matches(e.index, e.term));
             if msg.term == after.term && after.role != Role::Leader && proved {
-                let upto = prev_index + entries.len() as Index;
-                let known = if self.verified.0 == after.term { self.verified.1 } else { 0 };
-                self.verified = (after.term, known.max(upto));
+                self.verified = raise(self.verified, after.term, prev_index + entries.len() as Index);
             }
         }
         if after.role != Role::Leader && after.commit_index > before.commit_index {
@@ -182,44 +234,46 @@ impl Watch {
             self.quiet_since = self.ticks;
         }
         self.settle(before, after);
-        if after.role == Role::Leader && msg.term == after.term {
+        // CheckQuorum counts answers to the leader's appends and heartbeats.
+        let answer = matches!(msg.kind, MessageKind::AppendResp(_) | MessageKind::HeartbeatResp { .. });
+        if after.role == Role::Leader && msg.term == after.term && answer {
             self.heard.insert(msg.from, self.ticks);
         }
-        Ok(in_lease)
+        Ok(expected)
     }
 
-    /// The ready that followed sent `sent` (vote requests and answers only). `in_lease` is
-    /// what [`Watch::stepped`] returned for `msg`.
+    /// The ready that followed sent `sent` (vote requests and answers only). `expected`
+    /// is what [`Watch::stepped`] returned for `msg`; `alone` says `msg` was the only
+    /// message from its sender in the batch, so the answers to that sender are its own.
     pub fn answered(
         &mut self,
         config: &Config,
         msg: &Message,
         before: &Status,
-        after: &Status,
-        in_lease: bool,
+        expected: Expected,
+        alone: bool,
         sent: &[Message],
     ) -> Result<(), Violation> {
-        let id = after.id;
-        let granted = |m: &Message| {
-            m.to == msg.from
-                && matches!(
-                    m.kind,
-                    MessageKind::PreVoteResp { granted: true } | MessageKind::VoteResp { granted: true }
-                )
-        };
-        // Lease: vote requests for a later term, other than a transfer's, are refused
-        // while a leader is heard from.
-        let asks_vote = matches!(msg.kind, MessageKind::PreVote { .. } | MessageKind::Vote { transfer: false, .. });
-        if asks_vote && msg.term > before.term && in_lease && (sent.iter().any(granted) || after.term != before.term) {
-            return Err(format!(
-                "Lease (§4.2.3): n{id} had heard from leader {:?} within the election timeout ({} ticks), yet on {msg} it granted or moved from term {} to {}",
-                before.leader, config.election_ticks, before.term, after.term
-            ));
+        if let (Expected::PreVote { grant, in_lease }, true) = (expected, alone) {
+            let granted = sent.iter().any(|m| {
+                m.to == msg.from && m.term == msg.term && m.kind == MessageKind::PreVoteResp { granted: true }
+            });
+            if granted != grant {
+                let lease = if in_lease { "had heard from a leader within" } else { "had not heard from a leader for" };
+                return Err(format!(
+                    "Lease (§4.2.3, §9.6): n{} {lease} the election timeout ({} ticks) and {} the PreVote {msg} (its leader {:?}, term {})",
+                    before.id,
+                    config.election_ticks,
+                    if granted { "granted" } else { "refused" },
+                    before.leader,
+                    before.term
+                ));
+            }
         }
         // Granting a vote restarts the election timer (§5.2).
-        if matches!(msg.kind, MessageKind::Vote { .. })
-            && sent.iter().any(|m| m.to == msg.from && m.kind == MessageKind::VoteResp { granted: true })
-        {
+        let vote_granted =
+            |m: &Message| m.to == msg.from && m.term == msg.term && m.kind == MessageKind::VoteResp { granted: true };
+        if matches!(msg.kind, MessageKind::Vote { .. }) && sent.iter().any(vote_granted) {
             self.quiet_since = self.ticks;
         }
         Ok(())

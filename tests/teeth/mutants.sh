@@ -7,34 +7,38 @@
 # Usage: tests/teeth/mutants.sh [cargo-mutants arguments, e.g. --file raft-core/src/log.rs,
 #        --shard 1/4, -j 2, --iterate]
 # LIGHTRAFT_SIM_SEEDS (default 300) sets the simulator's seeds per mutant; MUTANTS_OUT
-# (default target/mutants) where the results go. `tests/teeth/mutants.sh --report` only
-# prints the report of the last run.
+# (default target/mutants) where the results go. `tests/teeth/mutants.sh --report [DIR...]`
+# only prints the report of the last run, or of several runs' mutants.out directories
+# merged in order (a later run's outcome for a mutant replaces an earlier one: e.g. a
+# whole run, then an `--iterate` run of the survivors after new tests).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${MUTANTS_OUT:-$root/target/mutants}
 export LIGHTRAFT_SIM_SEEDS=${LIGHTRAFT_SIM_SEEDS:-300}
 cd "$root"
-if [ "${1:-}" != "--report" ]; then
+dirs=("$out/mutants.out")
+if [ "${1:-}" = "--report" ]; then
+  shift
+  [ $# -eq 0 ] || dirs=("$@")
+else
   # cargo-mutants exits non-zero when a mutant survives; the report says which.
   cargo mutants -p raft-core -o "$out" "$@" || true
 fi
-python3 - "$out/mutants.out" <<'PY'
+python3 - "${dirs[@]}" <<'PY'
 import json, os, re, sys
-base = sys.argv[1]
-data = json.load(open(os.path.join(base, 'outcomes.json')))
+outcome = {}
+for base in sys.argv[1:]:
+    for o in json.load(open(os.path.join(base, 'outcomes.json')))['outcomes']:
+        if o['scenario'] != 'Baseline':
+            outcome[o['scenario']['Mutant']['name']] = (base, o)
 groups = {'property': [], 'transcript': [], 'timeout': [], 'missed': [], 'unviable': []}
-for o in data['outcomes']:
-    scenario = o['scenario']
-    if scenario == 'Baseline':
-        continue
-    m = scenario['Mutant']
-    name = m['name']
+for name, (base, o) in outcome.items():
     summary = o['summary']
     if summary == 'CaughtMutant':
         log = open(os.path.join(base, o['log_path']), errors='replace').read()
         named = (
             'simulation seed' in log
-            or re.search(r"panicked at (raft-core|tests)/", log)
+            or re.search(r"panicked at (raft-core/|tests/src/)", log)
             or re.search(r"scenario \w+: command '\w+' failed", log)
         )
         groups['property' if named else 'transcript'].append(name)
