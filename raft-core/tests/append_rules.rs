@@ -88,3 +88,38 @@ fn an_acknowledgement_claims_only_what_the_append_proved() {
         .collect();
     assert_eq!(acks, vec![6]);
 }
+
+/// Node 1 of {1, 2, 3}, elected for term 7 with a log of the given terms (1-based), and
+/// the append it sends node 3 after node 3 rejects `rejected` with the given hint.
+fn leader_after_rejection(terms: &[u64], rejected: u64, hint: (u64, Option<u64>)) -> (u64, u64) {
+    let entries: Vec<Entry> = terms.iter().enumerate().map(|(i, &t)| entry(i as u64 + 1, t)).collect();
+    let restored = Restored { hard_state: HardState { term: 6, voted_for: None }, entries, applied: 0 };
+    let mut config = raft_core::Config::new(1, vec![1, 2, 3]);
+    config.pre_vote = false;
+    let mut node = Node::new(config, restored).expect("valid");
+    node.campaign();
+    drive(&mut node);
+    node.step(Message { from: 2, to: 1, term: 7, kind: MessageKind::VoteResp { granted: true } });
+    drive(&mut node); // the no-op, sent to both
+    let result = raft_core::AppendResult::Rejected { rejected, hint_index: hint.0, hint_term: hint.1 };
+    node.step(Message { from: 3, to: 1, term: 7, kind: MessageKind::AppendResp(result) });
+    let ready = drive(&mut node);
+    let prev = ready.messages.iter().find_map(|m| match m.kind {
+        MessageKind::Append { prev_index, prev_term, .. } if m.to == 3 => Some((prev_index, prev_term)),
+        _ => None,
+    });
+    prev.expect("the leader tries again at once")
+}
+
+#[test]
+fn section_5_3_a_rejection_hint_skips_a_whole_conflicting_term() {
+    // The example in `handle_append_resp`: the follower (1 1 1 2 2 2 3 3 3 3) rejects
+    // prev 10 with hint 7@3. We hold no term 3, and our last entry of term <= 3 is
+    // index 3 (term 1): retry right after it.
+    assert_eq!(leader_after_rejection(&[1, 1, 1, 4, 4, 5, 5, 6, 6, 6], 10, (7, Some(3))), (3, 1));
+    // A follower (1 1 1 4 4 4 4) rejects prev 10 with hint 4@4. We hold term 4 up to
+    // index 5: our logs may agree that far, so retry after 5, not from the hint.
+    assert_eq!(leader_after_rejection(&[1, 1, 1, 4, 4, 5, 5, 6, 6, 6], 10, (4, Some(4))), (5, 4));
+    // A follower whose log ends at 6 says so: retry after 6.
+    assert_eq!(leader_after_rejection(&[1, 1, 1, 4, 4, 5, 5, 6, 6, 6], 10, (7, None)), (6, 5));
+}
