@@ -168,6 +168,19 @@ fn several_truncations_in_one_ready_truncate_from_the_lowest_and_keep_only_live_
     node.advance(&ready);
     let log: Vec<Entry> = (1..=node.log().last_index()).filter_map(|i| node.log().entry(i).cloned()).collect();
     assert_eq!(disk, log, "the durable log is exactly the node's log");
+
+    // The other order: term 2 overwrites from 2, then term 3 from 4. Still one
+    // truncation from 2, and the entries that survive.
+    let mut disk: Vec<Entry> = (1..=4).map(|i| noop(i, 1)).collect();
+    let restored = Restored { hard_state: HardState { term: 1, voted_for: None }, entries: disk.clone(), applied: 0 };
+    let mut node = Node::new(Config::new(1, vec![1, 2, 3]), restored).expect("valid");
+    node.step(append(2, 2, (1, 1), vec![noop(2, 2), noop(3, 2), noop(4, 2)], 0));
+    node.step(append(3, 3, (3, 2), vec![noop(4, 3)], 0));
+    let ready = node.ready();
+    assert_eq!(ready.truncate_from, Some(2), "from the lowest, though it came first");
+    assert_eq!(ready.entries, vec![noop(2, 2), noop(3, 2), noop(4, 3)]);
+    persist(&mut disk, &ready);
+    assert_eq!(disk, vec![noop(1, 1), noop(2, 2), noop(3, 2), noop(4, 3)]);
 }
 
 #[test]

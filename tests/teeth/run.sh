@@ -58,7 +58,7 @@ PY
   # Rare interleavings are also staged by hand in the golden scenarios, which run the
   # same checker: a violation there (not a mere transcript change) counts as caught.
   out=$(cd "$scratch/ws" && cargo test --release -q -p lightraft-tests --test scenarios 2>&1 || true)
-  caught=$(grep -m1 -oE "scenario [a-z0-9_]+: .*failed at line [0-9]+: [A-Za-z ]+: [^\"]*" <<<"$out" || true)
+  caught=$(grep -m1 -oE "scenario [a-z0-9_]+: command '[a-z]+' failed at line [0-9]+: [^\"]*" <<<"$out" || true)
   if [ -n "$caught" ]; then
     echo "CAUGHT  $name: not in $seeds random seeds, but by $caught"
   else
