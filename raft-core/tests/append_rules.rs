@@ -1,15 +1,13 @@
 //! Figure 2's AppendEntries receiver rules, checked one by one on a follower's state.
 
-use raft_core::{Entry, HardState, Message, MessageKind, Node, Payload, Ready, Restored};
+mod common;
+
+use raft_core::{Entry, HardState, Message, MessageKind, Node, Payload, Restored};
+
+use common::drive;
 
 fn entry(index: u64, term: u64) -> Entry {
     Entry { index, term, payload: Payload::Command(vec![index as u8, term as u8]) }
-}
-
-fn drive(node: &mut Node) -> Ready {
-    let ready = node.ready();
-    node.advance(&ready);
-    ready
 }
 
 /// Node 2 of {1, 2, 3} in term 2, holding 1..=5 of term 1 and 6..=8 of term 2 (from

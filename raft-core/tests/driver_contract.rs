@@ -1,19 +1,16 @@
 //! The contract between raft-core and its driver, tested through the public API only.
 
+mod common;
+
 use raft_core::{
     Config, Entry, HardState, Message, MessageKind, Node, Payload, ProposalOutcome, ProposeError, ReadError, Ready,
     Restored, Role,
 };
 
+use common::{drive, msg};
+
 fn single_node() -> Node {
     Node::new(Config::new(1, vec![1]), Restored::default()).expect("valid config")
-}
-
-/// Carries out a ready the way a driver must, returning it for inspection.
-fn drive(node: &mut Node) -> Ready {
-    let ready = node.ready();
-    node.advance(&ready);
-    ready
 }
 
 #[test]
@@ -200,18 +197,13 @@ fn after_a_truncation_a_leader_counts_itself_only_for_what_is_durable_again() {
     let overwrite = node.ready(); // not yet durable
     node.campaign();
     let vote = node.ready();
-    node.step(Message { from: 3, to: 1, term: 3, kind: MessageKind::VoteResp { granted: true } });
+    node.step(msg(3, 1, 3, MessageKind::VoteResp { granted: true }));
     assert_eq!(node.role(), Role::Leader);
     let noop_ready = node.ready();
     assert_eq!(noop_ready.entries, vec![noop(3, 3)]);
     // Node 3 acknowledges 3@3. Node 1's own copy of 2@2 and 3@3 is not durable: with
     // one of three acknowledgements, nothing new may commit.
-    node.step(Message {
-        from: 3,
-        to: 1,
-        term: 3,
-        kind: MessageKind::AppendResp(raft_core::AppendResult::Accepted { match_index: 3 }),
-    });
+    node.step(msg(3, 1, 3, MessageKind::AppendResp(raft_core::AppendResult::Accepted { match_index: 3 })));
     assert_eq!(node.status().commit_index, 0, "committed 3@3 while only node 3 held it durably");
     // The writes finish, in order; now node 1 counts itself, and 3@3 commits.
     node.advance(&overwrite);
@@ -239,17 +231,11 @@ fn advancing_a_ready_whose_entries_were_since_overwritten_makes_nothing_durable(
     let overwrite = node.ready();
     node.advance(&stale);
     // Node 1 becomes leader of term 3 (vote from 3) before the overwrite is durable.
-    node.advance(&Ready::default());
     node.campaign();
     let vote = node.ready();
-    node.step(Message { from: 3, to: 1, term: 3, kind: MessageKind::VoteResp { granted: true } });
+    node.step(msg(3, 1, 3, MessageKind::VoteResp { granted: true }));
     let noop_ready = node.ready();
-    node.step(Message {
-        from: 3,
-        to: 1,
-        term: 3,
-        kind: MessageKind::AppendResp(raft_core::AppendResult::Accepted { match_index: 3 }),
-    });
+    node.step(msg(3, 1, 3, MessageKind::AppendResp(raft_core::AppendResult::Accepted { match_index: 3 })));
     // 1@1 was never acknowledged by anyone else, so nothing is committed yet either.
     assert_eq!(node.status().commit_index, 0, "3@3 committed before node 1's own copy was durable");
     node.advance(&overwrite);

@@ -1,20 +1,13 @@
 //! Messages no correct peer could send are refused: dropped without effect, reported in
 //! `Ready::refused`, and the node stays healthy (it can still elect, replicate, commit).
 
+mod common;
+
 use raft_core::{
-    AppendResult, Config, Entry, HardState, Message, MessageKind, Node, Payload, Ready, Restored, Role, Status,
-    MAX_TERM,
+    AppendResult, Config, Entry, HardState, Message, MessageKind, Node, Payload, Restored, Role, Status, MAX_TERM,
 };
 
-fn drive(node: &mut Node) -> Ready {
-    let ready = node.ready();
-    node.advance(&ready);
-    ready
-}
-
-fn msg(from: u64, to: u64, term: u64, kind: MessageKind) -> Message {
-    Message { from, to, term, kind }
-}
+use common::{drive, msg};
 
 fn entry(index: u64, term: u64) -> Entry {
     Entry { index, term, payload: Payload::Command(vec![index as u8]) }

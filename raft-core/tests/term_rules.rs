@@ -1,7 +1,11 @@
 //! Figure 2, "Rules for Servers", all servers: a request from an older term is answered
 //! with our term, so its sender learns it is behind; nothing about us changes.
 
+mod common;
+
 use raft_core::{AppendResult, HardState, Message, MessageKind, Node, Restored};
+
+use common::drive;
 
 #[test]
 fn requests_from_an_older_term_are_answered_with_ours_and_change_nothing() {
@@ -17,8 +21,7 @@ fn requests_from_an_older_term_are_answered_with_ours_and_change_nothing() {
     ];
     for kind in stale {
         node.step(Message { from: 1, to: 2, term: 2, kind: kind.clone() });
-        let ready = node.ready();
-        node.advance(&ready);
+        let ready = drive(&mut node);
         let replies: Vec<&Message> = ready.messages.iter().chain(&ready.persisted_messages).collect();
         let [reply] = replies.as_slice() else { panic!("one reply to {kind:?}, got {replies:?}") };
         assert_eq!((reply.to, reply.term), (1, 3), "the reply carries our term");

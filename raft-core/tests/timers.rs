@@ -3,21 +3,15 @@
 //! refuses vote requests while a leader is heard from (§4.2.3), the transfer that passes
 //! it (§3.10), and CheckQuorum, which makes a cut-off leader step down (§6.2).
 
+mod common;
+
 use raft_core::{
     Config, Entry, HardState, Message, MessageKind, Node, Payload, ProposeError, ReadError, Ready, Restored, Role,
 };
 
+use common::{drive, msg};
+
 const ET: u64 = 10;
-
-fn drive(node: &mut Node) -> Ready {
-    let ready = node.ready();
-    node.advance(&ready);
-    ready
-}
-
-fn msg(from: u64, to: u64, term: u64, kind: MessageKind) -> Message {
-    Message { from, to, term, kind }
-}
 
 fn config(id: u64, seed: u64) -> Config {
     let mut c = Config::new(id, vec![1, 2, 3]);

@@ -2,13 +2,11 @@
 //! (Figure 2), PreVote mirroring them (§9.6), and TimeoutNow obeyed only from the
 //! leader (§3.10).
 
-use raft_core::{Config, Entry, HardState, Message, MessageKind, Node, Payload, Ready, Restored, Role};
+mod common;
 
-fn drive(node: &mut Node) -> Ready {
-    let ready = node.ready();
-    node.advance(&ready);
-    ready
-}
+use raft_core::{Config, Entry, HardState, Message, MessageKind, Node, Payload, Restored, Role};
+
+use common::drive;
 
 /// Node 2 of {1, 2, 3} in `term` with log 1@1, having voted for `vote`. No lease: with
 /// CheckQuorum off, only the vote rules decide.
