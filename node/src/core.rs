@@ -534,6 +534,15 @@ impl Core {
                         Waiter::Client(_) => self.parked.push(write),
                     }
                 }
+                ProposalOutcome::Unknown { term, index } => {
+                    // A snapshot replaced the entries that would tell. As at the deadline,
+                    // a forwarding node reads the fate in its own log: tell it nothing.
+                    let Some(write) = self.proposed.remove(&(term, index)) else { continue };
+                    if let Waiter::Client(_) = write.waiter {
+                        let message = "the write was proposed, then this node installed a snapshot that covers it; its outcome is unknown";
+                        self.answer(write.waiter, Reply::error(ErrorCode::OutcomeUnknown, message));
+                    }
+                }
             }
         }
     }

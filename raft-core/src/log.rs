@@ -8,15 +8,17 @@
 //! 2. If two logs hold an entry with the same index and term, they are identical up to it,
 //!    because AppendEntries refuses entries whose predecessor does not match.
 
-use crate::types::{Entry, Index, Payload, Term, MAX_TERM};
+use crate::types::{Entry, Index, Payload, SnapshotMeta, Term, MAX_TERM};
 
-/// The in-memory log. Entries are contiguous, starting at index 1.
+/// The in-memory log: a snapshot point (§7) followed by contiguous entries.
 ///
-/// Log compaction (§7) will add a snapshot point: entries up to `snapshot_index` replaced
-/// by a snapshot. The accessors below already speak in absolute indexes so that change
-/// stays inside this file.
+/// Everything up to `snapshot.index` has been compacted into the state machine's snapshot
+/// and is gone from here; the entries that remain are `snapshot.index + 1 ..= last_index`.
+/// Every method speaks in absolute indexes, so the offset between an index and a position
+/// in `entries` never leaves this file.
 #[derive(Clone, Debug, Default)]
 pub struct Log {
+    snapshot: SnapshotMeta,
     entries: Vec<Entry>,
 }
 
@@ -32,42 +34,81 @@ pub struct StoreOutcome {
 impl Log {
     /// Rebuilds a log from durable entries. They must be contiguous from index 1.
     pub fn from_entries(entries: Vec<Entry>) -> Result<Log, String> {
-        for (i, e) in entries.iter().enumerate() {
-            let expected = i as Index + 1;
-            if e.index != expected {
-                return Err(format!("log entry at position {i} has index {}, expected {expected}", e.index));
+        Log::restore(SnapshotMeta::default(), entries)
+    }
+
+    /// Rebuilds a log from a durable snapshot point and the entries after it. Entries at or
+    /// below the snapshot point are skipped (a driver may delete compacted rows lazily),
+    /// but one at the snapshot point itself must carry the snapshot's term.
+    pub fn restore(snapshot: SnapshotMeta, entries: Vec<Entry>) -> Result<Log, String> {
+        if snapshot.term > MAX_TERM {
+            return Err(format!("the snapshot's term {} is beyond the highest possible term", snapshot.term));
+        }
+        let mut kept = Vec::with_capacity(entries.len());
+        let mut prev_term = snapshot.term;
+        for e in entries {
+            if e.index == snapshot.index && e.term != snapshot.term {
+                return Err(format!(
+                    "log entry {} has term {}, but the snapshot ends there with term {}",
+                    e.index, e.term, snapshot.term
+                ));
             }
-            if i > 0 && e.term < entries[i - 1].term {
+            if e.index <= snapshot.index {
+                continue;
+            }
+            let expected = snapshot.index + 1 + kept.len() as Index;
+            if e.index != expected {
+                return Err(format!("log entry {} found where entry {expected} was expected", e.index));
+            }
+            if e.term < prev_term {
                 return Err(format!("log entry {} has term {} below its predecessor's", e.index, e.term));
             }
             if e.term > MAX_TERM {
                 return Err(format!("log entry {} has term {}, beyond the highest possible term", e.index, e.term));
             }
+            prev_term = e.term;
+            kept.push(e);
         }
-        Ok(Log { entries })
+        Ok(Log { snapshot, entries: kept })
     }
 
-    /// The index of the last entry, 0 if the log is empty.
+    /// The snapshot point: the entries up to it are compacted away.
+    pub fn snapshot(&self) -> SnapshotMeta {
+        self.snapshot
+    }
+
+    /// The first index still held as an entry.
+    pub fn first_index(&self) -> Index {
+        self.snapshot.index + 1
+    }
+
+    /// The index of the last entry, or the snapshot's if no entry follows it (0 if neither).
     pub fn last_index(&self) -> Index {
-        self.entries.last().map_or(0, |e| e.index)
+        self.entries.last().map_or(self.snapshot.index, |e| e.index)
     }
 
-    /// The term of the last entry, 0 if the log is empty.
+    /// The term of the last entry, or the snapshot's if no entry follows it.
     pub fn last_term(&self) -> Term {
-        self.entries.last().map_or(0, |e| e.term)
+        self.entries.last().map_or(self.snapshot.term, |e| e.term)
     }
 
-    /// The term of the entry at `index`; `Some(0)` for index 0, `None` past the end.
+    /// The term of the entry at `index`; the snapshot's term at the snapshot point (`Some(0)`
+    /// at index 0); `None` before it (compacted) or past the end.
     pub fn term_at(&self, index: Index) -> Option<Term> {
-        if index == 0 {
-            return Some(0);
+        if index == self.snapshot.index {
+            return Some(self.snapshot.term);
         }
         self.entry(index).map(|e| e.term)
     }
 
+    /// Whether `index` lies at or before the snapshot point, so its entry is gone.
+    pub fn is_compacted(&self, index: Index) -> bool {
+        index <= self.snapshot.index
+    }
+
     /// The entry at `index`, if the log has one.
     pub fn entry(&self, index: Index) -> Option<&Entry> {
-        let pos = usize::try_from(index.checked_sub(1)?).ok()?;
+        let pos = usize::try_from(index.checked_sub(self.first_index())?).ok()?;
         self.entries.get(pos)
     }
 
@@ -81,7 +122,7 @@ impl Log {
     pub fn entries_from(&self, from: Index, max_bytes: usize) -> Vec<Entry> {
         let mut out = Vec::new();
         let mut bytes = 0;
-        let mut index = from.max(1);
+        let mut index = from.max(self.first_index());
         while let Some(e) = self.entry(index) {
             bytes += e.size();
             if !out.is_empty() && bytes > max_bytes {
@@ -93,9 +134,9 @@ impl Log {
         out
     }
 
-    /// Entries in `from..=to`, for applying committed entries.
+    /// Entries in `from..=to` that the log still holds, for applying committed entries.
     pub fn slice(&self, from: Index, to: Index) -> Vec<Entry> {
-        (from.max(1)..=to).filter_map(|i| self.entry(i).cloned()).collect()
+        (from.max(self.first_index())..=to).filter_map(|i| self.entry(i).cloned()).collect()
     }
 
     /// A leader appends a new entry in its term (§5.3: "the leader appends the command to
@@ -111,14 +152,19 @@ impl Log {
     /// an existing entry that conflicts with a new one (same index, different term) is
     /// deleted with all that follow it; entries already present are left alone, so a
     /// delayed or duplicated message never truncates entries a newer message added.
+    /// Entries at or before the snapshot point are committed and already applied; they
+    /// are skipped.
     pub fn store(&mut self, prev_index: Index, entries: &[Entry]) -> StoreOutcome {
         let mut outcome = StoreOutcome::default();
         for (offset, entry) in entries.iter().enumerate() {
             let index = prev_index + 1 + offset as Index;
+            if self.is_compacted(index) {
+                continue;
+            }
             match self.term_at(index) {
                 Some(term) if term == entry.term => continue,
                 Some(_) => {
-                    self.entries.truncate((index - 1) as usize);
+                    self.entries.truncate((index - self.first_index()) as usize);
                     outcome.truncated_from = Some(index);
                 }
                 None => {}
@@ -140,6 +186,26 @@ impl Log {
             .map(|(index, _)| index)
     }
 
+    /// Log compaction (§7): the state machine holds everything up to `index`, so the
+    /// entries up to it may go. The snapshot point moves there, keeping that entry's term.
+    /// Returns the new snapshot point, or `None` if `index` is not inside the log.
+    pub fn compact(&mut self, index: Index) -> Option<SnapshotMeta> {
+        if index <= self.snapshot.index || index > self.last_index() {
+            return None;
+        }
+        let term = self.term_at(index)?;
+        self.entries.drain(..(index - self.snapshot.index) as usize);
+        self.snapshot = SnapshotMeta { index, term };
+        Some(self.snapshot)
+    }
+
+    /// Replaces the whole log with a snapshot point and no entries (Figure 13, receiver
+    /// rule 7: "discard the entire log"), for a snapshot installed from the leader.
+    pub fn reset_to(&mut self, snapshot: SnapshotMeta) {
+        self.entries.clear();
+        self.snapshot = snapshot;
+    }
+
     /// The election restriction (§5.4.1): a log is at least as up-to-date as ours if its
     /// last term is higher, or the same with a last index at least as high.
     pub fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
@@ -147,19 +213,21 @@ impl Log {
     }
 
     /// The first index holding `term`, searching back from `from` (for rejection hints).
+    /// Stops at the snapshot point, whose term is known but whose predecessors' are not.
     pub fn first_index_of_term(&self, term: Term, from: Index) -> Index {
         let mut index = from;
-        while index > 1 && self.term_at(index - 1) == Some(term) {
+        while index > self.first_index() && self.term_at(index - 1) == Some(term) {
             index -= 1;
         }
         index
     }
 
     /// The last index holding `term` or an earlier term, at or below `from`; with it a
-    /// leader skips a follower's whole conflicting term in one step (§5.3).
+    /// leader skips a follower's whole conflicting term in one step (§5.3). Stops at the
+    /// snapshot point: below it no term is known.
     pub fn last_index_at_or_below_term(&self, term: Term, from: Index) -> Index {
         let mut index = from.min(self.last_index());
-        while index > 0 && self.term_at(index).is_some_and(|t| t > term) {
+        while index > self.snapshot.index && self.term_at(index).is_some_and(|t| t > term) {
             index -= 1;
         }
         index

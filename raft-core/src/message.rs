@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Entry, Index, NodeId, Term};
+use crate::types::{Entry, Index, NodeId, SnapshotMeta, Term};
 
 /// Chosen by the driver to tell its linearizable reads apart; echoed in [`crate::ReadOutcome`].
 pub type ReadId = u64;
@@ -98,6 +98,14 @@ pub enum MessageKind {
     },
     /// A leader hands over leadership: "start an election now" (§3.10).
     TimeoutNow,
+    /// InstallSnapshot (§7, Figure 13): the leader's state machine up to `snapshot`. The
+    /// bytes travel beside the message, moved by the drivers (see [`crate::ready`]); the
+    /// receiving driver steps this once it holds the whole snapshot, verified. Answered
+    /// with an `AppendResp`, as if the snapshot's entries had been appended.
+    InstallSnapshot {
+        /// The last entry the snapshot includes.
+        snapshot: SnapshotMeta,
+    },
 }
 
 /// The outcome of an AppendEntries at the follower.
@@ -169,6 +177,9 @@ impl std::fmt::Display for Message {
                 write!(f, "ReadIndexResp id={id} refused")
             }
             MessageKind::TimeoutNow => f.write_str("TimeoutNow"),
+            MessageKind::InstallSnapshot { snapshot } => {
+                write!(f, "InstallSnapshot last={}@{}", snapshot.index, snapshot.term)
+            }
         }
     }
 }

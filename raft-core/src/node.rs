@@ -14,17 +14,21 @@ use crate::progress::Progress;
 use crate::read_index::{FollowerRead, LeaderRead};
 use crate::ready::{ProposalOutcome, Ready, SoftState};
 use crate::rng::Rng;
-use crate::types::{Entry, HardState, Index, NodeId, Payload, Role, Term, Ticks, MAX_TERM};
+use crate::types::{Entry, HardState, Index, NodeId, Payload, Role, SnapshotMeta, Term, Ticks, MAX_TERM};
 
 /// What a restarting node reads back from durable storage.
 #[derive(Clone, Debug, Default)]
 pub struct Restored {
     /// The last durable term and vote.
     pub hard_state: HardState,
-    /// The durable log, contiguous from index 1.
+    /// The durable snapshot point (§7): where the durable log begins.
+    pub snapshot: SnapshotMeta,
+    /// The durable log, contiguous from `snapshot.index + 1` (entries at or below the
+    /// snapshot point, if any are left, are ignored).
     pub entries: Vec<Entry>,
     /// The last index the state machine applied (the driver stores it with the state
     /// machine). Applied entries were committed, so the node starts with this commit index.
+    /// It is at least `snapshot.index`: a log is compacted only up to a durable state.
     pub applied: Index,
 }
 
@@ -59,6 +63,8 @@ pub struct Status {
     pub applied_index: Index,
     /// The last index in its log.
     pub last_index: Index,
+    /// Where its log begins: entries up to here are compacted into a snapshot (§7).
+    pub snapshot: SnapshotMeta,
 }
 
 /// Per-role state. Roles differ only in this and in how they handle ticks and messages.
@@ -146,7 +152,14 @@ impl Node {
                 restored.hard_state.term
             ));
         }
-        let log = Log::from_entries(restored.entries)?;
+        let log = Log::restore(restored.snapshot, restored.entries)?;
+        if restored.applied < log.snapshot().index {
+            return Err(format!(
+                "applied index {} is below the snapshot point {}: the state machine lacks compacted entries",
+                restored.applied,
+                log.snapshot().index
+            ));
+        }
         if restored.applied > log.last_index() {
             return Err(format!(
                 "applied index {} is beyond the last log index {}",
@@ -198,6 +211,7 @@ impl Node {
             commit_index: self.commit_index,
             applied_index: self.applied,
             last_index: self.log.last_index(),
+            snapshot: self.log.snapshot(),
         }
     }
 
@@ -346,6 +360,13 @@ impl Node {
 
     /// Moves to `term` (clearing the vote if it is new) and becomes a follower of `leader`.
     /// Every role change shares this bookkeeping, like etcd's `reset(term)`.
+    ///
+    /// The election timer restarts only on hearing from a leader (or on leaving
+    /// leadership, whose counter meant something else). Figure 2 restarts it on "receiving
+    /// AppendEntries RPC from current leader or granting vote to candidate", not on merely
+    /// learning a higher term: a candidate whose log is too stale to win must not keep
+    /// resetting the timers of the nodes that could win, or without PreVote it can stall
+    /// elections for as long as it keeps timing out first (as LogCabin does, unlike etcd).
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         let was_leader = matches!(self.role, RoleState::Leader(_));
         if term > self.term {
@@ -361,7 +382,9 @@ impl Node {
         }
         self.role = RoleState::Follower;
         self.leader = leader;
-        self.reset_election_timer();
+        if was_leader || leader.is_some() {
+            self.reset_election_timer();
+        }
     }
 
     /// Appends an entry in the leader's term and schedules it to be sent.

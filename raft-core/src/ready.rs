@@ -4,8 +4,14 @@
 //! 1. Send `messages` at once. These are a leader's appends and heartbeats, which are safe
 //!    before the leader's own disk write finishes: the leader counts itself towards a
 //!    commit only once [`crate::Node::advance`] says its entries are durable (§10.2.1).
-//! 2. Make durable, in order: `hard_state`, then truncate the log from `truncate_from`,
-//!    then append `entries`. Sync to disk (one fsync for the whole batch).
+//!    Start streaming a snapshot to each follower in `send_snapshots` (see below).
+//! 2. Make durable, in order: `hard_state`; then `install_snapshot` (replace the state
+//!    machine with the received snapshot and delete the whole log); then `compacted`
+//!    (delete the entries up to it); then truncate the log from `truncate_from`; then
+//!    append `entries`. Record the snapshot point of `install_snapshot` or `compacted`
+//!    with the log, for [`crate::Restored::snapshot`]. Sync to disk (one fsync for the
+//!    whole batch). An install must be atomic: after a crash, either the old state and
+//!    log or the new state and empty log, never a mix.
 //! 3. Send `persisted_messages`: votes and acknowledgements promise something about
 //!    durable state, so they must not leave before step 2 (Figure 2, "Persistent state").
 //! 4. Apply `committed` entries to the state machine, in order. This step may finish
@@ -17,20 +23,47 @@
 //! 6. Call [`crate::Node::advance`] with the ready, so the node knows what is durable.
 //!    It does not wait for step 4: `advance` speaks only of step 2.
 //!
+//! ## Snapshots (§7, Figure 13)
+//! raft-core never holds snapshot bytes: the state machine is the snapshot, and the
+//! drivers move it. A leader whose follower needs compacted entries asks, in
+//! `send_snapshots`, for a snapshot to be sent in `term`. The leader's driver then:
+//! - takes a consistent copy of its durable state machine, at whatever index `i` it has
+//!   applied (with `i`'s term, which the state machine records alongside); `i` is at or
+//!   beyond the leader's snapshot point, so the follower can continue from `i + 1`;
+//! - streams it to the follower in pieces small enough for its transport, with the
+//!   header `(from, to, term, SnapshotMeta { index: i, term })`; at most one transfer per
+//!   follower at a time (a newer request supersedes an older one);
+//! - calls [`crate::Node::report_snapshot`] once the stream has ended, saying whether it
+//!   was all written. The leader sends nothing more to that follower until then.
+//!
+//! The follower's driver collects the pieces (a lost piece fails the whole transfer, which
+//! the leader then restarts), verifies the whole, and only then steps
+//! `Message { from, to, term, kind: InstallSnapshot { snapshot } }` into its node. The node
+//! answers like an append; if it wants the snapshot, the ready carries `install_snapshot`,
+//! and the answer waits in `persisted_messages` until step 2 has installed it. A snapshot
+//! the node does not want (stale, or older than its commit index) is simply discarded.
+//!
 //! `refused` lists messages the node dropped because no correct peer could have sent them
 //! (see [`crate::refusal`]); log them at any point. They changed nothing.
 
 use crate::message::{Message, ReadId};
 use crate::refusal::Refusal;
-use crate::types::{Entry, HardState, Index, NodeId, Role, Term};
+use crate::types::{Entry, HardState, Index, NodeId, Role, SnapshotMeta, Term};
 
 /// Work for the driver, to be carried out in the order of the module docs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ready {
     /// Step 1: send now, before the disk write.
     pub messages: Vec<Message>,
+    /// Step 1: stream a snapshot of the state machine to these followers (see above).
+    pub send_snapshots: Vec<SnapshotRequest>,
     /// Step 2: the new term and vote, if they changed.
     pub hard_state: Option<HardState>,
+    /// Step 2: replace the state machine with the snapshot received for this point, and
+    /// delete every durable entry (Figure 13, receiver rules 7 and 8).
+    pub install_snapshot: Option<SnapshotMeta>,
+    /// Step 2: the log was compacted: delete durable entries up to this point.
+    pub compacted: Option<SnapshotMeta>,
     /// Step 2: delete every durable entry with an index at or above this one.
     pub truncate_from: Option<Index>,
     /// Step 2: append these entries (after any truncation).
@@ -54,6 +87,15 @@ impl Ready {
     pub fn is_empty(&self) -> bool {
         *self == Ready::default()
     }
+}
+
+/// A leader asks its driver to send a follower a snapshot (§7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    /// The follower that needs it.
+    pub to: NodeId,
+    /// The leader's term, to put in the `InstallSnapshot` header.
+    pub term: Term,
 }
 
 /// Role, term and leader: what a driver needs to route clients.
@@ -84,6 +126,15 @@ pub enum ProposalOutcome {
     },
     /// A different entry was committed at this index: the proposal will never be applied.
     Lost {
+        /// The proposal's term.
+        term: Term,
+        /// The proposal's index.
+        index: Index,
+    },
+    /// This node installed a snapshot covering the index (§7): the entries it would have
+    /// compared are gone, so it cannot tell whether the proposal committed. The driver
+    /// answers its client "outcome unknown" at once instead of at its deadline.
+    Unknown {
         /// The proposal's term.
         term: Term,
         /// The proposal's index.

@@ -58,6 +58,13 @@ impl Node {
             MessageKind::Append { prev_index, prev_term, entries, .. } => {
                 check_entries(msg.term, *prev_index, *prev_term, entries)
             }
+            // A snapshot holds at least one entry, and only a leader's own term or older.
+            MessageKind::InstallSnapshot { snapshot } if snapshot.index == 0 || snapshot.term == 0 => {
+                Err(format!("a snapshot at {}@{} includes no entry", snapshot.index, snapshot.term))
+            }
+            MessageKind::InstallSnapshot { snapshot } if snapshot.term > msg.term => {
+                Err(format!("the snapshot's last term ({}) is later than the leader's ({})", snapshot.term, msg.term))
+            }
             _ => Ok(()),
         }
     }

@@ -56,6 +56,13 @@ impl Node {
             return;
         }
         let prev_index = pr.next_index - 1;
+        if prev_index < self.log.snapshot().index {
+            // §7: what this follower needs next was compacted away: send a snapshot.
+            pr.request_snapshot();
+            let request = crate::ready::SnapshotRequest { to: peer, term: self.term };
+            self.ready.send_snapshots.push(request);
+            return;
+        }
         let Some(prev_term) = self.log.term_at(prev_index) else { return };
         let entries = self.log.entries_from(pr.next_index, self.config.max_append_bytes);
         pr.sent(entries.last().map_or(prev_index, |e| e.index));
@@ -102,6 +109,29 @@ impl Node {
         // §5.2: a candidate that hears from a leader of its term steps down; every
         // follower restarts its election timer.
         self.become_follower(self.term, Some(from));
+        let match_index = prev_index + entries.len() as Index;
+
+        // §7: entries up to our snapshot point are committed and applied here, and a
+        // correct leader holds the same ones (Leader Completeness, §5.4). Check only what
+        // follows the snapshot point, as if the append had started there.
+        let snapshot = self.log.snapshot();
+        let (prev_index, prev_term, entries) = if prev_index < snapshot.index {
+            let skip = (snapshot.index - prev_index) as usize;
+            let Some(at_snapshot) = entries.get(skip - 1) else {
+                // Nothing beyond our snapshot: we hold all of it.
+                return self.send(from, MessageKind::AppendResp(AppendResult::Accepted { match_index }));
+            };
+            if at_snapshot.term != snapshot.term {
+                let reason = format!(
+                    "the append has {}@{} where this node's snapshot, which is committed, ends with {}@{}",
+                    at_snapshot.index, at_snapshot.term, snapshot.index, snapshot.term
+                );
+                return self.refuse(from, self.term, reason);
+            }
+            (snapshot.index, snapshot.term, &entries[skip..])
+        } else {
+            (prev_index, prev_term, entries)
+        };
 
         // Receiver rule 2: "Reply false if log doesn't contain an entry at prevLogIndex
         // whose term matches prevLogTerm". The hint lets the leader skip back a whole term
@@ -130,7 +160,6 @@ impl Node {
 
         // Receiver rule 5: commit up to the leader's commit, but only as far as this message
         // proved our log matches the leader's: an unverified tail may still be wrong.
-        let match_index = prev_index + entries.len() as Index;
         self.commit_to(leader_commit.min(match_index));
         self.send(from, MessageKind::AppendResp(AppendResult::Accepted { match_index }));
     }
@@ -138,20 +167,22 @@ impl Node {
     /// The leader learns how a follower answered an append.
     pub(crate) fn handle_append_resp(&mut self, from: NodeId, result: AppendResult) {
         let last_index = self.log.last_index();
+        let log_start = self.log.snapshot().index;
         let RoleState::Leader(leader) = &mut self.role else { return };
         let Some(pr) = leader.progress.get_mut(&from) else { return };
         // A follower answers only appends we sent in this term: it can neither hold nor
-        // reject anything beyond the last index we sent it.
+        // reject anything beyond the last index we sent it, or than a snapshot could hold.
         let (AppendResult::Accepted { match_index: answered } | AppendResult::Rejected { rejected: answered, .. }) =
             result;
-        if answered > pr.sent_up_to {
-            let reason = format!("it answers for index {answered}, but only up to {} was sent", pr.sent_up_to);
+        let sent = pr.answerable(self.commit_index);
+        if answered > sent {
+            let reason = format!("it answers for index {answered}, but only up to {sent} was sent");
             return self.refuse(from, self.term, reason);
         }
         pr.recent_active = true;
         match result {
             AppendResult::Accepted { match_index } => {
-                if !pr.accepted(match_index) {
+                if !pr.accepted(match_index, log_start) {
                     return;
                 }
                 self.maybe_commit();

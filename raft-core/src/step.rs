@@ -29,7 +29,10 @@ impl Node {
                 // leader. A transfer (§3.10) was asked for by the leader, so it passes.
                 MessageKind::Vote { transfer: false, .. } if self.in_leader_lease() => return,
                 // A leader's messages carry its term: follow it.
-                MessageKind::Append { .. } | MessageKind::Heartbeat { .. } | MessageKind::TimeoutNow => {
+                MessageKind::Append { .. }
+                | MessageKind::Heartbeat { .. }
+                | MessageKind::TimeoutNow
+                | MessageKind::InstallSnapshot { .. } => {
                     self.become_follower(msg.term, Some(msg.from));
                 }
                 _ => self.become_follower(msg.term, None),
@@ -55,6 +58,7 @@ impl Node {
             MessageKind::ReadIndex { id } => self.handle_read_index(msg.from, id),
             MessageKind::ReadIndexResp { id, index } => self.handle_read_index_resp(msg.from, id, index),
             MessageKind::TimeoutNow => self.handle_timeout_now(msg.from),
+            MessageKind::InstallSnapshot { snapshot } => self.handle_install_snapshot(msg.from, snapshot),
         }
     }
 
@@ -67,6 +71,11 @@ impl Node {
             MessageKind::Append { prev_index, .. } => MessageKind::AppendResp(AppendResult::Rejected {
                 rejected: prev_index,
                 hint_index: prev_index,
+                hint_term: None,
+            }),
+            MessageKind::InstallSnapshot { snapshot } => MessageKind::AppendResp(AppendResult::Rejected {
+                rejected: snapshot.index,
+                hint_index: snapshot.index,
                 hint_term: None,
             }),
             MessageKind::Heartbeat { .. } => MessageKind::HeartbeatResp { read_round: 0 },

@@ -84,6 +84,18 @@ pub struct HardState {
     pub voted_for: Option<NodeId>,
 }
 
+/// Where a snapshot ends (§7): the last log entry whose effect it includes. The log keeps
+/// only the entries after it; everything up to it lives in the state machine's snapshot.
+/// `SnapshotMeta::default()` (index 0, term 0) is "no snapshot": the log starts at 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The last index the snapshot includes ("lastIncludedIndex", Figure 13).
+    pub index: Index,
+    /// The term of that entry ("lastIncludedTerm"), kept because the consistency check
+    /// (§5.3) and the election restriction (§5.4.1) still need it once the entry is gone.
+    pub term: Term,
+}
+
 /// The role a node plays (§5.1, plus the pre-candidate of §9.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {

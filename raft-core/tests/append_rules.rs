@@ -14,7 +14,8 @@ fn entry(index: u64, term: u64) -> Entry {
 /// term 2's leader; none committed as far as it knows).
 fn follower() -> Node {
     let entries: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).chain((6..=8).map(|i| entry(i, 2))).collect();
-    let restored = Restored { hard_state: HardState { term: 2, voted_for: None }, entries, applied: 0 };
+    let restored =
+        Restored { hard_state: HardState { term: 2, voted_for: None }, entries, applied: 0, ..Restored::default() };
     Node::new(raft_core::Config::new(2, vec![1, 2, 3]), restored).expect("valid")
 }
 
@@ -91,7 +92,8 @@ fn an_acknowledgement_claims_only_what_the_append_proved() {
 /// the append it sends node 3 after node 3 rejects `rejected` with the given hint.
 fn leader_after_rejection(terms: &[u64], rejected: u64, hint: (u64, Option<u64>)) -> (u64, u64) {
     let entries: Vec<Entry> = terms.iter().enumerate().map(|(i, &t)| entry(i as u64 + 1, t)).collect();
-    let restored = Restored { hard_state: HardState { term: 6, voted_for: None }, entries, applied: 0 };
+    let restored =
+        Restored { hard_state: HardState { term: 6, voted_for: None }, entries, applied: 0, ..Restored::default() };
     let mut config = raft_core::Config::new(1, vec![1, 2, 3]);
     config.pre_vote = false;
     let mut node = Node::new(config, restored).expect("valid");

@@ -98,11 +98,13 @@ fn messages_round_trip_through_json() {
 #[test]
 fn restarting_from_impossible_durable_state_is_refused() {
     let entries = vec![Entry { index: 1, term: 1, payload: Payload::Noop }];
-    let bad_applied = Restored { hard_state: HardState::default(), entries: entries.clone(), applied: 2 };
+    let bad_applied =
+        Restored { hard_state: HardState::default(), entries: entries.clone(), applied: 2, ..Restored::default() };
     assert!(Node::new(Config::new(1, vec![1]), bad_applied).is_err());
     let gap = Restored { entries: vec![Entry { index: 2, term: 1, payload: Payload::Noop }], ..Restored::default() };
     assert!(Node::new(Config::new(1, vec![1]), gap).is_err());
-    let good = Restored { hard_state: HardState { term: 1, voted_for: Some(1) }, entries, applied: 1 };
+    let good =
+        Restored { hard_state: HardState { term: 1, voted_for: Some(1) }, entries, applied: 1, ..Restored::default() };
     let node = Node::new(Config::new(1, vec![1]), good).expect("consistent state restarts");
     assert_eq!(node.status().commit_index, 1, "applied entries are known committed");
 }
@@ -152,7 +154,12 @@ fn persist(disk: &mut Vec<Entry>, ready: &Ready) {
 fn several_truncations_in_one_ready_truncate_from_the_lowest_and_keep_only_live_entries() {
     // Node 1 of {1, 2, 3} holds 1..=4 of term 1, durably.
     let mut disk: Vec<Entry> = (1..=4).map(|i| noop(i, 1)).collect();
-    let restored = Restored { hard_state: HardState { term: 1, voted_for: None }, entries: disk.clone(), applied: 0 };
+    let restored = Restored {
+        hard_state: HardState { term: 1, voted_for: None },
+        entries: disk.clone(),
+        applied: 0,
+        ..Restored::default()
+    };
     let mut node = Node::new(Config::new(1, vec![1, 2, 3]), restored).expect("valid");
     // Two leaders overwrite it before the driver takes a ready: term 2 from index 4,
     // then term 3 from index 2.
@@ -169,7 +176,12 @@ fn several_truncations_in_one_ready_truncate_from_the_lowest_and_keep_only_live_
     // The other order: term 2 overwrites from 2, then term 3 from 4. Still one
     // truncation from 2, and the entries that survive.
     let mut disk: Vec<Entry> = (1..=4).map(|i| noop(i, 1)).collect();
-    let restored = Restored { hard_state: HardState { term: 1, voted_for: None }, entries: disk.clone(), applied: 0 };
+    let restored = Restored {
+        hard_state: HardState { term: 1, voted_for: None },
+        entries: disk.clone(),
+        applied: 0,
+        ..Restored::default()
+    };
     let mut node = Node::new(Config::new(1, vec![1, 2, 3]), restored).expect("valid");
     node.step(append(2, 2, (1, 1), vec![noop(2, 2), noop(3, 2), noop(4, 2)], 0));
     node.step(append(3, 3, (3, 2), vec![noop(4, 3)], 0));
@@ -189,6 +201,7 @@ fn after_a_truncation_a_leader_counts_itself_only_for_what_is_durable_again() {
         hard_state: HardState { term: 1, voted_for: None },
         entries: (1..=3).map(|i| noop(i, 1)).collect(),
         applied: 0,
+        ..Restored::default()
     };
     let mut config = Config::new(1, vec![1, 2, 3]);
     config.pre_vote = false;
@@ -250,7 +263,12 @@ fn a_truncation_inside_entries_of_the_same_ready_keeps_the_ones_before_it() {
     // takes a ready, term 3's leader overwrites 3 only. The ready must write 2@2 and
     // 3@3: not 3@2, and not without 2@2.
     let mut disk = vec![noop(1, 1)];
-    let restored = Restored { hard_state: HardState { term: 1, voted_for: None }, entries: disk.clone(), applied: 0 };
+    let restored = Restored {
+        hard_state: HardState { term: 1, voted_for: None },
+        entries: disk.clone(),
+        applied: 0,
+        ..Restored::default()
+    };
     let mut node = Node::new(Config::new(1, vec![1, 2, 3]), restored).expect("valid");
     node.step(append(2, 2, (1, 1), vec![noop(2, 2), noop(3, 2)], 0));
     node.step(append(3, 3, (2, 2), vec![noop(3, 3)], 0));

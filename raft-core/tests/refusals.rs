@@ -92,8 +92,12 @@ fn a_durable_term_beyond_the_limit_is_reported_at_start() {
 
 #[test]
 fn a_durable_entry_beyond_the_highest_term_is_reported_at_start_and_the_highest_is_not() {
-    let restore =
-        |term| Restored { hard_state: HardState { term, voted_for: None }, entries: vec![entry(1, term)], applied: 0 };
+    let restore = |term| Restored {
+        hard_state: HardState { term, voted_for: None },
+        entries: vec![entry(1, term)],
+        applied: 0,
+        ..Restored::default()
+    };
     let err = Node::new(Config::new(1, vec![1, 2, 3]), restore(MAX_TERM + 1)).expect_err("damaged log");
     assert!(err.contains("beyond the highest possible term"), "{err}");
     Node::new(Config::new(1, vec![1, 2, 3]), restore(MAX_TERM)).expect("the highest term itself is a valid term");

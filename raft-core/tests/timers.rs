@@ -136,6 +136,7 @@ fn granting_a_vote_restarts_the_timer_and_refusing_one_does_not() {
         hard_state: HardState { term: 2, voted_for: None },
         entries: vec![Entry { index: 1, term: 1, payload: Payload::Noop }],
         applied: 0,
+        ..Restored::default()
     };
     let mut cfg = config(2, 5);
     cfg.pre_vote = false;

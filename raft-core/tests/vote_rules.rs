@@ -17,6 +17,7 @@ fn node(term: u64, vote: Option<u64>) -> Node {
         hard_state: HardState { term, voted_for: vote },
         entries: vec![Entry { index: 1, term: 1, payload: Payload::Noop }],
         applied: 0,
+        ..Restored::default()
     };
     Node::new(config, restored).expect("valid")
 }

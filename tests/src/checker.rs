@@ -6,10 +6,13 @@
 //!   same predecessor term, so logs that share an entry share everything before it.
 //! - Leader Completeness: an entry committed in term T is in the log of every leader of a
 //!   term after T.
-//! - State Machine Safety: every node applies the same entry at each index, in order.
+//! - State Machine Safety: every node applies the same entry at each index, in order, and
+//!   a node that installs a snapshot at index i has exactly the state (hash chain, see
+//!   [`crate::machine`]) of the nodes that applied every entry up to i (§7).
 //! - Monotonicity: a node's commit index never moves back while it runs, and its applied
 //!   index never moves back at all, across restarts included.
-//! - Durability: what a node applied is still in its durable log when it restarts.
+//! - Durability: what a node applied is still in its durable state machine when it
+//!   restarts, and its durable log continues from there.
 //! - Durable quorum (§10.2.1): when an entry is first committed, it is on the durable
 //!   logs of a majority of the nodes, so no set of crashes can lose it. A leader may send
 //!   entries before its own write finishes, but must not count itself until it has.
@@ -22,7 +25,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use raft_core::{Entry, Index, Log, NodeId, Payload, Term};
+use raft_core::{Entry, Index, Log, NodeId, Payload, SnapshotMeta, Term};
+
+use crate::machine::Machine;
 
 /// A violated property: a one-line description.
 pub type Violation = String;
@@ -45,6 +50,8 @@ pub struct Checker {
     committed: Vec<Committed>,
     /// Applied entries by index, the same on every node (position index - 1).
     applied: Vec<Entry>,
+    /// The state machine's hash after each applied index (position index - 1).
+    chain: Vec<u64>,
     /// Proposals reported lost: (term, index).
     lost: HashSet<(Term, Index)>,
     /// The highest index of a write acknowledged to a client so far.
@@ -53,6 +60,29 @@ pub struct Checker {
     last_commit: BTreeMap<NodeId, Index>,
     /// A cluster of one node, which may lead the same term twice (see `Cluster::crash`).
     lone: bool,
+}
+
+/// One node's durable log as the checker sees it: a snapshot point and the entries after.
+#[derive(Clone, Copy, Debug)]
+pub struct DurableLog<'a> {
+    /// Where the durable log begins.
+    pub snapshot: SnapshotMeta,
+    /// The durable entries after it.
+    pub entries: &'a [Entry],
+}
+
+impl<'a> DurableLog<'a> {
+    /// The durable entry at `index`, if the log still holds it.
+    pub fn entry(&self, index: Index) -> Option<&'a Entry> {
+        let pos = index.checked_sub(self.snapshot.index + 1)?;
+        self.entries.get(usize::try_from(pos).ok()?)
+    }
+
+    /// Whether `entry` is durable here: in the log, or inside the snapshot (whose state
+    /// machine applied it, which the checker compared with every other node's).
+    pub fn holds(&self, entry: &Entry) -> bool {
+        entry.index <= self.snapshot.index || self.entry(entry.index) == Some(entry)
+    }
 }
 
 impl Checker {
@@ -73,9 +103,13 @@ impl Checker {
             }
         }
         self.leaders.insert(term, node);
-        // Leader Completeness: entries committed in earlier terms are all in its log.
+        // Leader Completeness: entries committed in earlier terms are all in its log. Those
+        // compacted into its snapshot are in its state machine, checked when applied.
+        let snapshot = log.snapshot();
         for c in &self.committed {
-            if c.commit_term < term && log.entry(c.entry.index) != Some(&c.entry) {
+            let compacted =
+                c.entry.index < snapshot.index || c.entry.index == snapshot.index && c.entry.term == snapshot.term;
+            if c.commit_term < term && !compacted && log.entry(c.entry.index) != Some(&c.entry) {
                 return Err(format!(
                     "Leader Completeness: leader {node} of term {term} lacks entry {}@{} committed in term {}",
                     c.entry.index, c.entry.term, c.commit_term
@@ -119,14 +153,16 @@ impl Checker {
     }
 
     /// Log Matching over whole logs: any two logs that share an entry are identical up to it.
+    /// Entries compacted away on either node are compared through their state machines.
     pub fn logs_match(&self, logs: &[(NodeId, &Log)]) -> Result<(), Violation> {
         for (i, (a, log_a)) in logs.iter().enumerate() {
             for (b, log_b) in &logs[i + 1..] {
+                let base = log_a.snapshot().index.max(log_b.snapshot().index);
                 let mut index = log_a.last_index().min(log_b.last_index());
-                while index > 0 && log_a.term_at(index) != log_b.term_at(index) {
+                while index > base && log_a.term_at(index) != log_b.term_at(index) {
                     index -= 1;
                 }
-                for k in 1..=index {
+                for k in base + 1..=index {
                     if log_a.entry(k) != log_b.entry(k) {
                         return Err(format!("Log Matching: nodes {a} and {b} share entry {index} but differ at {k}"));
                     }
@@ -145,7 +181,7 @@ impl Checker {
         commit: Index,
         log: &Log,
         leaders: &[(NodeId, Term, &Log)],
-        disks: &[&[Entry]],
+        disks: &[DurableLog],
     ) -> Result<(), Violation> {
         let last = self.last_commit.entry(node).or_insert(0);
         if commit < *last {
@@ -154,6 +190,13 @@ impl Checker {
         let first_unchecked = *last + 1;
         *last = commit;
         for index in first_unchecked..=commit {
+            if index <= log.snapshot().index {
+                // Committed by installing a snapshot, whose state was compared when installed.
+                if index as usize > self.committed.len() {
+                    return Err(format!("node {node} holds a snapshot up to {index}, beyond anything committed"));
+                }
+                continue;
+            }
             let Some(entry) = log.entry(index) else {
                 return Err(format!("node {node} commits {index} beyond its log ({})", log.last_index()));
             };
@@ -170,7 +213,7 @@ impl Checker {
                     // learn commits from leaders), so its term is the term of the commit.
                     let commit_term = term;
                     self.committed.push(Committed { entry: entry.clone(), commit_term });
-                    let durable = disks.iter().filter(|disk| disk.get((index - 1) as usize) == Some(entry)).count();
+                    let durable = disks.iter().filter(|disk| disk.holds(entry)).count();
                     if durable <= disks.len() / 2 {
                         return Err(format!(
                             "Durable quorum: node {node} committed {index}@{} in term {term}, but only {durable} of {} nodes have it on disk",
@@ -193,11 +236,13 @@ impl Checker {
         Ok(())
     }
 
-    /// A node restarted: its commit index starts afresh (it is volatile, Figure 2), and its
-    /// durable log must still hold everything it applied.
-    pub fn restarted(&mut self, node: NodeId, applied: Index, log: &Log) -> Result<(), Violation> {
-        self.last_commit.insert(node, applied);
-        for index in 1..=applied {
+    /// A node restarted: its commit index starts afresh (it is volatile, Figure 2). Its
+    /// durable state machine must be one every node agrees on, and the entries its log
+    /// still holds up to there must be the ones applied.
+    pub fn restarted(&mut self, node: NodeId, machine: &Machine, log: &Log) -> Result<(), Violation> {
+        self.last_commit.insert(node, machine.index);
+        self.same_state(node, machine, "restarted with")?;
+        for index in log.first_index()..=machine.index {
             let expected = &self.applied[(index - 1) as usize];
             if log.entry(index) != Some(expected) {
                 return Err(format!(
@@ -209,11 +254,48 @@ impl Checker {
         Ok(())
     }
 
-    /// State Machine Safety: `node` applies `entry`, having applied `applied` before.
-    pub fn applied(&mut self, node: NodeId, applied: Index, entry: &Entry) -> Result<(), Violation> {
+    /// State Machine Safety across snapshots: `machine` is the state some node reached by
+    /// applying entries up to its index, which every other node must share there.
+    fn same_state(&self, node: NodeId, machine: &Machine, what: &str) -> Result<(), Violation> {
+        if machine.index == 0 {
+            return if *machine == Machine::default() {
+                Ok(())
+            } else {
+                Err(format!("State Machine Safety: node {node} {what} a state at index 0 that is not empty"))
+            };
+        }
+        let at = (machine.index - 1) as usize;
+        match (self.applied.get(at), self.chain.get(at)) {
+            (Some(entry), Some(&hash)) if entry.term == machine.term && hash == machine.hash => Ok(()),
+            (Some(entry), Some(_)) => Err(format!(
+                "State Machine Safety: node {node} {what} a state at {}@{} that differs from the state every node applying {}@{} reached",
+                machine.index, machine.term, entry.index, entry.term
+            )),
+            _ => Err(format!(
+                "State Machine Safety: node {node} {what} a state at index {}, which no node has applied",
+                machine.index
+            )),
+        }
+    }
+
+    /// State Machine Safety: `node` installs the snapshot `after` over its state `before`.
+    pub fn installed(&mut self, node: NodeId, before: &Machine, after: &Machine) -> Result<(), Violation> {
+        if after.index <= before.index {
+            return Err(format!(
+                "Monotonicity: node {node} installed a snapshot at {}, having applied {} already",
+                after.index, before.index
+            ));
+        }
+        self.same_state(node, after, "installed")
+    }
+
+    /// State Machine Safety: `node` applies `entry` to `machine` (its state before).
+    pub fn applied(&mut self, node: NodeId, machine: &Machine, entry: &Entry) -> Result<(), Violation> {
+        let applied = machine.index;
         if entry.index != applied + 1 {
             return Err(format!("State Machine Safety: node {node} applied {} after {applied}", entry.index));
         }
+        let hash = crate::machine::chain(machine.hash, entry);
         if self.lost.contains(&(entry.term, entry.index)) {
             return Err(format!("Outcomes: node {node} applied {}@{}, reported lost", entry.index, entry.term));
         }
@@ -222,9 +304,14 @@ impl Checker {
                 "State Machine Safety: node {node} applied {}@{} where another node applied {}@{}",
                 entry.index, entry.term, first.index, first.term
             )),
+            Some(_) if self.chain[(entry.index - 1) as usize] != hash => Err(format!(
+                "State Machine Safety: node {node} applied {}@{} to a state that differs from other nodes'",
+                entry.index, entry.term
+            )),
             Some(_) => Ok(()),
             None => {
                 self.applied.push(entry.clone());
+                self.chain.push(hash);
                 Ok(())
             }
         }

@@ -10,10 +10,11 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use raft_core::{
     AppendResult, Config, Entry, HardState, Index, Message, MessageKind, Node, NodeId, Payload, ProposalOutcome,
-    ProposeError, ReadId, Ready, Restored, Role, Term,
+    ProposeError, ReadId, Ready, Restored, Role, SnapshotMeta, Term,
 };
 
-use crate::checker::{Checker, Violation};
+use crate::checker::{Checker, DurableLog, Violation};
+use crate::machine::Machine;
 use crate::rng::SimRng;
 use crate::watch::Watch;
 
@@ -23,10 +24,34 @@ use crate::watch::Watch;
 pub struct Disk {
     /// The durable term and vote.
     pub hard_state: HardState,
-    /// The durable log.
+    /// Where the durable log begins (§7).
+    pub snapshot: SnapshotMeta,
+    /// The durable log after the snapshot point.
     pub entries: Vec<Entry>,
-    /// The state machine: every entry applied, in order.
-    pub applied: Vec<Entry>,
+    /// The state machine, which is also the snapshot a leader sends.
+    pub machine: Machine,
+}
+
+impl Disk {
+    /// The durable log, for the checker.
+    pub fn log(&self) -> DurableLog<'_> {
+        DurableLog { snapshot: self.snapshot, entries: &self.entries }
+    }
+
+    /// The index of the last durable entry (or of the snapshot point).
+    pub fn last_index(&self) -> Index {
+        self.snapshot.index + self.entries.len() as Index
+    }
+}
+
+/// A leader's driver finishing a snapshot transfer: it reports to its node when due.
+#[derive(Clone, Copy, Debug)]
+struct TransferEnd {
+    due: u64,
+    from: NodeId,
+    to: NodeId,
+    index: Index,
+    delivered: bool,
 }
 
 /// One simulated server.
@@ -40,6 +65,8 @@ pub struct SimNode {
     pub disk: Disk,
     /// Readies whose disk write (step 2 onwards) is still in progress: (due time, ready).
     writing: VecDeque<(u64, Ready)>,
+    /// Snapshots received whole and not yet installed or discarded, by (index, term).
+    received: BTreeMap<(Index, Term), Machine>,
     /// How often the node has restarted.
     restarts: u64,
 }
@@ -51,6 +78,8 @@ pub struct InFlight {
     pub due: u64,
     /// The message.
     pub msg: Message,
+    /// An `InstallSnapshot` carries the snapshot itself (the drivers move it, not Raft).
+    pub body: Option<Machine>,
 }
 
 /// How the simulated network and disks misbehave.
@@ -71,6 +100,11 @@ pub struct Faults {
     /// Probability that a node handles all its messages due at once before taking one
     /// ready (so one ready may carry several truncations, votes and acknowledgements).
     pub batch: f64,
+    /// A snapshot transfer ends (and is reported to the leader) up to this long after it
+    /// started; meanwhile the leader sends that follower nothing else.
+    pub max_transfer: u64,
+    /// Probability that a transfer is reported failed even though it arrived.
+    pub transfer_fails: f64,
 }
 
 /// What was put on the wire while [`Cluster::counting`] was on.
@@ -135,6 +169,12 @@ pub struct Cluster {
     watches: BTreeMap<NodeId, Watch>,
     /// Vote requests and answers produced by the input being handled, for the watch.
     produced: Vec<Message>,
+    /// Snapshot transfers whose end is not yet reported.
+    transfers: Vec<TransferEnd>,
+    /// Snapshots sent, and installed.
+    pub snapshots_sent: u64,
+    /// Snapshots installed.
+    pub snapshots_installed: u64,
     next_read: ReadId,
     rng: SimRng,
 }
@@ -151,7 +191,14 @@ impl Cluster {
             let raft = Node::new(config.clone(), Restored::default()).expect("valid test config");
             nodes.insert(
                 id,
-                SimNode { config, raft: Some(raft), disk: Disk::default(), writing: VecDeque::new(), restarts: 0 },
+                SimNode {
+                    config,
+                    raft: Some(raft),
+                    disk: Disk::default(),
+                    writing: VecDeque::new(),
+                    received: BTreeMap::new(),
+                    restarts: 0,
+                },
             );
         }
         Cluster {
@@ -173,6 +220,9 @@ impl Cluster {
             link_due: BTreeMap::new(),
             watches: BTreeMap::new(),
             produced: Vec::new(),
+            transfers: Vec::new(),
+            snapshots_sent: 0,
+            snapshots_installed: 0,
             next_read: 1,
             rng: SimRng::new(seed),
         }
@@ -301,6 +351,9 @@ impl Cluster {
             return;
         }
         node.writing.clear();
+        node.received.clear();
+        // Its transfers die with it; the followers' drivers discard the pieces.
+        self.transfers.retain(|t| t.from != id);
         self.proposals.retain(|&(n, _, _)| n != id);
         self.reads.retain(|&(n, _), _| n != id);
         self.say(format!("n{id} CRASH"));
@@ -339,7 +392,7 @@ impl Cluster {
             }
             if let Some(raft) = &node.raft {
                 let log = raft.log();
-                held.extend((1..=log.last_index()).filter_map(|i| log.term_at(i).map(|t| (i, t))));
+                held.extend((log.first_index()..=log.last_index()).filter_map(|i| log.term_at(i).map(|t| (i, t))));
             }
         }
         for m in &self.network {
@@ -364,12 +417,13 @@ impl Cluster {
         config.seed = config.seed.wrapping_add(node.restarts << 32);
         let restored = Restored {
             hard_state: node.disk.hard_state,
+            snapshot: node.disk.snapshot,
             entries: node.disk.entries.clone(),
-            applied: node.disk.applied.len() as Index,
+            applied: node.disk.machine.index,
         };
         let raft = Node::new(config, restored).map_err(|e| format!("Durability: node {id} cannot restart: {e}"))?;
-        let applied = node.disk.applied.len() as Index;
-        self.checker.restarted(id, applied, raft.log())?;
+        let applied = node.disk.machine.index;
+        self.checker.restarted(id, &node.disk.machine, raft.log())?;
         let hs = node.disk.hard_state;
         node.raft = Some(raft);
         self.watches.entry(id).or_default().restarted();
@@ -443,7 +497,7 @@ impl Cluster {
             let j = self.rng.range(0, i as u64 + 1) as usize;
             due.swap(i, j);
         }
-        let mut due: VecDeque<Message> = due.into_iter().map(|m| m.msg).collect();
+        let mut due: VecDeque<Message> = due.into_iter().map(|m| self.arrive(m)).collect();
         while let Some(first) = due.pop_front() {
             let to = first.to;
             let mut batch = vec![first];
@@ -466,9 +520,50 @@ impl Cluster {
         self.network = rest;
         let count = chosen.len();
         for m in chosen {
-            self.deliver(m.msg)?;
+            let msg = self.arrive(m);
+            self.deliver(msg)?;
         }
         Ok(count)
+    }
+
+    /// A message reaches its node's driver. A snapshot's body is kept until the node says
+    /// whether to install it (a node that is down or cut off never gets it).
+    fn arrive(&mut self, m: InFlight) -> Message {
+        if let Some(body) = m.body {
+            let reachable = !self.blocked.contains(&(m.msg.from, m.msg.to));
+            if let Some(node) = self.nodes.get_mut(&m.msg.to).filter(|n| n.raft.is_some() && reachable) {
+                node.received.insert((body.index, body.term), body);
+            }
+        }
+        m.msg
+    }
+
+    /// The driver of node `id` compacts its log up to `keep` entries before its durable
+    /// state machine's index (§7): it may, as the state machine holds everything up to there.
+    pub fn compact(&mut self, id: NodeId, keep: Index) -> Result<(), Violation> {
+        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        let index = node.disk.machine.index.saturating_sub(keep);
+        let Some(raft) = node.raft.as_mut() else { return Ok(()) };
+        if index <= raft.log().snapshot().index {
+            return Ok(());
+        }
+        raft.compact(index).map_err(|e| format!("Compaction: n{id} refused to compact to its durable state: {e}"))?;
+        self.say(format!("n{id} compact to {index}"));
+        self.process(id)
+    }
+
+    /// Reports to leader `id` the snapshot transfers whose end is due.
+    fn end_transfers(&mut self, id: NodeId) {
+        let now = self.now;
+        let (due, rest): (Vec<TransferEnd>, Vec<TransferEnd>) =
+            self.transfers.drain(..).partition(|t| t.from == id && t.due <= now);
+        self.transfers = rest;
+        for t in due {
+            let Some(raft) = self.raft_mut(id) else { continue };
+            raft.report_snapshot(t.to, t.index, t.delivered);
+            let outcome = if t.delivered { "sent" } else { "failed" };
+            self.say(format!("n{id} snapshot {} to n{} {outcome}", t.index, t.to));
+        }
     }
 
     /// Finishes disk writes due by now on every node.
@@ -498,6 +593,7 @@ impl Cluster {
                 return Err("Progress: over 200000 messages in flight; the nodes are flooding the network".into());
             }
             self.finish_due_writes(id)?;
+            self.end_transfers(id);
             let Some(raft) = self.raft_mut(id) else { return Ok(()) };
             // Driver contract: when `has_ready` says there is nothing, `ready` has nothing: a
             // false "no" would leave a vote or a commit waiting for the next input. (A false
@@ -551,6 +647,9 @@ impl Cluster {
             self.check_promise(id, msg)?;
             self.send(msg.clone());
         }
+        for request in &ready.send_snapshots {
+            self.send_snapshot(id, request.to, request.term)?;
+        }
         let delay =
             if self.rng.chance(self.faults.slow_disk) { self.rng.range(1, self.faults.max_disk_delay + 1) } else { 0 };
         let node = self.nodes.get_mut(&id).ok_or("unknown node")?;
@@ -583,14 +682,53 @@ impl Cluster {
             node.disk.hard_state = hs;
             durable.push(format!("term={} vote={}", hs.term, fmt_vote(hs.voted_for)));
         }
+        if let Some(meta) = ready.install_snapshot {
+            let Some(body) = node.received.get(&(meta.index, meta.term)).copied() else {
+                return Err(format!(
+                    "Driver contract: n{id} asks to install a snapshot at {}@{} it never received",
+                    meta.index, meta.term
+                ));
+            };
+            self.checker.installed(id, &node.disk.machine, &body)?;
+            node.disk.machine = body;
+            node.disk.snapshot = meta;
+            node.disk.entries.clear();
+            self.snapshots_installed += 1;
+            durable.push(format!("install snapshot {}@{}", meta.index, meta.term));
+        }
+        if let Some(meta) = ready.compacted.filter(|m| m.index > node.disk.snapshot.index) {
+            // §7: only what the durable state machine holds may leave the log.
+            if meta.index > node.disk.machine.index || meta.index > node.disk.last_index() {
+                return Err(format!(
+                    "Compaction (§7): n{id} drops its durable log up to {}, but its durable state machine is at {} and its log ends at {}",
+                    meta.index,
+                    node.disk.machine.index,
+                    node.disk.last_index()
+                ));
+            }
+            node.disk.entries.drain(..(meta.index - node.disk.snapshot.index) as usize);
+            node.disk.snapshot = meta;
+            durable.push(format!("compact to {}@{}", meta.index, meta.term));
+        }
         if let Some(from) = ready.truncate_from {
-            node.disk.entries.truncate(from.saturating_sub(1) as usize);
+            if from <= node.disk.snapshot.index {
+                return Err(format!("Driver contract: n{id} truncates from {from}, inside its snapshot"));
+            }
+            node.disk.entries.truncate((from - 1 - node.disk.snapshot.index) as usize);
             durable.push(format!("truncate {from}.."));
         }
-        if !ready.entries.is_empty() {
+        if let Some(first) = ready.entries.first() {
+            if first.index != node.disk.last_index() + 1 {
+                return Err(format!(
+                    "Driver contract: n{id} appends from {} to a durable log ending at {}",
+                    first.index,
+                    node.disk.last_index()
+                ));
+            }
             node.disk.entries.extend(ready.entries.iter().cloned());
             durable.push(format!("append {}", fmt_entries(&ready.entries)));
         }
+        node.received.retain(|&(index, _), _| index > node.disk.machine.index);
         if !durable.is_empty() {
             self.say(format!("n{id} persist {}", durable.join(", ")));
         }
@@ -607,9 +745,8 @@ impl Cluster {
         let applied = partial.map_or(usize::MAX, |p| p.applied);
         for entry in ready.committed.iter().take(applied) {
             let node = self.nodes.get_mut(&id).ok_or("unknown node")?;
-            let applied = node.disk.applied.len() as Index;
-            node.disk.applied.push(entry.clone());
-            self.checker.applied(id, applied, entry)?;
+            self.checker.applied(id, &node.disk.machine, entry)?;
+            node.disk.machine.apply(entry);
             self.say(format!("n{id} apply {}", fmt_entry(entry)));
         }
         if partial.is_some() {
@@ -630,11 +767,16 @@ impl Cluster {
                     self.checker.lost(id, term, index)?;
                     self.say(format!("n{id} proposal {index}@{term} lost"));
                 }
+                ProposalOutcome::Unknown { term, index } => {
+                    // The client is told its outcome is unknown: nothing to check.
+                    self.proposals.remove(&(id, term, index));
+                    self.say(format!("n{id} proposal {index}@{term} outcome unknown (inside a snapshot)"));
+                }
             }
         }
         for read in &ready.reads {
             let must_see = self.reads.remove(&(id, read.id));
-            let applied = self.nodes.get(&id).map_or(0, |n| n.disk.applied.len() as Index);
+            let applied = self.nodes.get(&id).map_or(0, |n| n.disk.machine.index);
             match read.result {
                 Ok(index) => {
                     if index > applied {
@@ -680,20 +822,21 @@ impl Cluster {
             // harmless: such a leader was elected without this node, so any majority for
             // those entries needs another node that holds them durably, and that node's
             // vote would have made the new leader hold them too.
+            // Up to its durable snapshot point, the durable state machine holds it.
             MessageKind::AppendResp(AppendResult::Accepted { match_index })
-                if *match_index > 0 && disk.hard_state.term <= msg.term =>
+                if *match_index > disk.snapshot.index && disk.hard_state.term <= msg.term =>
             {
-                let Some(durable) = disk.entries.get((*match_index - 1) as usize) else {
+                let Some(durable) = disk.log().entry(*match_index) else {
                     return Err(format!(
                         "Durable acknowledgement (§10.2.1): n{id} tells n{} it holds up to {match_index}, but its durable log ends at {}",
                         msg.to,
-                        disk.entries.len()
+                        disk.last_index()
                     ));
                 };
                 // The acknowledged entry must be the leader's own, if that leader still leads.
-                if let Some(leader) =
-                    self.raft(msg.to).filter(|r| r.role() == Role::Leader && r.status().term == msg.term)
-                {
+                if let Some(leader) = self.raft(msg.to).filter(|r| {
+                    r.role() == Role::Leader && r.status().term == msg.term && !r.log().is_compacted(*match_index)
+                }) {
                     if leader.log().entry(*match_index) != Some(durable) {
                         return Err(format!(
                             "Acknowledgement: n{id} tells n{} it holds up to {match_index}, but its entry there is {}, the leader's {:?}",
@@ -709,8 +852,35 @@ impl Cluster {
         Ok(())
     }
 
+    /// Step 1 for a snapshot request: leader `id`'s driver streams its durable state machine
+    /// to `to`. The whole transfer is lost, delayed or duplicated like one message, and its
+    /// end is reported to the leader later, possibly as failed even if it arrived.
+    fn send_snapshot(&mut self, id: NodeId, to: NodeId, term: Term) -> Result<(), Violation> {
+        let body = self.nodes.get(&id).ok_or("unknown node")?.disk.machine;
+        let leader_snapshot = self.raft(id).map_or(0, |r| r.log().snapshot().index);
+        if body.index < leader_snapshot {
+            return Err(format!(
+                "Compaction (§7): n{id} must send a snapshot, but its state machine ({}) is behind its log's start ({leader_snapshot})",
+                body.index
+            ));
+        }
+        let msg = Message { from: id, to, term, kind: MessageKind::InstallSnapshot { snapshot: body.meta() } };
+        self.snapshots_sent += 1;
+        let lost = self.put_on_wire(msg, Some(body));
+        let delivered = !lost && !self.rng.chance(self.faults.transfer_fails);
+        let due = self.now + self.rng.range(0, self.faults.max_transfer + 1);
+        self.transfers.retain(|t| !(t.from == id && t.to == to));
+        self.transfers.push(TransferEnd { due, from: id, to, index: body.index, delivered });
+        Ok(())
+    }
+
     /// Puts a message on the wire, subject to partitions and faults.
     fn send(&mut self, msg: Message) {
+        self.put_on_wire(msg, None);
+    }
+
+    /// Puts a message (and a snapshot's body) on the wire. Returns whether it was lost.
+    fn put_on_wire(&mut self, msg: Message, body: Option<Machine>) -> bool {
         if self.counting {
             self.traffic.messages += 1;
             self.traffic.bytes += serde_json::to_vec(&msg).map_or(0, |v| v.len() as u64);
@@ -726,11 +896,11 @@ impl Cluster {
         }
         if self.blocked.contains(&(msg.from, msg.to)) {
             self.say(format!("drop {msg} (partitioned)"));
-            return;
+            return true;
         }
         if self.rng.chance(self.faults.drop) {
             self.say(format!("drop {msg} (lost)"));
-            return;
+            return true;
         }
         let copies = if self.rng.chance(self.faults.duplicate) { 2 } else { 1 };
         for _ in 0..copies {
@@ -740,8 +910,9 @@ impl Cluster {
                 due = due.max(*last);
                 *last = due;
             }
-            self.network.push(InFlight { due, msg: msg.clone() });
+            self.network.push(InFlight { due, msg: msg.clone(), body });
         }
+        false
     }
 
     /// Checks one node's state after it acted.
@@ -756,7 +927,7 @@ impl Cluster {
             .filter(|(_, r)| r.role() == Role::Leader)
             .map(|(n, r)| (n, r.status().term, r.log()))
             .collect();
-        let disks: Vec<&[Entry]> = nodes.values().map(|node| node.disk.entries.as_slice()).collect();
+        let disks: Vec<DurableLog> = nodes.values().map(|node| node.disk.log()).collect();
         checker.node_state(id, status.term, status.commit_index, raft.log(), &leaders, &disks)
     }
 

@@ -7,6 +7,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod machine;
 pub mod rng;
 pub mod sim;
 pub mod watch;

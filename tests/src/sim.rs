@@ -7,7 +7,9 @@
 //!    hundreds of ticks in one seed in eight; any node crashes, also part-way through
 //!    carrying out a ready, and restarts with only its durable state; disk writes are
 //!    slow; clients propose writes, ask for linearizable reads and occasionally ask for a
-//!    leadership transfer.
+//!    leadership transfer. Nodes compact their logs at random points (§7), so followers
+//!    that fall behind catch up by snapshot; snapshot transfers are lost, duplicated,
+//!    delayed and reported failed like everything else.
 //! 2. Heal: every fault stops and every node runs; clients write now and then. Within
 //!    [`ELECTION_BOUND_TICKS`] every node knows one leader, and within [`LIVENESS_TICKS`]
 //!    every pending request is resolved.
@@ -81,6 +83,10 @@ pub struct Params {
     pub partition_rate: f64,
     /// Per time unit: probability that a node crashes.
     pub crash_rate: f64,
+    /// Per time unit: probability that a node compacts its log (0 in one seed in five).
+    pub compact_rate: f64,
+    /// How many applied entries a compaction keeps, at most (a trailing window).
+    pub compact_keep: u64,
 }
 
 impl Params {
@@ -100,12 +106,16 @@ impl Params {
                 max_disk_delay: rng.range(1, 2 * UNITS_PER_TICK),
                 in_order: false,
                 batch: if rng.chance(0.5) { rng.range(10, 60) as f64 / 100.0 } else { 0.0 },
+                max_transfer: rng.range(0, 5 * UNITS_PER_TICK),
+                transfer_fails: rng.range(0, 20) as f64 / 100.0,
             },
             chaos_ticks: rng.range(500, 1500),
             propose_rate: rng.range(2, 20) as f64 / 100.0,
             read_rate: rng.range(1, 10) as f64 / 100.0,
             partition_rate: rng.range(5, 30) as f64 / 10_000.0,
             crash_rate: rng.range(0, 10) as f64 / 10_000.0,
+            compact_rate: if rng.chance(0.8) { rng.range(1, 50) as f64 / 1000.0 } else { 0.0 },
+            compact_keep: rng.range(0, 10),
         }
         .long_partitions(&mut rng)
     }
@@ -132,6 +142,8 @@ pub struct Report {
     pub acked_writes: u64,
     /// Linearizable reads served.
     pub served_reads: u64,
+    /// Snapshots sent by leaders' drivers, and installed by followers (§7).
+    pub snapshots: (u64, u64),
     /// Ticks the heal phase needed to become live.
     pub heal_ticks: u64,
     /// Ticks from healing until every node knew the same leader.
@@ -264,6 +276,7 @@ impl<'a> Sim<'a> {
                     committed: self.cluster.checker.committed_count(),
                     acked_writes: self.cluster.acked_writes,
                     served_reads: self.cluster.served_reads,
+                    snapshots: (self.cluster.snapshots_sent, self.cluster.snapshots_installed),
                     heal_ticks: ticks,
                     election_ticks,
                     election_terms,
@@ -496,6 +509,11 @@ impl<'a> Sim<'a> {
         if self.rng.chance(p.read_rate) {
             let id = self.rng.pick(&live);
             self.cluster.read(id)?;
+        }
+        if self.rng.chance(p.compact_rate) {
+            let id = self.rng.pick(&live);
+            let keep = self.rng.range(0, p.compact_keep + 1);
+            self.cluster.compact(id, keep)?;
         }
         if self.rng.chance(0.0005) {
             if let Some(leader) = self.current_leader() {

@@ -4,7 +4,8 @@
 //! - Election timer (§5.2): a follower or candidate starts an election only after an
 //!   election timeout without hearing from the leader of its term and without granting a
 //!   vote, and always within the longest randomized timeout. The timeout is drawn from
-//!   `[election_ticks, 2 * election_ticks)`.
+//!   `[election_ticks, 2 * election_ticks)`. Adopting a later term from a vote request
+//!   does not restart it (Figure 2): only a leader, a granted vote or a new campaign does.
 //!   Only a timeout, or the leader's TimeoutNow, starts an election.
 //! - Lease (§4.2.3): with CheckQuorum on, a node that heard from a leader less than an
 //!   election timeout ago grants no PreVote and no vote for a later term, and does not
@@ -83,9 +84,14 @@ impl Watch {
             && (status.role == Role::Leader || status.leader.is_some() && self.quiet() < config.election_ticks)
     }
 
-    /// Restarts the timer on a role, term or leader change; tracks leadership.
+    /// Restarts the timer when a campaign round starts, when leadership is won or lost,
+    /// and when a leader becomes known; not when a follower merely adopts a later term
+    /// (Figure 2). Tracks leadership.
     fn settle(&mut self, before: &Status, after: &Status) {
-        if soft(before) != soft(after) {
+        let campaign = matches!(after.role, Role::PreCandidate | Role::Candidate);
+        let leadership = (before.role == Role::Leader) != (after.role == Role::Leader);
+        let new_leader = after.leader.is_some() && after.leader != before.leader;
+        if soft(before) != soft(after) && (campaign || leadership || new_leader) {
             self.quiet_since = self.ticks;
         }
         if after.role != Role::Leader {
@@ -207,12 +213,19 @@ impl Watch {
         };
 
         // What this append proved about the log: it matches the leader's up to the
-        // append's last entry.
-        if let MessageKind::Append { prev_index, prev_term, entries, .. } = &msg.kind {
-            let proved = log.matches(*prev_index, *prev_term) && entries.iter().all(|e| log.matches(e.index, e.term));
-            if msg.term == after.term && after.role != Role::Leader && proved {
-                self.verified = raise(self.verified, after.term, prev_index + entries.len() as Index);
+        // append's last entry. Entries before the snapshot point are committed, so they
+        // match any leader's (§5.4); a snapshot proves the state up to its last entry.
+        let holds = |index: Index, term: Term| index < log.snapshot().index || log.matches(index, term);
+        let proved_up_to = match &msg.kind {
+            MessageKind::Append { prev_index, prev_term, entries, .. } => {
+                let proved = holds(*prev_index, *prev_term) && entries.iter().all(|e| holds(e.index, e.term));
+                proved.then_some(prev_index + entries.len() as Index)
             }
+            MessageKind::InstallSnapshot { snapshot } => holds(snapshot.index, snapshot.term).then_some(snapshot.index),
+            _ => None,
+        };
+        if let Some(index) = proved_up_to.filter(|_| msg.term == after.term && after.role != Role::Leader) {
+            self.verified = raise(self.verified, after.term, index);
         }
         if after.role != Role::Leader && after.commit_index > before.commit_index {
             let verified = if self.verified.0 == after.term { self.verified.1 } else { 0 };
@@ -224,11 +237,12 @@ impl Watch {
             }
         }
 
-        // The election timer restarts on a leader's append or heartbeat of the current
-        // term (Figure 2, "Rules for Servers", Followers), and on any change of role,
-        // term or leader.
-        let from_leader = matches!(msg.kind, MessageKind::Append { .. } | MessageKind::Heartbeat { .. })
-            && msg.term >= before.term
+        // The election timer restarts on a leader's append, heartbeat or snapshot of the
+        // current term (Figure 2, "Rules for Servers", Followers), and as `settle` says.
+        let from_leader = matches!(
+            msg.kind,
+            MessageKind::Append { .. } | MessageKind::Heartbeat { .. } | MessageKind::InstallSnapshot { .. }
+        ) && msg.term >= before.term
             && after.role != Role::Leader;
         if from_leader {
             self.quiet_since = self.ticks;

@@ -14,20 +14,29 @@
 //! - `stabilize`: deliver until no message is in flight
 //! - `propose N COMMAND`, `read N`, `transfer N to=M`
 //! - `partition N...`: cut the named nodes off from the others; `heal` removes all cuts
-//! - `crash N`, `restart N`
+//! - `crash N [persisted=bool sent=K applied=K]`, `restart N`: with the keys, node N
+//!   crashes part-way through its oldest ready whose disk write is still in progress
+//!   (see `faults slowdisk`)
+//! - `compact N [keep=K]`: node N's driver compacts its log up to K entries before its
+//!   durable state machine's index (§7)
+//! - `faults [drop=P] [duplicate=P] [transferfails=P] [slowdisk=P diskdelay=U]`: make the
+//!   network (and snapshot transfers, and disks) unreliable from now on; `faults` alone
+//!   makes them reliable again. Deterministic: the cluster's random source has seed 0.
 //! - `status`, `log [N...]`: show node state and logs
 //! - `check N [role=R] [term=T] [leader=L] [vote=V] [commit=C] [applied=A] [last=I]
-//!   [log=1@1,2@1,...]`: fail unless node N is in exactly that state (`leader` and `vote`
-//!   take a node or `none`; `role=down` for a crashed node). Without a node, it checks
-//!   the clients' side: `acked=W` writes acknowledged, `served=R` linearizable reads
-//!   served, `pending=P` reads still waiting. Every script ends with checks of what it
+//!   [log=1@1,2@1,...] [snapshot=I@T] [disk=I@T..L]`: fail unless node N is in exactly
+//!   that state (`leader` and `vote` take a node or `none`; `role=down` for a crashed
+//!   node; `snapshot` is where its log begins, `disk` the durable snapshot point and last
+//!   durable index, readable while it is down). Without a node, it checks the clients'
+//!   side: `acked=W` writes acknowledged, `served=R` linearizable reads served,
+//!   `pending=P` reads still waiting, `installed=S` snapshots installed. Every script ends with checks of what it
 //!   shows, so regenerating a transcript cannot hide a broken rule.
 
 use std::error::Error;
 use std::fmt::Write as _;
 
 use goldenscript::{Argument, Command, Context};
-use lightraft_tests::cluster::{fmt_entry, Cluster};
+use lightraft_tests::cluster::{fmt_entry, Cluster, Faults, Partial};
 use raft_core::NodeId;
 
 struct Runner {
@@ -140,7 +149,27 @@ impl goldenscript::Runner for Runner {
                 cluster.blocked.clear();
                 cluster.say("healed".into());
             }
+            "crash" if command.args.len() > 1 => {
+                let partial = Partial {
+                    persisted: key(command, "persisted", false)?,
+                    sent: key(command, "sent", 0usize)?,
+                    applied: key(command, "applied", 0usize)?,
+                };
+                cluster.crash_during_ready(one_node(command)?, partial)?;
+            }
             "crash" => cluster.crash(one_node(command)?),
+            "compact" => cluster.compact(one_node(command)?, key(command, "keep", 0u64)?)?,
+            "faults" => {
+                cluster.faults = Faults {
+                    drop: key(command, "drop", 0.0)?,
+                    duplicate: key(command, "duplicate", 0.0)?,
+                    transfer_fails: key(command, "transferfails", 0.0)?,
+                    slow_disk: key(command, "slowdisk", 0.0)?,
+                    max_disk_delay: key(command, "diskdelay", 0u64)?,
+                    ..Faults::default()
+                };
+                cluster.say(format!("faults now {:?}", cluster.faults));
+            }
             "restart" => cluster.restart(one_node(command)?)?,
             "status" => {
                 for id in cluster.ids() {
@@ -150,9 +179,13 @@ impl goldenscript::Runner for Runner {
                             let s = raft.status();
                             let leader = s.leader.map_or("none".into(), |l| format!("n{l}"));
                             let vote = s.voted_for.map_or("none".into(), |v| format!("n{v}"));
+                            let snapshot = match s.snapshot.index {
+                                0 => String::new(),
+                                _ => format!(" snapshot={}@{}", s.snapshot.index, s.snapshot.term),
+                            };
                             writeln!(
                                 out,
-                                "n{id}: {} term={} leader={leader} vote={vote} last={} commit={} applied={}",
+                                "n{id}: {} term={} leader={leader} vote={vote} last={} commit={} applied={}{snapshot}",
                                 s.role, s.term, s.last_index, s.commit_index, s.applied_index
                             )?;
                         }
@@ -171,8 +204,13 @@ impl goldenscript::Runner for Runner {
                     };
                     let log = raft.log();
                     let entries: Vec<String> =
-                        (1..=log.last_index()).filter_map(|i| log.entry(i)).map(fmt_entry).collect();
-                    writeln!(out, "n{id}: [{}]", entries.join(", "))?;
+                        (log.first_index()..=log.last_index()).filter_map(|i| log.entry(i)).map(fmt_entry).collect();
+                    let snapshot = log.snapshot();
+                    let start = match snapshot.index {
+                        0 => String::new(),
+                        _ => format!("snapshot {}@{} + ", snapshot.index, snapshot.term),
+                    };
+                    writeln!(out, "n{id}: {start}[{}]", entries.join(", "))?;
                 }
             }
             "check" => check(cluster, command)?,
@@ -191,6 +229,10 @@ fn check(cluster: &Cluster, command: &Command) -> Result<(), Box<dyn Error>> {
     let id = one_node(command)?;
     let show = |node: Option<NodeId>| node.map_or("none".to_string(), |n| n.to_string());
     let actual = |name: &str| -> Result<String, Box<dyn Error>> {
+        if name == "disk" {
+            let disk = &cluster.nodes.get(&id).ok_or_else(|| format!("no node {id}"))?.disk;
+            return Ok(format!("{}@{}..{}", disk.snapshot.index, disk.snapshot.term, disk.last_index()));
+        }
         let Some(raft) = cluster.raft(id) else {
             return if name == "role" { Ok("down".into()) } else { Err(format!("n{id} is down").into()) };
         };
@@ -203,9 +245,10 @@ fn check(cluster: &Cluster, command: &Command) -> Result<(), Box<dyn Error>> {
             "commit" => s.commit_index.to_string(),
             "applied" => s.applied_index.to_string(),
             "last" => s.last_index.to_string(),
+            "snapshot" => format!("{}@{}", s.snapshot.index, s.snapshot.term),
             "log" => {
                 let log = raft.log();
-                let entries: Vec<String> = (1..=log.last_index())
+                let entries: Vec<String> = (log.first_index()..=log.last_index())
                     .filter_map(|i| log.entry(i))
                     .map(|e| format!("{}@{}", e.index, e.term))
                     .collect();
@@ -238,6 +281,7 @@ fn check_clients(cluster: &Cluster, command: &Command) -> Result<(), Box<dyn Err
                 "acked" => cluster.acked_writes,
                 "served" => cluster.served_reads,
                 "pending" => cluster.reads.len() as u64,
+                "installed" => cluster.snapshots_installed,
                 other => return Err(format!("check: unknown field {other}").into()),
             };
             if actual.to_string() != *expected {
