@@ -19,6 +19,7 @@
 //! 6. [`replication`] with [`progress`] and [`quorum`]: how entries spread and commit
 //!    (§5.3, §5.4.2).
 //! 7. [`check_quorum`], [`read_index`], [`transfer`]: the dissertation's additions.
+//!    [`snapshot`]: log compaction and InstallSnapshot (§7).
 //! 8. [`refusal`]: messages no correct peer could send, and why they are dropped.
 //! 9. [`ready`]: the contract with the driver, in the order it must be carried out.
 //!
@@ -29,22 +30,24 @@
 //!                    node.propose(cmd) and node.read(id) for client requests
 //!     if node.has_ready() {
 //!         let ready = node.ready();
-//!         1. send ready.messages
-//!         2. persist ready.hard_state, ready.truncate_from, ready.entries; fsync
+//!         1. send ready.messages; start a snapshot transfer for each ready.send_snapshots
+//!         2. persist ready.hard_state, ready.install_snapshot, ready.compacted,
+//!            ready.truncate_from, ready.entries; fsync
 //!         3. send ready.persisted_messages
 //!         4. apply ready.committed
 //!         5. answer clients from ready.proposals and ready.reads
 //!         (any time) log ready.refused
 //!         node.advance(&ready);
 //!     }
+//!     now and then: node.compact(index) once the state machine is durable at index;
+//!                   node.report_snapshot(to, index, delivered) when a transfer ends
 //! }
 //! ```
 //! A node restarted with [`Node::new`] from exactly what step 2 persisted (plus the
 //! state machine's applied index) continues safely.
 //!
 //! ## Designed for, not yet built
-//! Log compaction with snapshots (§7) fits behind [`log::Log`] and a new progress state;
-//! membership changes (§4) replace `Config::voters` with configuration entries; pipelining
+//! Membership changes (§4) replace `Config::voters` with configuration entries; pipelining
 //! already exists in the Replicate progress state and batching in `ready()`.
 
 #![warn(missing_docs)]

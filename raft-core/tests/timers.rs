@@ -142,8 +142,9 @@ fn granting_a_vote_restarts_the_timer_and_refusing_one_does_not() {
     cfg.pre_vote = false;
     let mut quiet = Node::new(cfg.clone(), restored()).expect("valid");
     let mut granted = Node::new(cfg.clone(), restored()).expect("valid");
-    let mut refused = Node::new(cfg, restored()).expect("valid");
-    for node in [&mut quiet, &mut granted, &mut refused] {
+    let mut refused = Node::new(cfg.clone(), restored()).expect("valid");
+    let mut later = Node::new(cfg, restored()).expect("valid");
+    for node in [&mut quiet, &mut granted, &mut refused, &mut later] {
         for _ in 0..ET - 1 {
             node.tick();
             drive(node);
@@ -154,12 +155,20 @@ fn granting_a_vote_restarts_the_timer_and_refusing_one_does_not() {
     // A candidate whose log is behind ours (§5.4.1) is refused.
     refused.step(msg(3, 2, 2, MessageKind::Vote { last_index: 0, last_term: 0, transfer: false }));
     assert!(!grants(&drive(&mut refused)));
+    // So is one from a later term: we adopt the term, but hearing of it is not hearing
+    // from a leader, so the timer runs on (Figure 2). Else a candidate too stale to win
+    // could keep restarting the timers of those that could, and stall elections.
+    later.step(msg(3, 2, 3, MessageKind::Vote { last_index: 0, last_term: 0, transfer: false }));
+    assert!(!grants(&drive(&mut later)));
+    assert_eq!(later.status().term, 3);
     let q = ticks_to_campaign(&mut quiet, 3 * ET).expect("campaigns");
     let g = ticks_to_campaign(&mut granted, 3 * ET).expect("campaigns");
     let r = ticks_to_campaign(&mut refused, 3 * ET).expect("campaigns");
     assert!(q < ET, "seed 5 must draw a timeout below {}, so an unrestarted timer fires within ET", 2 * ET - 1);
     assert!(g >= ET, "granting a vote restarts the timer: campaigned {g} ticks after it");
     assert_eq!(r, q, "a refused vote leaves the timer alone");
+    let l = ticks_to_campaign(&mut later, 3 * ET).expect("campaigns");
+    assert_eq!(l, q, "adopting a later term from a refused vote leaves the timer alone");
 }
 
 #[test]

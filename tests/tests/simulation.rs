@@ -44,13 +44,13 @@ fn run_seeds(seeds: Vec<u64>) -> (Vec<String>, Vec<Report>) {
 }
 
 /// Over many runs, elections after healing are quick: half within `MEDIAN` ticks (one
-/// longest election timeout) and 99% within `P99`. Measured at 5000 seeds: 2194 runs
-/// needed an election; median 11 ticks, 99th percentile 57, longest 158. A bug that makes split
-/// votes common, or keeps a candidate from stepping down, moves these long before any
-/// single run hits its hard bound.
+/// longest election timeout) and 99% within `P99`. Measured at 5000 seeds: 2216 runs
+/// needed an election; median 11 ticks, 99th percentile 31, longest 60. A bug that makes
+/// split votes common, or keeps a candidate from stepping down, moves these long before
+/// any single run hits its hard bound.
 fn elections_settle_quickly_on_the_whole(reports: &[Report]) {
     const MEDIAN: u64 = 20;
-    const P99: u64 = 80;
+    const P99: u64 = 50;
     // Only runs that needed an election (in the others the leader survived the chaos).
     let mut ticks: Vec<u64> = reports.iter().filter(|r| r.election_terms > 0).map(|r| r.election_ticks).collect();
     if ticks.len() < 200 {
