@@ -6,6 +6,7 @@
 //! order") may finish later, as long as entries are applied in order and nobody is told
 //! an index is applied (a read served, a write answered) before it is.
 
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
 use raft_core::{Entry, Index};
@@ -24,13 +25,33 @@ pub enum Applied {
         /// (index, result) for every command applied in this batch.
         results: Vec<(Index, LineResult)>,
     },
+    /// Everything up to `index` is durable in the state database: the log may be
+    /// compacted up to there (§7).
+    Durable(Index),
     /// This node's disk failed: the node must stop (fail-stop).
     Failed(String),
 }
 
+/// Work for the apply thread, done in the order sent.
+#[derive(Debug)]
+pub enum Job {
+    /// Apply these committed entries.
+    Entries(Vec<Entry>),
+    /// Make everything applied so far durable, and report it as [`Applied::Durable`].
+    Checkpoint,
+    /// Replace the state with the snapshot at `path` (§7) and answer with the applied
+    /// index it holds, once durable.
+    Install {
+        /// The verified snapshot.
+        path: PathBuf,
+        /// Where the answer goes.
+        reply: Sender<Result<Index, String>>,
+    },
+}
+
 /// Starts the apply thread. Send it committed entries in order; it reports to `core`.
-pub fn start(mut sm: StateMachine, core: SyncSender<Event>) -> Result<Sender<Vec<Entry>>, String> {
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<Entry>>();
+pub fn start(mut sm: StateMachine, core: SyncSender<Event>) -> Result<Sender<Job>, String> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
     let span = tracing::Span::current();
     std::thread::Builder::new()
         .name("apply".into())
@@ -42,31 +63,74 @@ pub fn start(mut sm: StateMachine, core: SyncSender<Event>) -> Result<Sender<Vec
     Ok(tx)
 }
 
-fn run(sm: &mut StateMachine, entries: &Receiver<Vec<Entry>>, core: &SyncSender<Event>) {
-    while let Ok(mut batch) = entries.recv() {
-        // Take what else is waiting, so one report covers it all.
-        while let Ok(more) = entries.try_recv() {
-            batch.extend(more);
-        }
-        let mut results = Vec::new();
-        for entry in &batch {
-            if entry.index <= sm.applied_index() {
-                continue; // applied before a restart; the log hands it out again
-            }
-            match sm.apply(entry) {
-                Ok(Some(result)) => results.push((entry.index, result)),
-                Ok(None) => {}
-                Err(e) => {
-                    error!("{e}");
-                    let _ = core.send(Event::Applied(Applied::Failed(e.to_string())));
-                    return;
+fn run(sm: &mut StateMachine, jobs: &Receiver<Job>, core: &SyncSender<Event>) {
+    let mut next: Option<Job> = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let go_on = match job {
+            Job::Entries(mut batch) => {
+                // Take the entries already waiting, so one report covers them all; a job of
+                // another kind must wait for them, so it ends the batch.
+                while let Ok(more) = jobs.try_recv() {
+                    match more {
+                        Job::Entries(entries) => batch.extend(entries),
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
                 }
+                apply_batch(sm, batch, core)
             }
-        }
-        // Blocking: a result must never be dropped, or its client would wait in vain.
-        let report = Applied::Up { index: sm.applied_index(), results };
-        if core.send(Event::Applied(report)).is_err() {
+            Job::Checkpoint => {
+                let report = match sm.make_durable() {
+                    Ok(index) => Applied::Durable(index.unwrap_or(0)),
+                    Err(e) => {
+                        error!("{e}");
+                        Applied::Failed(e.to_string())
+                    }
+                };
+                let failed = matches!(report, Applied::Failed(_));
+                core.send(Event::Applied(report)).is_ok() && !failed
+            }
+            Job::Install { path, reply } => {
+                let result = sm.install(&path).map_err(|e| e.to_string());
+                let ok = result.is_ok();
+                let _ = reply.send(result);
+                ok
+            }
+        };
+        if !go_on {
             return;
         }
     }
+}
+
+/// Applies a batch and reports it; false if the thread must stop.
+fn apply_batch(sm: &mut StateMachine, batch: Vec<Entry>, core: &SyncSender<Event>) -> bool {
+    let mut results = Vec::new();
+    for entry in &batch {
+        if entry.index <= sm.applied_index() {
+            // Applied before a restart (the log hands it out again), or inside a snapshot.
+            continue;
+        }
+        match sm.apply(entry) {
+            Ok(Some(result)) => results.push((entry.index, result)),
+            Ok(None) => {}
+            Err(e) => {
+                error!("{e}");
+                let _ = core.send(Event::Applied(Applied::Failed(e.to_string())));
+                return false;
+            }
+        }
+    }
+    // Blocking: a result must never be dropped, or its client would wait in vain.
+    let report = Applied::Up { index: sm.applied_index(), results };
+    core.send(Event::Applied(report)).is_ok()
 }

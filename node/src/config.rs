@@ -143,11 +143,29 @@ pub struct RaftSection {
     pub pre_vote: bool,
     /// CheckQuorum (§6.2).
     pub check_quorum: bool,
+    /// Compact the log (§7) once it holds this many entries beyond its snapshot point
+    /// (plus `compactKeep`); 0 for never by count.
+    pub compact_entries: u64,
+    /// ... or once this many bytes of entries were applied since the last compaction; 0
+    /// for never by size.
+    pub compact_bytes: u64,
+    /// Entries kept after a compaction, so a follower slightly behind gets entries rather
+    /// than a whole snapshot.
+    pub compact_keep: u64,
 }
 
 impl Default for RaftSection {
     fn default() -> RaftSection {
-        RaftSection { tick_ms: 100, election_ticks: 10, heartbeat_ticks: 2, pre_vote: true, check_quorum: true }
+        RaftSection {
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            pre_vote: true,
+            check_quorum: true,
+            compact_entries: 10_000,
+            compact_bytes: 64 << 20,
+            compact_keep: 1_000,
+        }
     }
 }
 
@@ -301,6 +319,21 @@ impl Config {
     /// One Raft tick.
     pub fn tick(&self) -> Duration {
         Duration::from_millis(self.raft.tick_ms)
+    }
+
+    /// When to compact the log.
+    pub fn compaction(&self) -> crate::core::Compaction {
+        let r = &self.raft;
+        crate::core::Compaction { entries: r.compact_entries, bytes: r.compact_bytes, keep: r.compact_keep }
+    }
+
+    /// The largest snapshot a node accepts from its leader: twice the largest database
+    /// allowed, or 1 TiB without a limit. A confused leader cannot fill the disk beyond it.
+    pub fn max_snapshot_bytes(&self) -> u64 {
+        match self.limits.max_database_bytes {
+            0 => 1 << 40,
+            max => max.saturating_mul(2).saturating_add(64 << 20),
+        }
     }
 
     /// The client timeout.

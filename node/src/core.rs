@@ -19,18 +19,22 @@
 //! once, to whoever leads now.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use raft_core::{Entry, Index, Node, NodeId, ProposalOutcome, ProposeError, ReadId, Ready, Role, Term};
+use raft_core::{
+    Index, Message, MessageKind, Node, NodeId, ProposalOutcome, ProposeError, ReadId, Ready, Role, SnapshotMeta, Term,
+};
 use sqlite_sm::{Limits, LineResult, Origin, RaftStore, StorageError, WriteCommand};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use transport::Transport;
 
-use crate::applier::Applied;
+use crate::applier::{Applied, Job};
 use crate::forwarding::{Forwarded, Taken};
 use crate::protocol::{ErrorCode, PeerMessage, Reply, Request, StatusReport};
+use crate::snapshots::{self, Ack, Outgoing, Received, Receiving, Sent};
 
 /// An input to the core.
 #[derive(Debug)]
@@ -41,6 +45,24 @@ pub enum Event {
     Client(Request),
     /// The apply thread's progress.
     Applied(Applied),
+    /// A snapshot transfer to a follower ended.
+    SnapshotSent(Sent),
+    /// A snapshot transfer asks the term of the index its copy holds.
+    SnapshotTerm {
+        /// The copy's applied index.
+        index: Index,
+        /// The term, if the log still knows it.
+        reply: Sender<Option<Term>>,
+    },
+    /// A received snapshot was checked.
+    SnapshotVerified {
+        /// The leader that sent it.
+        from: NodeId,
+        /// The transfer.
+        id: u64,
+        /// Whether it is sound and durable.
+        result: Result<(), String>,
+    },
     /// Stop: hand over leadership if we have it, answer everyone, return.
     Shutdown,
 }
@@ -77,6 +99,25 @@ pub struct CoreConfig {
     pub timeout: Duration,
     /// What one line may consume, fixed in each entry this node proposes.
     pub limits: Limits,
+    /// When to compact the log (§7).
+    pub compaction: Compaction,
+    /// The state database, which snapshots copy; received snapshots go beside it.
+    pub state_path: PathBuf,
+    /// The largest snapshot this node accepts.
+    pub max_snapshot_bytes: u64,
+}
+
+/// When the log is compacted (§7): once it holds `entries` entries or `bytes` bytes of
+/// commands beyond its snapshot point, the state database is made durable and the log
+/// cut there, keeping the last `keep` entries for followers slightly behind.
+#[derive(Clone, Copy, Debug)]
+pub struct Compaction {
+    /// Entries beyond the snapshot point that trigger a compaction (0: never).
+    pub entries: u64,
+    /// Bytes of entries beyond the snapshot point that trigger one (0: never).
+    pub bytes: u64,
+    /// Entries kept after a compaction.
+    pub keep: u64,
 }
 
 /// Request ids that never repeat, even across restarts: the durable count of this node's
@@ -93,7 +134,9 @@ pub struct Core {
     raft: Node,
     store: RaftStore,
     transport: Transport<PeerMessage>,
-    applier: Sender<Vec<Entry>>,
+    applier: Sender<Job>,
+    /// Our own queue, for the threads we start (snapshot transfers).
+    events: SyncSender<Event>,
     config: CoreConfig,
     /// Writes proposed here, by (term, index), waiting for their fate.
     proposed: HashMap<(Term, Index), Write>,
@@ -118,6 +161,17 @@ pub struct Core {
     failed: Option<StorageError>,
     /// When shutdown began.
     stopping: Option<Instant>,
+    /// Log compaction: a checkpoint was asked of the apply thread and not yet answered.
+    checkpoint_pending: bool,
+    /// Bytes of entries handed to the apply thread since the last compaction.
+    bytes_since_compaction: u64,
+    /// Snapshot transfers to followers: the transfer id and where its acks go.
+    outgoing: HashMap<NodeId, (u64, Sender<Ack>)>,
+    /// The snapshot transfer being received.
+    receiving: Receiving,
+    /// A received snapshot, verified and durable, that Raft may ask to install, and its
+    /// file (apart from the one the next transfer is received into).
+    installable: Option<(SnapshotMeta, PathBuf)>,
 }
 
 impl Core {
@@ -128,11 +182,23 @@ impl Core {
         mut store: RaftStore,
         applied: Index,
         transport: Transport<PeerMessage>,
-        applier: Sender<Vec<Entry>>,
+        applier: Sender<Job>,
+        events: SyncSender<Event>,
         config: CoreConfig,
     ) -> Result<Core, StorageError> {
         let incarnation = store.next_incarnation()?;
+        let mut incoming = config.state_path.as_os_str().to_owned();
+        incoming.push(".incoming");
+        let receiving = Receiving::new(PathBuf::from(incoming), config.max_snapshot_bytes);
+        // Transfer files left by an earlier run are incomplete or stale.
+        let _ = std::fs::remove_file(verified_path(&config.state_path));
         Ok(Core {
+            events,
+            checkpoint_pending: false,
+            bytes_since_compaction: 0,
+            outgoing: HashMap::new(),
+            receiving,
+            installable: None,
             id: raft.id(),
             forwarded: Forwarded::new(raft.id()),
             taken: Taken::default(),
@@ -251,7 +317,25 @@ impl Core {
                 self.submit_read(Barrier { reply, deadline });
             }
             Event::Applied(Applied::Up { index, results }) => self.applied(index, results),
+            Event::Applied(Applied::Durable(index)) => self.durable(index),
             Event::Applied(Applied::Failed(e)) => self.failed = Some(StorageError(e)),
+            Event::Peer(from, PeerMessage::SnapshotChunk(chunk)) => self.snapshot_chunk(from, chunk),
+            Event::Peer(from, PeerMessage::SnapshotAck { id, received, error }) => match self.outgoing.get(&from) {
+                Some((current, acks)) if *current == id => {
+                    let _ = acks.send(Ack { received, error });
+                }
+                _ => debug!("node {from} acknowledged snapshot transfer {id}, which is not under way"),
+            },
+            Event::SnapshotSent(sent) => {
+                if self.outgoing.get(&sent.to).is_some_and(|(id, _)| *id == sent.id) {
+                    self.outgoing.remove(&sent.to);
+                    self.raft.report_snapshot(sent.to, sent.index, sent.delivered);
+                }
+            }
+            Event::SnapshotTerm { index, reply } => {
+                let _ = reply.send(self.raft.log().term_at(index));
+            }
+            Event::SnapshotVerified { from, id, result } => self.snapshot_verified(from, id, result),
             Event::Shutdown => self.begin_shutdown(),
         }
     }
@@ -281,7 +365,156 @@ impl Core {
             leader: s.leader,
             commit_index: s.commit_index,
             applied_index: self.applied,
+            snapshot_index: s.snapshot.index,
+            first_index: s.snapshot.index + 1,
+            last_index: s.last_index,
         }
+    }
+
+    /// Asks the apply thread to make the state durable once the log has grown past the
+    /// compaction policy; [`Core::durable`] then compacts (§7).
+    fn maybe_compact(&mut self) {
+        let c = self.config.compaction;
+        let beyond = self.applied.saturating_sub(self.raft.log().snapshot().index);
+        let due =
+            (c.entries > 0 && beyond >= c.entries + c.keep) || (c.bytes > 0 && self.bytes_since_compaction >= c.bytes);
+        if due && !self.checkpoint_pending && self.applier.send(Job::Checkpoint).is_ok() {
+            self.checkpoint_pending = true;
+        }
+    }
+
+    /// The state database is durable up to `index` (0: the checkpoint could not complete).
+    /// Compaction is safe only up to there: the log must keep every entry the durable
+    /// state lacks, or a power failure would lose it.
+    fn durable(&mut self, index: Index) {
+        self.checkpoint_pending = false;
+        let before = self.raft.log().snapshot().index;
+        let target = index.saturating_sub(self.config.compaction.keep);
+        if target <= before {
+            return;
+        }
+        match self.raft.compact(target) {
+            Ok(()) => {
+                self.bytes_since_compaction = 0;
+                info!(
+                    "compacted the log up to index {target} ({} entries dropped; the state is durable up to {index})",
+                    target - before
+                );
+            }
+            Err(e) => warn!("log compaction refused: {e}"),
+        }
+    }
+
+    /// A piece of a snapshot from `from` (§7).
+    fn snapshot_chunk(&mut self, from: NodeId, chunk: crate::protocol::Chunk) {
+        let first = chunk.offset == 0;
+        let (id, total) = (chunk.id, chunk.total);
+        match self.receiving.chunk(from, chunk) {
+            Received::Ack(ack) => {
+                if first {
+                    info!("receiving a snapshot of {total} bytes from node {from}");
+                }
+                self.send(from, ack);
+            }
+            Received::Complete { id: done, meta, sha256, .. } => {
+                debug_assert_eq!(id, done);
+                snapshots::verify(self.receiving.path().to_path_buf(), from, done, meta, sha256, self.events.clone());
+            }
+        }
+    }
+
+    /// A received snapshot was checked: hand it to Raft, or refuse it.
+    fn snapshot_verified(&mut self, from: NodeId, id: u64, result: Result<(), String>) {
+        let Some((term, meta, total)) = self.receiving.current(from, id) else { return };
+        self.receiving.finish();
+        match result {
+            Ok(()) => {
+                info!("received a snapshot of {total} bytes at index {} from node {from}", meta.index);
+                // Set apart, so the next transfer cannot overwrite what Raft may install.
+                let path = verified_path(&self.config.state_path);
+                if let Err(e) = std::fs::rename(self.receiving.path(), &path) {
+                    warn!("cannot keep the received snapshot: {e}");
+                    self.send(from, PeerMessage::SnapshotAck { id, received: 0, error: Some(e.to_string()) });
+                    return;
+                }
+                self.installable = Some((meta, path));
+                let snapshot =
+                    Message { from, to: self.id, term, kind: MessageKind::InstallSnapshot { snapshot: meta } };
+                self.raft.step(snapshot);
+                self.send(from, PeerMessage::SnapshotAck { id, received: total, error: None });
+            }
+            Err(e) => {
+                warn!("refused a snapshot from node {from}: {e}");
+                self.send(from, PeerMessage::SnapshotAck { id, received: 0, error: Some(e) });
+            }
+        }
+    }
+
+    /// Ready step 1 for snapshots: start a transfer to each follower Raft names. A newer
+    /// request replaces an older transfer to the same follower (its thread then stops).
+    fn start_snapshots(&mut self, ready: &Ready) {
+        for request in &ready.send_snapshots {
+            let id = self.fresh_id();
+            let (acks_tx, acks) = snapshots::ack_channel();
+            self.outgoing.insert(request.to, (id, acks_tx));
+            let mut copy = self.config.state_path.as_os_str().to_owned();
+            copy.push(format!(".outgoing-{}", request.to));
+            info!("node {} needs entries this node has compacted: sending it a snapshot", request.to);
+            snapshots::start(Outgoing {
+                to: request.to,
+                id,
+                term: request.term,
+                state: self.config.state_path.clone(),
+                copy: PathBuf::from(copy),
+                transport: self.transport.clone(),
+                acks,
+                core: self.events.clone(),
+                timeout: self.config.timeout,
+            });
+        }
+    }
+
+    /// Ready step 2 for an install (§7): replace the state database, then (in `persist`)
+    /// the log. The Raft store records the install first, so that a crash in between is
+    /// finished, or forgotten, at restart (see `RaftStore::resume_install`).
+    fn install(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        let path = match self.installable.take() {
+            Some((held, path)) if held == meta => path,
+            _ => {
+                return Err(StorageError(format!(
+                    "Raft asked to install a snapshot at {}@{} that this node does not hold",
+                    meta.index, meta.term
+                )))
+            }
+        };
+        let started = Instant::now();
+        failpoint("install-before-record");
+        self.store.begin_install(meta)?;
+        failpoint("install-recorded");
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.applier.send(Job::Install { path: path.clone(), reply: tx }).is_err() {
+            return Err(StorageError("the apply thread stopped".to_string()));
+        }
+        let applied = rx.recv().map_err(|_| StorageError("the apply thread stopped".to_string()))?;
+        let applied = applied.map_err(StorageError)?;
+        if applied != meta.index {
+            return Err(StorageError(format!("the installed snapshot holds index {applied}, not {}", meta.index)));
+        }
+        failpoint("install-state-replaced");
+        let _ = std::fs::remove_file(&path);
+        // Writes committed here but not yet applied are inside the snapshot now: they
+        // took effect, but their results were computed elsewhere.
+        let inside: Vec<Index> = self.committed.keys().copied().filter(|&at| at <= applied).collect();
+        for at in inside {
+            if let Some(write) = self.committed.remove(&at) {
+                let message = "the write was committed, then this node installed a snapshot before applying it; its result is unknown";
+                self.answer(write.waiter, Reply::error(ErrorCode::OutcomeUnknown, message));
+            }
+        }
+        self.applied = self.applied.max(applied);
+        self.bytes_since_compaction = 0;
+        info!("installed the snapshot at index {} in {:.1} s", meta.index, started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// A follower's client write, forwarded to us as the leader of `term`: propose it,
@@ -494,15 +727,28 @@ impl Core {
             for msg in &ready.messages {
                 self.send(msg.to, PeerMessage::Raft(msg.clone()));
             }
-            // 2. Durable, with one fsync.
-            self.store.persist(ready.hard_state, ready.truncate_from, &ready.entries)?;
+            self.start_snapshots(&ready);
+            // 2. Durable, with one fsync (an install first replaces the state database).
+            if let Some(meta) = ready.install_snapshot {
+                self.install(meta)?;
+            }
+            self.store.persist(&ready)?;
+            if ready.install_snapshot.is_some() {
+                failpoint("install-done");
+            }
+            if let Some(meta) = ready.compacted {
+                debug!("log compacted up to {}@{} on disk", meta.index, meta.term);
+            }
             // 3. Messages that promise durable state.
             for msg in &ready.persisted_messages {
                 self.send(msg.to, PeerMessage::Raft(msg.clone()));
             }
             // 4. Apply, in order, on the apply thread. Results come back as events.
-            if !ready.committed.is_empty() && self.applier.send(ready.committed.clone()).is_err() {
-                return Err(StorageError("the apply thread stopped".to_string()));
+            if !ready.committed.is_empty() {
+                self.bytes_since_compaction += ready.committed.iter().map(|e| e.size() as u64).sum::<u64>();
+                if self.applier.send(Job::Entries(ready.committed.clone())).is_err() {
+                    return Err(StorageError("the apply thread stopped".to_string()));
+                }
             }
             // Forwarded writes our log proves lost go again, to whoever leads now.
             for write in self.forwarded.committed(&ready.committed) {
@@ -515,6 +761,7 @@ impl Core {
             // 6.
             self.raft.advance(&ready);
         }
+        self.maybe_compact();
         Ok(())
     }
 
@@ -642,6 +889,24 @@ fn reply_of(result: LineResult) -> Reply {
     match result {
         Ok(results) => Reply::Results(results),
         Err(message) => Reply::error(ErrorCode::SqlError, message),
+    }
+}
+
+/// Where a received, verified snapshot waits to be installed.
+fn verified_path(state: &std::path::Path) -> PathBuf {
+    let mut path = state.as_os_str().to_owned();
+    path.push(".snapshot");
+    PathBuf::from(path)
+}
+
+/// Crash-test hook: `LIGHTRAFT_FAILPOINT=<name>` makes the process abort (as a kill -9
+/// would) when it reaches the point of that name, so a test can stop a node at each step
+/// of a snapshot install and check what a restart finds.
+fn failpoint(name: &str) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if POINT.get_or_init(|| std::env::var("LIGHTRAFT_FAILPOINT").ok()).as_deref() == Some(name) {
+        eprintln!("failpoint {name} reached: aborting");
+        std::process::abort();
     }
 }
 

@@ -215,7 +215,14 @@ pub fn status(report: &StatusReport, as_json: bool) -> String {
         return serde_json::to_string(report).unwrap_or_default() + "\n";
     }
     let leader = report.leader.map_or("none".to_string(), |l| l.to_string());
-    let columns = ["node", "role", "term", "leader", "commit_index", "applied_index"].map(String::from);
+    let columns =
+        ["node", "role", "term", "leader", "commit_index", "applied_index", "snapshot_index", "log"].map(String::from);
+    // The log's range: entries before it are compacted into the state (§7).
+    let log = if report.last_index < report.first_index {
+        "empty".to_string()
+    } else {
+        format!("{}..{}", report.first_index, report.last_index)
+    };
     let row = vec![
         report.node.to_string(),
         report.role.clone(),
@@ -223,6 +230,8 @@ pub fn status(report: &StatusReport, as_json: bool) -> String {
         leader,
         report.commit_index.to_string(),
         report.applied_index.to_string(),
+        report.snapshot_index.to_string(),
+        log,
     ];
     ascii_table(&columns, &[row])
 }

@@ -20,4 +20,5 @@ pub mod protocol;
 pub mod readers;
 pub mod server;
 pub mod session;
+pub mod snapshots;
 pub mod up;

@@ -76,6 +76,12 @@ pub struct StatusReport {
     pub commit_index: u64,
     /// The state machine's applied index.
     pub applied_index: u64,
+    /// Where the log begins: entries up to here are compacted into the state (§7).
+    pub snapshot_index: u64,
+    /// The first index the log still holds.
+    pub first_index: u64,
+    /// The last index in the log.
+    pub last_index: u64,
 }
 
 /// What a client session asks of the Raft core.
@@ -126,4 +132,51 @@ pub enum PeerMessage {
         /// The follower's id for the request.
         id: u64,
     },
+    /// One piece of a snapshot of the leader's state database (§7; see `snapshots.rs`).
+    SnapshotChunk(Chunk),
+    /// The follower's answer to a piece: how much of the transfer it holds.
+    SnapshotAck {
+        /// The transfer.
+        id: u64,
+        /// Bytes received in order so far (all of them, once the whole was verified).
+        received: u64,
+        /// Why the follower gave the transfer up, if it did.
+        error: Option<String>,
+    },
+}
+
+/// One piece of a snapshot transfer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Chunk {
+    /// The transfer, chosen by the leader; a new one replaces an old one.
+    pub id: u64,
+    /// The leader's term when Raft asked for the snapshot.
+    pub term: raft_core::Term,
+    /// The last entry the snapshot includes.
+    pub meta: raft_core::SnapshotMeta,
+    /// Where this piece goes in the file.
+    pub offset: u64,
+    /// The size of the whole file.
+    pub total: u64,
+    /// The SHA-256 of the whole file, as hex.
+    pub sha256: String,
+    /// The bytes, as base64 in JSON.
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// Bytes as one base64 string in serialized form.
+mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
 }

@@ -100,10 +100,29 @@ async fn serve(config: &Config, index: usize) -> Result<(), String> {
     if !dir.as_os_str().is_empty() {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
     }
-    let store = RaftStore::open(&config.meta_path(index), &config.cluster.name, id)?;
-    let (hard_state, entries) = store.load()?;
+    let mut store = RaftStore::open(&config.meta_path(index), &config.cluster.name, id)?;
     let sm = StateMachine::open(&config.sm_path(index))?;
     let applied = sm.applied_index();
+    // A snapshot install the node crashed in the middle of is finished or forgotten here.
+    if let Some(pending) = store.load()?.pending_install {
+        if pending.index == applied {
+            info!("finishing the install of the snapshot at index {applied}, interrupted by a crash");
+        } else {
+            info!(
+                "forgetting the install of the snapshot at index {}, interrupted before the state changed",
+                pending.index
+            );
+        }
+    }
+    let stored = store.resume_install(applied)?;
+    info!(
+        "restored: term {}, log {}..={} after snapshot point {}@{}, state applied up to {applied}",
+        stored.hard_state.term,
+        stored.snapshot.index + 1,
+        stored.snapshot.index + stored.entries.len() as u64,
+        stored.snapshot.index,
+        stored.snapshot.term
+    );
     let raft_config = raft_core::Config {
         id,
         voters: (0..config.nodes.len() as u64).collect(),
@@ -114,7 +133,8 @@ async fn serve(config: &Config, index: usize) -> Result<(), String> {
         max_append_bytes: MAX_APPEND_BYTES,
         seed: rand::random(),
     };
-    let restored = Restored { hard_state, entries, applied };
+    let restored =
+        Restored { hard_state: stored.hard_state, snapshot: stored.snapshot, entries: stored.entries, applied };
     let raft = Node::new(raft_config, restored).map_err(|e| format!("cannot restore the Raft state: {e}"))?;
     let readers = ReadPool::start(
         &config.sm_path(index),
@@ -156,8 +176,12 @@ async fn serve(config: &Config, index: usize) -> Result<(), String> {
         election: config.tick() * config.raft.election_ticks as u32,
         timeout: config.client_timeout(),
         limits: config.line_limits(),
+        compaction: config.compaction(),
+        state_path: config.sm_path(index),
+        max_snapshot_bytes: config.max_snapshot_bytes(),
     };
-    let core = Core::new(raft, store, applied, transport, applier, core_config).map_err(|e| e.to_string())?;
+    let core =
+        Core::new(raft, store, applied, transport, applier, core_tx.clone(), core_config).map_err(|e| e.to_string())?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let span = tracing::Span::current();
     std::thread::Builder::new()

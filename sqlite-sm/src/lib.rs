@@ -15,6 +15,7 @@ pub mod policy;
 pub mod raft_store;
 pub mod random;
 pub mod reader;
+pub mod snapshot;
 pub mod state_machine;
 pub mod value;
 pub mod vfs;

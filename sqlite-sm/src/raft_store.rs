@@ -1,10 +1,17 @@
 //! Raft's durable state (Figure 2, "Persistent state on all servers": currentTerm,
-//! votedFor, log[]) in a SQLite database of its own. Each `Ready` is written as one
-//! transaction with `synchronous = FULL`: one fsync per batch, however many entries.
+//! votedFor, log[]) in a SQLite database of its own, with the log's snapshot point (§7).
+//! Each `Ready` is written as one transaction with `synchronous = FULL`: one fsync per
+//! batch, however many entries.
+//!
+//! Installing a snapshot changes two databases, this one and the state database, and
+//! no transaction spans both. So the install is first recorded here as pending; then the
+//! state database is replaced (atomically, see `StateMachine::install`); then the log is
+//! discarded and the pending mark cleared. A restart finds the mark and finishes the
+//! install if the state was replaced, or forgets it if not ([`RaftStore::resume_install`]).
 
 use std::path::Path;
 
-use raft_core::{Entry, HardState, Index, Payload};
+use raft_core::{Entry, HardState, Index, Payload, Ready, SnapshotMeta};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::state_machine::StorageError;
@@ -22,13 +29,19 @@ impl RaftStore {
         // SQLite starts here; its memory watch must be installed first.
         crate::vfs::register()?;
         let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        // Compaction deletes log rows; incremental auto-vacuum hands their pages back to
+        // the file system (it must be chosen before the first table exists). The WAL is
+        // truncated back to a few MiB after each checkpoint.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
+            "PRAGMA auto_vacuum = INCREMENTAL;
+             PRAGMA journal_size_limit = 4194304;
+             PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              CREATE TABLE IF NOT EXISTS identity (id INTEGER PRIMARY KEY CHECK (id = 0), cluster TEXT NOT NULL, node INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS hard_state (id INTEGER PRIMARY KEY CHECK (id = 0), term INTEGER NOT NULL, voted_for INTEGER);
              CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, command BLOB);
-             CREATE TABLE IF NOT EXISTS incarnation (id INTEGER PRIMARY KEY CHECK (id = 0), count INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS incarnation (id INTEGER PRIMARY KEY CHECK (id = 0), count INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 0), idx INTEGER NOT NULL, term INTEGER NOT NULL, pending_idx INTEGER, pending_term INTEGER);",
         )
         .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
         let identity: Option<(String, i64)> = conn
@@ -51,8 +64,8 @@ impl RaftStore {
         Ok(RaftStore { conn })
     }
 
-    /// Reads back the term, vote and log.
-    pub fn load(&self) -> Result<(HardState, Vec<Entry>), String> {
+    /// Reads back the term, vote, snapshot point and log.
+    pub fn load(&self) -> Result<Stored, String> {
         let hard_state = self
             .conn
             .query_row("SELECT term, voted_for FROM hard_state", [], |r| {
@@ -77,7 +90,57 @@ impl RaftStore {
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| format!("cannot read the Raft log: {e}"))?;
-        Ok((hard_state, entries))
+        let (snapshot, pending) = self.snapshot_row().map_err(|e| format!("cannot read the snapshot point: {e}"))?;
+        Ok(Stored { hard_state, snapshot, pending_install: pending, entries })
+    }
+
+    fn snapshot_row(&self) -> rusqlite::Result<(SnapshotMeta, Option<SnapshotMeta>)> {
+        let row = self
+            .conn
+            .query_row("SELECT idx, term, pending_idx, pending_term FROM snapshot", [], |r| {
+                let meta = SnapshotMeta { index: r.get::<_, i64>(0)? as Index, term: r.get::<_, i64>(1)? as u64 };
+                let pending = match (r.get::<_, Option<i64>>(2)?, r.get::<_, Option<i64>>(3)?) {
+                    (Some(index), Some(term)) => Some(SnapshotMeta { index: index as Index, term: term as u64 }),
+                    _ => None,
+                };
+                Ok((meta, pending))
+            })
+            .optional()?;
+        Ok(row.unwrap_or_default())
+    }
+
+    /// Records, durably, that a snapshot at `meta` is about to replace the state database.
+    pub fn begin_install(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        let fail = |e: rusqlite::Error| StorageError(format!("recording a snapshot install failed: {e}"));
+        self.conn
+            .execute(
+                "INSERT INTO snapshot VALUES (0, 0, 0, ?1, ?2) ON CONFLICT(id) DO UPDATE SET pending_idx = ?1, pending_term = ?2",
+                params![meta.index as i64, meta.term as i64],
+            )
+            .map(|_| ())
+            .map_err(fail)
+    }
+
+    /// After a restart: finishes an install the node crashed in the middle of, given the
+    /// applied index the state database holds. If the state was replaced, the log is
+    /// discarded and the snapshot point moves there; if not, the install is forgotten
+    /// (the leader will send a snapshot again). Returns what the store holds afterwards.
+    pub fn resume_install(&mut self, applied: Index) -> Result<Stored, String> {
+        let stored = self.load()?;
+        let Some(pending) = stored.pending_install else { return Ok(stored) };
+        let tx = self.conn.transaction().map_err(|e| e.to_string())?;
+        if applied == pending.index {
+            tx.execute("DELETE FROM log", []).map_err(|e| e.to_string())?;
+            tx.execute(
+                "UPDATE snapshot SET idx = ?1, term = ?2, pending_idx = NULL, pending_term = NULL",
+                params![pending.index as i64, pending.term as i64],
+            )
+            .map_err(|e| e.to_string())?;
+        } else {
+            tx.execute("UPDATE snapshot SET pending_idx = NULL, pending_term = NULL", []).map_err(|e| e.to_string())?;
+        }
+        tx.commit().map_err(|e| format!("cannot finish an interrupted snapshot install: {e}"))?;
+        self.load()
     }
 
     /// Counts one more start of this node, durably, and returns the new count. Request ids
@@ -95,18 +158,36 @@ impl RaftStore {
             .map_err(fail)
     }
 
-    /// Makes a ready's durable part durable, in one transaction and one fsync.
-    pub fn persist(
-        &mut self,
-        hard_state: Option<HardState>,
-        truncate_from: Option<Index>,
-        entries: &[Entry],
-    ) -> Result<(), StorageError> {
-        if hard_state.is_none() && truncate_from.is_none() && entries.is_empty() {
+    /// Makes a ready's durable part durable (step 2), in one transaction and one fsync.
+    /// An install's state database must already be replaced (see the module docs).
+    pub fn persist(&mut self, ready: &Ready) -> Result<(), StorageError> {
+        let Ready { hard_state, install_snapshot, compacted, truncate_from, entries, .. } = ready;
+        if hard_state.is_none()
+            && install_snapshot.is_none()
+            && compacted.is_none()
+            && truncate_from.is_none()
+            && entries.is_empty()
+        {
             return Ok(());
         }
         let fail = |e: rusqlite::Error| StorageError(format!("writing the Raft log failed: {e}"));
         let tx = self.conn.transaction().map_err(fail)?;
+        if let Some(meta) = install_snapshot {
+            tx.execute("DELETE FROM log", []).map_err(fail)?;
+            tx.execute(
+                "INSERT INTO snapshot VALUES (0, ?1, ?2, NULL, NULL) ON CONFLICT(id) DO UPDATE SET idx = ?1, term = ?2, pending_idx = NULL, pending_term = NULL",
+                params![meta.index as i64, meta.term as i64],
+            )
+            .map_err(fail)?;
+        }
+        if let Some(meta) = compacted {
+            tx.execute("DELETE FROM log WHERE idx <= ?1", [meta.index as i64]).map_err(fail)?;
+            tx.execute(
+                "INSERT INTO snapshot VALUES (0, ?1, ?2, NULL, NULL) ON CONFLICT(id) DO UPDATE SET idx = ?1, term = ?2",
+                params![meta.index as i64, meta.term as i64],
+            )
+            .map_err(fail)?;
+        }
         if let Some(hs) = hard_state {
             tx.execute(
                 "INSERT INTO hard_state VALUES (0, ?1, ?2) ON CONFLICT(id) DO UPDATE SET term = ?1, voted_for = ?2",
@@ -115,7 +196,7 @@ impl RaftStore {
             .map_err(fail)?;
         }
         if let Some(from) = truncate_from {
-            tx.execute("DELETE FROM log WHERE idx >= ?1", [from as i64]).map_err(fail)?;
+            tx.execute("DELETE FROM log WHERE idx >= ?1", [*from as i64]).map_err(fail)?;
         }
         {
             let mut insert = tx.prepare_cached("INSERT OR REPLACE INTO log VALUES (?1, ?2, ?3)").map_err(fail)?;
@@ -127,6 +208,35 @@ impl RaftStore {
                 insert.execute(params![e.index as i64, e.term as i64, command]).map_err(fail)?;
             }
         }
-        tx.commit().map_err(fail)
+        tx.commit().map_err(fail)?;
+        if compacted.is_some() || install_snapshot.is_some() {
+            // Give the deleted rows' pages back to the file system. The pragma frees one
+            // page per step, so it is stepped to the end.
+            let mut vacuum = self.conn.prepare("PRAGMA incremental_vacuum").map_err(fail)?;
+            let mut rows = vacuum.query([]).map_err(fail)?;
+            while rows.next().map_err(fail)?.is_some() {}
+        }
+        Ok(())
     }
+
+    /// The size of the store's files (database and WAL), in bytes.
+    pub fn disk_bytes(&self, path: &Path) -> u64 {
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        size(path) + size(Path::new(&wal))
+    }
+}
+
+/// What [`RaftStore::load`] reads back.
+#[derive(Clone, Debug, Default)]
+pub struct Stored {
+    /// The term and vote.
+    pub hard_state: HardState,
+    /// Where the log begins (§7).
+    pub snapshot: SnapshotMeta,
+    /// A snapshot install that began and may not have finished.
+    pub pending_install: Option<SnapshotMeta>,
+    /// The log after the snapshot point.
+    pub entries: Vec<Entry>,
 }

@@ -162,6 +162,53 @@ impl StateMachine {
         Ok(result)
     }
 
+    /// Makes everything applied so far durable, for log compaction (§7): the connection
+    /// commits with `synchronous = NORMAL`, so a commit reaches the disk only with a
+    /// checkpoint, which syncs the WAL and then the database. Returns the index now
+    /// durable, or `None` if a reader kept the checkpoint from completing (try later).
+    ///
+    /// The Raft log may drop entries up to the returned index, and no further: an entry
+    /// applied but not yet durable here would be lost with the log in a power failure.
+    pub fn make_durable(&mut self) -> Result<Option<Index>, StorageError> {
+        let applied = self.applied;
+        let busy: i64 = self
+            .shared
+            .policy
+            .internal(|| self.conn.query_row("PRAGMA main.wal_checkpoint(TRUNCATE)", [], |r| r.get(0)))
+            .map_err(|e| self.storage(e, "checkpointing the state database"))?;
+        Ok((busy == 0).then_some(applied))
+    }
+
+    /// Replaces the whole state with the snapshot database at `source` (§7, Figure 13
+    /// rule 8), and makes it durable. Returns the applied index recorded inside it.
+    ///
+    /// SQLite's backup API copies it page by page into this database in one transaction:
+    /// readers see the old state or the new, a crash leaves one or the other, and the
+    /// copy is exact (rowids included), so later entries apply here exactly as on the
+    /// node the snapshot came from.
+    pub fn install(&mut self, source: &Path) -> Result<Index, StorageError> {
+        let fail = |e: rusqlite::Error| StorageError(format!("installing the snapshot {}: {e}", source.display()));
+        let src =
+            Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(fail)?;
+        {
+            let backup = rusqlite::backup::Backup::new(&src, &mut self.conn).map_err(fail)?;
+            backup.step(-1).map_err(fail)?;
+        }
+        drop(src);
+        // A fresh connection, as on a node that restarted: no cached schema or state.
+        self.reopen()?;
+        let applied: i64 = self
+            .conn
+            .query_row(&format!("SELECT applied_index FROM main.{APPLIED_TABLE}"), [], |r| r.get(0))
+            .map_err(fail)?;
+        self.applied = applied.max(0) as Index;
+        while self.make_durable()?.is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(self.applied)
+    }
+
     fn apply_command(&mut self, index: Index, command: &WriteCommand) -> Result<LineResult, StorageError> {
         self.begin_line(&command.limits)?;
         self.internal("BEGIN IMMEDIATE").map_err(|e| self.storage(e, "starting a transaction"))?;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use raft_core::{Entry, HardState, Payload};
+use raft_core::{Entry, HardState, Payload, Ready, SnapshotMeta};
 use sqlite_sm::{Kind, Limits, Output, RaftStore, Reader, StateMachine, StatementResult, Value, WriteCommand};
 
 fn open(dir: &tempfile::TempDir, name: &str) -> StateMachine {
@@ -226,16 +226,68 @@ fn the_raft_store_keeps_term_vote_log_and_start_count_and_knows_whose_it_is() {
         let mut store = RaftStore::open(&path, "c", 1).expect("opens");
         assert_eq!(store.next_incarnation().expect("counts"), 1);
         let hs = HardState { term: 2, voted_for: Some(3) };
-        store.persist(Some(hs), None, &[entry(1, 1), entry(2, 1), entry(3, 2)]).expect("persists");
-        store.persist(None, Some(2), &[entry(2, 2)]).expect("truncates and appends");
+        let first =
+            Ready { hard_state: Some(hs), entries: vec![entry(1, 1), entry(2, 1), entry(3, 2)], ..Ready::default() };
+        store.persist(&first).expect("persists");
+        let second = Ready { truncate_from: Some(2), entries: vec![entry(2, 2)], ..Ready::default() };
+        store.persist(&second).expect("truncates and appends");
     }
     let mut store = RaftStore::open(&path, "c", 1).expect("reopens");
     assert_eq!(store.next_incarnation().expect("counts"), 2, "every start counts, across restarts");
-    let (hs, entries) = store.load().expect("loads");
-    assert_eq!(hs, HardState { term: 2, voted_for: Some(3) });
-    assert_eq!(entries, vec![entry(1, 1), entry(2, 2)]);
+    let stored = store.load().expect("loads");
+    assert_eq!(stored.hard_state, HardState { term: 2, voted_for: Some(3) });
+    assert_eq!(stored.entries, vec![entry(1, 1), entry(2, 2)]);
+    assert_eq!(stored.snapshot, SnapshotMeta::default());
     assert!(RaftStore::open(&path, "c", 2).unwrap_err().contains("belongs to node 1"));
     assert!(RaftStore::open(&path, "other", 1).unwrap_err().contains("cluster"));
+}
+
+#[test]
+fn the_raft_store_compacts_and_gives_the_space_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("meta.sqlite");
+    let entry = |index, term| Entry { index, term, payload: Payload::Command(vec![7; 1000]) };
+    let size = || std::fs::metadata(&path).map_or(0, |m| m.len());
+    {
+        let mut store = RaftStore::open(&path, "c", 1).expect("opens");
+        let entries: Vec<Entry> = (1..=2000).map(|i| entry(i, 1)).collect();
+        store.persist(&Ready { entries, ..Ready::default() }).expect("persists");
+    }
+    let full = size();
+    {
+        let mut store = RaftStore::open(&path, "c", 1).expect("reopens");
+        let compacted = Some(SnapshotMeta { index: 1990, term: 1 });
+        store.persist(&Ready { compacted, ..Ready::default() }).expect("compacts");
+        let stored = store.load().expect("loads");
+        assert_eq!(stored.snapshot, SnapshotMeta { index: 1990, term: 1 });
+        assert_eq!(stored.entries.first().map(|e| e.index), Some(1991));
+        assert_eq!(stored.entries.len(), 10);
+    }
+    // Closing checkpoints the WAL into the file, which incremental vacuum has shrunk.
+    assert!(size() < full / 10, "the file went from {full} to {} bytes", size());
+}
+
+#[test]
+fn an_interrupted_snapshot_install_is_finished_or_forgotten_at_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("meta.sqlite");
+    let entry = |index, term| Entry { index, term, payload: Payload::Noop };
+    let meta = |index, term| SnapshotMeta { index, term };
+    let mut store = RaftStore::open(&path, "c", 1).expect("opens");
+    store.persist(&Ready { entries: (1..=5).map(|i| entry(i, 1)).collect(), ..Ready::default() }).expect("log");
+    // The install was recorded, but the state database still holds index 5: forget it.
+    store.begin_install(meta(9, 2)).expect("recorded");
+    let stored = store.resume_install(5).expect("resumes");
+    assert_eq!((stored.pending_install, stored.snapshot, stored.entries.len()), (None, meta(0, 0), 5));
+    // The state database holds the snapshot's index 9: the log after it is gone.
+    store.begin_install(meta(9, 2)).expect("recorded");
+    let stored = store.resume_install(9).expect("resumes");
+    assert_eq!((stored.pending_install, stored.snapshot, stored.entries.len()), (None, meta(9, 2), 0));
+    // An install carried out whole, with entries after it in the same ready.
+    let ready = Ready { install_snapshot: Some(meta(12, 3)), entries: vec![entry(13, 3)], ..Ready::default() };
+    store.persist(&ready).expect("installs");
+    let stored = store.load().expect("loads");
+    assert_eq!((stored.snapshot, stored.entries), (meta(12, 3), vec![entry(13, 3)]));
 }
 
 #[test]

@@ -182,9 +182,21 @@ struct Outbound<T> {
     connected: Arc<AtomicBool>,
 }
 
-/// The sending half: one bounded queue per peer.
+/// The sending half: one bounded queue per peer. Clones share the queues.
 pub struct Transport<T> {
     outbound: BTreeMap<NodeId, Outbound<T>>,
+}
+
+impl<T> Clone for Outbound<T> {
+    fn clone(&self) -> Outbound<T> {
+        Outbound { queue: self.queue.clone(), connected: self.connected.clone() }
+    }
+}
+
+impl<T> Clone for Transport<T> {
+    fn clone(&self) -> Transport<T> {
+        Transport { outbound: self.outbound.clone() }
+    }
 }
 
 impl<T> Transport<T>

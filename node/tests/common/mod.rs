@@ -84,6 +84,11 @@ impl Cluster {
     }
 
     pub fn start_node(&mut self, i: usize) {
+        self.start_node_with_env(i, &[]);
+    }
+
+    /// Starts node `i` with extra environment variables (a failpoint, say).
+    pub fn start_node_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -95,6 +100,7 @@ impl Cluster {
             .arg(i.to_string())
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
