@@ -90,7 +90,7 @@ fn run(sm: &mut StateMachine, jobs: &Receiver<Job>, core: &SyncSender<Event>) {
             }
             Job::Checkpoint => {
                 let report = match sm.make_durable() {
-                    Ok(index) => Applied::Durable(index.unwrap_or(0)),
+                    Ok(index) => Applied::Durable(index),
                     Err(e) => {
                         error!("{e}");
                         Applied::Failed(e.to_string())

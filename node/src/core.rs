@@ -49,6 +49,8 @@ pub enum Event {
     SnapshotSent(Sent),
     /// A snapshot transfer asks the term of the index its copy holds.
     SnapshotTerm {
+        /// The follower it is for.
+        to: NodeId,
         /// The copy's applied index.
         index: Index,
         /// The term, if the log still knows it.
@@ -163,15 +165,30 @@ pub struct Core {
     stopping: Option<Instant>,
     /// Log compaction: a checkpoint was asked of the apply thread and not yet answered.
     checkpoint_pending: bool,
+    /// Log compaction: no checkpoint is asked for before this time (after one that could
+    /// not compact anything).
+    compact_after: Instant,
+    /// Snapshot transfers: per follower, the failures in a row and when to try again.
+    snapshot_backoff: HashMap<NodeId, (u32, Instant)>,
+    /// Events that arrived while an install held the loop, handled next.
+    deferred: Vec<Event>,
+    /// Followers whose snapshot is being copied: the log is not compacted meanwhile, so
+    /// it still knows the term of the index the copy ends at.
+    copying: std::collections::HashSet<NodeId>,
+    /// Followers catching up from a snapshot: the index it ends at, and until when (set
+    /// once it was delivered). The log keeps the entries after it meanwhile, or a busy
+    /// leader would have compacted them away by the time the snapshot is installed, and
+    /// send another, forever. A follower that then fails does not hold the log for long.
+    pinned: HashMap<NodeId, (Index, Option<Instant>)>,
     /// Bytes of entries handed to the apply thread since the last compaction.
     bytes_since_compaction: u64,
     /// Snapshot transfers to followers: the transfer id and where its acks go.
     outgoing: HashMap<NodeId, (u64, Sender<Ack>)>,
     /// The snapshot transfer being received.
     receiving: Receiving,
-    /// A received snapshot, verified and durable, that Raft may ask to install, and its
-    /// file (apart from the one the next transfer is received into).
-    installable: Option<(SnapshotMeta, PathBuf)>,
+    /// Received snapshots, verified and durable, that Raft may ask to install, by their
+    /// (index, term), each in a file of its own.
+    installable: std::collections::BTreeMap<(Index, Term), PathBuf>,
 }
 
 impl Core {
@@ -191,14 +208,19 @@ impl Core {
         incoming.push(".incoming");
         let receiving = Receiving::new(PathBuf::from(incoming), config.max_snapshot_bytes);
         // Transfer files left by an earlier run are incomplete or stale.
-        let _ = std::fs::remove_file(verified_path(&config.state_path));
+        remove_transfer_files(&config.state_path);
         Ok(Core {
             events,
             checkpoint_pending: false,
+            compact_after: Instant::now(),
+            snapshot_backoff: HashMap::new(),
+            deferred: Vec::new(),
+            copying: std::collections::HashSet::new(),
+            pinned: HashMap::new(),
             bytes_since_compaction: 0,
             outgoing: HashMap::new(),
             receiving,
-            installable: None,
+            installable: std::collections::BTreeMap::new(),
             id: raft.id(),
             forwarded: Forwarded::new(raft.id()),
             taken: Taken::default(),
@@ -237,6 +259,10 @@ impl Core {
         // leader dies, and split the vote: a whole extra election timeout.
         let mut next_tick = Instant::now() + self.config.tick.mul_f64(rand::random::<f64>());
         loop {
+            // Events that arrived while a snapshot install held the loop.
+            for event in std::mem::take(&mut self.deferred) {
+                self.handle(event);
+            }
             let wait = next_tick.saturating_duration_since(Instant::now());
             match events.recv_timeout(wait) {
                 Ok(event) => self.handle(event),
@@ -263,7 +289,7 @@ impl Core {
                 next_tick = (next_tick + self.config.tick).max(now);
                 self.on_tick(now);
             }
-            self.process_ready()?;
+            self.process_ready(events)?;
             if let Some(since) = self.stopping {
                 if self.raft.role() != Role::Leader || since.elapsed() > 2 * self.config.election {
                     self.answer_everyone_on_shutdown();
@@ -320,19 +346,37 @@ impl Core {
             Event::Applied(Applied::Durable(index)) => self.durable(index),
             Event::Applied(Applied::Failed(e)) => self.failed = Some(StorageError(e)),
             Event::Peer(from, PeerMessage::SnapshotChunk(chunk)) => self.snapshot_chunk(from, chunk),
-            Event::Peer(from, PeerMessage::SnapshotAck { id, received, error }) => match self.outgoing.get(&from) {
-                Some((current, acks)) if *current == id => {
-                    let _ = acks.send(Ack { received, error });
+            Event::Peer(from, PeerMessage::SnapshotAck { id, received, verified, error }) => {
+                match self.outgoing.get(&from) {
+                    Some((current, acks)) if *current == id => {
+                        let _ = acks.send(Ack { received, verified, error });
+                    }
+                    _ => debug!("node {from} acknowledged snapshot transfer {id}, which is not under way"),
                 }
-                _ => debug!("node {from} acknowledged snapshot transfer {id}, which is not under way"),
-            },
+            }
             Event::SnapshotSent(sent) => {
                 if self.outgoing.get(&sent.to).is_some_and(|(id, _)| *id == sent.id) {
                     self.outgoing.remove(&sent.to);
+                    self.copying.remove(&sent.to);
+                    if sent.delivered {
+                        self.snapshot_backoff.remove(&sent.to);
+                        let until = Instant::now() + 2 * self.config.election;
+                        if let Some(pin) = self.pinned.get_mut(&sent.to) {
+                            pin.1 = Some(until);
+                        }
+                    } else {
+                        self.pinned.remove(&sent.to);
+                        // Back off: 1 s, 2 s, 4 s ... up to a minute between full copies.
+                        let failures = self.snapshot_backoff.get(&sent.to).map_or(0, |b| b.0) + 1;
+                        let wait = Duration::from_secs(1 << failures.min(6).saturating_sub(1));
+                        self.snapshot_backoff.insert(sent.to, (failures, Instant::now() + wait));
+                    }
                     self.raft.report_snapshot(sent.to, sent.index, sent.delivered);
                 }
             }
-            Event::SnapshotTerm { index, reply } => {
+            Event::SnapshotTerm { to, index, reply } => {
+                self.copying.remove(&to);
+                self.pinned.insert(to, (index, None));
                 let _ = reply.send(self.raft.log().term_at(index));
             }
             Event::SnapshotVerified { from, id, result } => self.snapshot_verified(from, id, result),
@@ -378,7 +422,11 @@ impl Core {
         let beyond = self.applied.saturating_sub(self.raft.log().snapshot().index);
         let due =
             (c.entries > 0 && beyond >= c.entries + c.keep) || (c.bytes > 0 && self.bytes_since_compaction >= c.bytes);
-        if due && !self.checkpoint_pending && self.applier.send(Job::Checkpoint).is_ok() {
+        if due
+            && !self.checkpoint_pending
+            && Instant::now() >= self.compact_after
+            && self.applier.send(Job::Checkpoint).is_ok()
+        {
             self.checkpoint_pending = true;
         }
     }
@@ -391,6 +439,31 @@ impl Core {
         let before = self.raft.log().snapshot().index;
         let target = index.saturating_sub(self.config.compaction.keep);
         if target <= before {
+            // Nothing to drop yet (the byte trigger fired within the kept window): wait
+            // before asking again rather than checkpoint in a loop.
+            self.compact_after = Instant::now() + self.config.election;
+            return;
+        }
+        if !self.copying.is_empty() {
+            // A snapshot copy will ask the term of its last index, which may be this one.
+            self.compact_after = Instant::now() + self.config.tick;
+            return;
+        }
+        // Keep what followers catching up from a snapshot need next, until they have
+        // caught up past what we would drop.
+        let raft = &self.raft;
+        let now = Instant::now();
+        let floors: Vec<(NodeId, Index)> = self
+            .pinned
+            .iter()
+            .filter(|(_, (_, until))| until.is_none_or(|until| now < until))
+            .filter_map(|(&peer, &(at, _))| raft.match_index(peer).map(|m| (peer, m.max(at))))
+            .filter(|&(_, floor)| floor < target)
+            .collect();
+        self.pinned.retain(|peer, _| floors.iter().any(|(p, _)| p == peer));
+        let target = floors.iter().map(|&(_, floor)| floor).fold(target, Index::min);
+        if target <= before {
+            self.compact_after = Instant::now() + self.config.tick;
             return;
         }
         match self.raft.compact(target) {
@@ -407,6 +480,12 @@ impl Core {
 
     /// A piece of a snapshot from `from` (§7).
     fn snapshot_chunk(&mut self, from: NodeId, chunk: crate::protocol::Chunk) {
+        if chunk.term < self.raft.status().term {
+            // From a leader of an earlier term: Raft would refuse it anyway, so do not
+            // let it replace a transfer under way.
+            let error = Some(format!("term {} is behind this node's {}", chunk.term, self.raft.status().term));
+            return self.send(from, PeerMessage::SnapshotAck { id: chunk.id, received: 0, verified: false, error });
+        }
         let first = chunk.offset == 0;
         let (id, total) = (chunk.id, chunk.total);
         match self.receiving.chunk(from, chunk) {
@@ -416,8 +495,10 @@ impl Core {
                 }
                 self.send(from, ack);
             }
-            Received::Complete { id: done, meta, sha256, .. } => {
+            Received::Complete { id: done, meta, sha256, total, .. } => {
                 debug_assert_eq!(id, done);
+                // All arrived: say so now, and the verdict once checked.
+                self.send(from, PeerMessage::SnapshotAck { id, received: total, verified: false, error: None });
                 snapshots::verify(self.receiving.path().to_path_buf(), from, done, meta, sha256, self.events.clone());
             }
         }
@@ -431,21 +512,22 @@ impl Core {
             Ok(()) => {
                 info!("received a snapshot of {total} bytes at index {} from node {from}", meta.index);
                 // Set apart, so the next transfer cannot overwrite what Raft may install.
-                let path = verified_path(&self.config.state_path);
+                let path = verified_path(&self.config.state_path, meta);
                 if let Err(e) = std::fs::rename(self.receiving.path(), &path) {
                     warn!("cannot keep the received snapshot: {e}");
-                    self.send(from, PeerMessage::SnapshotAck { id, received: 0, error: Some(e.to_string()) });
+                    let error = Some(e.to_string());
+                    self.send(from, PeerMessage::SnapshotAck { id, received: 0, verified: false, error });
                     return;
                 }
-                self.installable = Some((meta, path));
+                self.installable.insert((meta.index, meta.term), path);
                 let snapshot =
                     Message { from, to: self.id, term, kind: MessageKind::InstallSnapshot { snapshot: meta } };
                 self.raft.step(snapshot);
-                self.send(from, PeerMessage::SnapshotAck { id, received: total, error: None });
+                self.send(from, PeerMessage::SnapshotAck { id, received: total, verified: true, error: None });
             }
             Err(e) => {
                 warn!("refused a snapshot from node {from}: {e}");
-                self.send(from, PeerMessage::SnapshotAck { id, received: 0, error: Some(e) });
+                self.send(from, PeerMessage::SnapshotAck { id, received: 0, verified: false, error: Some(e) });
             }
         }
     }
@@ -454,11 +536,19 @@ impl Core {
     /// request replaces an older transfer to the same follower (its thread then stops).
     fn start_snapshots(&mut self, ready: &Ready) {
         for request in &ready.send_snapshots {
+            let waiting = self.snapshot_backoff.get(&request.to).is_some_and(|b| Instant::now() < b.1);
+            if waiting || !self.transport.is_connected(request.to) {
+                // No full copy for a follower we cannot reach, or soon after a failure:
+                // tell Raft at once; it asks again after a heartbeat.
+                self.raft.report_snapshot(request.to, 0, false);
+                continue;
+            }
             let id = self.fresh_id();
             let (acks_tx, acks) = snapshots::ack_channel();
             self.outgoing.insert(request.to, (id, acks_tx));
+            self.copying.insert(request.to);
             let mut copy = self.config.state_path.as_os_str().to_owned();
-            copy.push(format!(".outgoing-{}", request.to));
+            copy.push(format!(".outgoing-{}-{id}", request.to));
             info!("node {} needs entries this node has compacted: sending it a snapshot", request.to);
             snapshots::start(Outgoing {
                 to: request.to,
@@ -477,41 +567,44 @@ impl Core {
     /// Ready step 2 for an install (§7): replace the state database, then (in `persist`)
     /// the log. The Raft store records the install first, so that a crash in between is
     /// finished, or forgotten, at restart (see `RaftStore::resume_install`).
-    fn install(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
-        let path = match self.installable.take() {
-            Some((held, path)) if held == meta => path,
-            _ => {
-                return Err(StorageError(format!(
-                    "Raft asked to install a snapshot at {}@{} that this node does not hold",
-                    meta.index, meta.term
-                )))
-            }
+    fn install(
+        &mut self,
+        meta: SnapshotMeta,
+        hard_state: Option<raft_core::HardState>,
+        events: &Receiver<Event>,
+    ) -> Result<(), StorageError> {
+        let Some(path) = self.installable.remove(&(meta.index, meta.term)) else {
+            return Err(StorageError(format!(
+                "Raft asked to install a snapshot at {}@{} that this node does not hold",
+                meta.index, meta.term
+            )));
         };
         let started = Instant::now();
         failpoint("install-before-record");
-        self.store.begin_install(meta)?;
+        // The term and vote go first: the new state is from the snapshot's term.
+        self.store.begin_install(meta, hard_state)?;
         failpoint("install-recorded");
         let (tx, rx) = std::sync::mpsc::channel();
         if self.applier.send(Job::Install { path: path.clone(), reply: tx }).is_err() {
             return Err(StorageError("the apply thread stopped".to_string()));
         }
-        let applied = rx.recv().map_err(|_| StorageError("the apply thread stopped".to_string()))?;
-        let applied = applied.map_err(StorageError)?;
+        // The apply thread finishes earlier entries first, reporting each batch on our
+        // bounded queue: keep emptying it meanwhile, or a full queue would stop both.
+        let applied = loop {
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                Ok(result) => break result.map_err(StorageError)?,
+                Err(RecvTimeoutError::Timeout) => self.deferred.extend(events.try_iter().take(4096)),
+                Err(RecvTimeoutError::Disconnected) => return Err(StorageError("the apply thread stopped".into())),
+            }
+        };
         if applied != meta.index {
             return Err(StorageError(format!("the installed snapshot holds index {applied}, not {}", meta.index)));
         }
         failpoint("install-state-replaced");
         let _ = std::fs::remove_file(&path);
-        // Writes committed here but not yet applied are inside the snapshot now: they
-        // took effect, but their results were computed elsewhere.
-        let inside: Vec<Index> = self.committed.keys().copied().filter(|&at| at <= applied).collect();
-        for at in inside {
-            if let Some(write) = self.committed.remove(&at) {
-                let message = "the write was committed, then this node installed a snapshot before applying it; its result is unknown";
-                self.answer(write.waiter, Reply::error(ErrorCode::OutcomeUnknown, message));
-            }
-        }
-        self.applied = self.applied.max(applied);
+        // Writes committed here before were applied before the install (the apply thread
+        // works in order): their results are on the way. Reads wait for `applied`.
+        self.applied(applied, Vec::new());
         self.bytes_since_compaction = 0;
         info!("installed the snapshot at index {} in {:.1} s", meta.index, started.elapsed().as_secs_f64());
         Ok(())
@@ -716,7 +809,7 @@ impl Core {
     }
 
     /// Carries out readies until raft-core has nothing more, in the documented order.
-    fn process_ready(&mut self) -> Result<(), StorageError> {
+    fn process_ready(&mut self, events: &Receiver<Event>) -> Result<(), StorageError> {
         while self.raft.has_ready() {
             let ready = self.raft.ready();
             self.log_status(&ready);
@@ -730,7 +823,7 @@ impl Core {
             self.start_snapshots(&ready);
             // 2. Durable, with one fsync (an install first replaces the state database).
             if let Some(meta) = ready.install_snapshot {
-                self.install(meta)?;
+                self.install(meta, ready.hard_state, events)?;
             }
             self.store.persist(&ready)?;
             if ready.install_snapshot.is_some() {
@@ -761,6 +854,15 @@ impl Core {
             // 6.
             self.raft.advance(&ready);
         }
+        // Received snapshots Raft did not want (stale, or no newer than what we hold).
+        let commit = self.raft.status().commit_index;
+        self.installable.retain(|meta, path| {
+            let keep = meta.0 > commit;
+            if !keep {
+                let _ = std::fs::remove_file(path);
+            }
+            keep
+        });
         self.maybe_compact();
         Ok(())
     }
@@ -893,10 +995,28 @@ fn reply_of(result: LineResult) -> Reply {
 }
 
 /// Where a received, verified snapshot waits to be installed.
-fn verified_path(state: &std::path::Path) -> PathBuf {
+fn verified_path(state: &std::path::Path, meta: SnapshotMeta) -> PathBuf {
     let mut path = state.as_os_str().to_owned();
-    path.push(".snapshot");
+    path.push(format!(".snapshot-{}-{}", meta.index, meta.term));
     PathBuf::from(path)
+}
+
+/// Removes the snapshot files an earlier run left beside the state database: transfers
+/// under way then are incomplete or stale now.
+fn remove_transfer_files(state: &std::path::Path) {
+    let (Some(dir), Some(name)) = (state.parent(), state.file_name()) else { return };
+    let dir = if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let name = name.to_string_lossy();
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let leftover = [".snapshot-", ".outgoing-", ".incoming"]
+            .iter()
+            .any(|suffix| file.strip_prefix(name.as_ref()).is_some_and(|rest| rest.starts_with(suffix)));
+        if leftover {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Crash-test hook: `LIGHTRAFT_FAILPOINT=<name>` makes the process abort (as a kill -9

@@ -138,8 +138,10 @@ pub enum PeerMessage {
     SnapshotAck {
         /// The transfer.
         id: u64,
-        /// Bytes received in order so far (all of them, once the whole was verified).
+        /// Bytes received in order so far.
         received: u64,
+        /// The whole has arrived and passed its checks; Raft has it.
+        verified: bool,
         /// Why the follower gave the transfer up, if it did.
         error: Option<String>,
     },

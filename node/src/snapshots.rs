@@ -11,8 +11,9 @@
 //!   travel between the pieces, so a transfer never starves the cluster.
 //! - The follower writes the pieces in order to a file of its own. With the last one it
 //!   checks the whole (SHA-256 and `PRAGMA integrity_check`, off the Raft thread), makes
-//!   it durable, and only then hands Raft an `InstallSnapshot` message. Its final answer
-//!   tells the leader the transfer is complete.
+//!   it durable, and only then hands Raft an `InstallSnapshot` message. It answers the
+//!   last piece at once and again with the verdict, which the leader waits for as long as
+//!   checking a file of that size may take.
 //! - Any gap, timeout, refusal or lost connection fails the transfer; the leader's Raft
 //!   asks again after a heartbeat, and the transfer starts over from a new copy.
 
@@ -41,9 +42,15 @@ pub const WINDOW: u64 = 4;
 pub struct Ack {
     /// Bytes the follower holds in order.
     pub received: u64,
+    /// The whole passed the follower's checks.
+    pub verified: bool,
     /// Why it gave up, if it did.
     pub error: Option<String>,
 }
+
+/// How fast a follower is assumed to check a snapshot at worst (SHA-256, then SQLite's
+/// integrity check), to wait for its verdict on a large one.
+const CHECK_BYTES_PER_SEC: u64 = 20 << 20;
 
 /// One transfer to start on a thread of its own.
 pub struct Outgoing {
@@ -116,7 +123,9 @@ fn stream(job: &Outgoing, index: Index) -> Result<u64, String> {
     // The copy's term, from the Raft log (which still holds it, or has it as its
     // snapshot point: the log is compacted only up to what the state holds durably).
     let (tx, rx) = std::sync::mpsc::channel();
-    job.core.send(Event::SnapshotTerm { index, reply: tx }).map_err(|_| "the node is stopping".to_string())?;
+    job.core
+        .send(Event::SnapshotTerm { to: job.to, index, reply: tx })
+        .map_err(|_| "the node is stopping".to_string())?;
     let term = rx
         .recv_timeout(job.timeout)
         .map_err(|_| "the Raft core did not answer".to_string())?
@@ -138,9 +147,12 @@ fn stream(job: &Outgoing, index: Index) -> Result<u64, String> {
                 .map_err(|e| format!("the connection refused a piece: {e:?}"))?;
             sent += len as u64;
         }
-        let ack = match job.acks.recv_timeout(job.timeout) {
+        // Once all has arrived the follower checks it: allow for that.
+        let wait =
+            if acked == total { job.timeout + Duration::from_secs(total / CHECK_BYTES_PER_SEC) } else { job.timeout };
+        let ack = match job.acks.recv_timeout(wait) {
             Ok(ack) => ack,
-            Err(RecvTimeoutError::Timeout) => return Err(format!("no answer for {:?}", job.timeout)),
+            Err(RecvTimeoutError::Timeout) => return Err(format!("no answer for {wait:?}")),
             Err(RecvTimeoutError::Disconnected) => return Err("superseded by a newer transfer".to_string()),
         };
         if let Some(error) = ack.error {
@@ -153,7 +165,7 @@ fn stream(job: &Outgoing, index: Index) -> Result<u64, String> {
             ));
         }
         acked = ack.received;
-        if acked == total {
+        if ack.verified && acked == total {
             return Ok(total);
         }
     }
@@ -212,8 +224,14 @@ impl Receiving {
 
     /// Takes one piece from `from`.
     pub fn chunk(&mut self, from: NodeId, chunk: Chunk) -> Received {
-        let ack = |id, received, error: Option<String>| Received::Ack(PeerMessage::SnapshotAck { id, received, error });
+        let ack = |id, received, error: Option<String>| {
+            Received::Ack(PeerMessage::SnapshotAck { id, received, verified: false, error })
+        };
         let same = self.current.as_ref().is_some_and(|c| c.from == from && c.id == chunk.id);
+        if !same && self.current.as_ref().is_some_and(|c| c.received == c.total) {
+            // The file is being checked: a new transfer would overwrite it.
+            return ack(chunk.id, 0, Some("still checking the previous snapshot".into()));
+        }
         if !same {
             if chunk.offset != 0 {
                 // A piece of a transfer we do not hold (we restarted, or it was replaced).
@@ -258,6 +276,11 @@ impl Receiving {
         current.received += chunk.data.len() as u64;
         if current.received < current.total {
             return ack(chunk.id, current.received, None);
+        }
+        if let Err(e) = current.file.flush() {
+            let error = format!("cannot write {}: {e}", self.path.display());
+            self.current = None;
+            return ack(chunk.id, 0, Some(error));
         }
         Received::Complete {
             id: current.id,

@@ -215,6 +215,16 @@ impl Node {
         }
     }
 
+    /// On a leader, the highest index known to be replicated on follower `peer` (its
+    /// `matchIndex`, Figure 2); `None` elsewhere. A driver uses it to keep the entries a
+    /// follower catching up from a snapshot will need next.
+    pub fn match_index(&self, peer: NodeId) -> Option<Index> {
+        match &self.role {
+            RoleState::Leader(leader) => leader.progress.get(&peer).map(|pr| pr.match_index),
+            _ => None,
+        }
+    }
+
     /// The in-memory log, for inspection.
     pub fn log(&self) -> &Log {
         &self.log

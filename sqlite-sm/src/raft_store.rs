@@ -109,16 +109,25 @@ impl RaftStore {
         Ok(row.unwrap_or_default())
     }
 
-    /// Records, durably, that a snapshot at `meta` is about to replace the state database.
-    pub fn begin_install(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
+    /// Records, durably, that a snapshot at `meta` is about to replace the state database,
+    /// with the ready's new term and vote if it has them (the new state is from a term at
+    /// least the snapshot's, so the durable term must not lag it, crash or not).
+    pub fn begin_install(&mut self, meta: SnapshotMeta, hard_state: Option<HardState>) -> Result<(), StorageError> {
         let fail = |e: rusqlite::Error| StorageError(format!("recording a snapshot install failed: {e}"));
-        self.conn
-            .execute(
-                "INSERT INTO snapshot VALUES (0, 0, 0, ?1, ?2) ON CONFLICT(id) DO UPDATE SET pending_idx = ?1, pending_term = ?2",
-                params![meta.index as i64, meta.term as i64],
+        let tx = self.conn.transaction().map_err(fail)?;
+        if let Some(hs) = hard_state {
+            tx.execute(
+                "INSERT INTO hard_state VALUES (0, ?1, ?2) ON CONFLICT(id) DO UPDATE SET term = ?1, voted_for = ?2",
+                params![hs.term as i64, hs.voted_for.map(|v| v as i64)],
             )
-            .map(|_| ())
-            .map_err(fail)
+            .map_err(fail)?;
+        }
+        tx.execute(
+            "INSERT INTO snapshot VALUES (0, 0, 0, ?1, ?2) ON CONFLICT(id) DO UPDATE SET pending_idx = ?1, pending_term = ?2",
+            params![meta.index as i64, meta.term as i64],
+        )
+        .map_err(fail)?;
+        tx.commit().map_err(fail)
     }
 
     /// After a restart: finishes an install the node crashed in the middle of, given the

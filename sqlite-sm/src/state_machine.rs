@@ -162,21 +162,29 @@ impl StateMachine {
         Ok(result)
     }
 
-    /// Makes everything applied so far durable, for log compaction (§7): the connection
-    /// commits with `synchronous = NORMAL`, so a commit reaches the disk only with a
-    /// checkpoint, which syncs the WAL and then the database. Returns the index now
-    /// durable, or `None` if a reader kept the checkpoint from completing (try later).
-    ///
-    /// The Raft log may drop entries up to the returned index, and no further: an entry
+    /// Makes everything applied so far durable, for log compaction (§7), and returns the
+    /// index now durable. The Raft log may drop entries up to it, and no further: an entry
     /// applied but not yet durable here would be lost with the log in a power failure.
-    pub fn make_durable(&mut self) -> Result<Option<Index>, StorageError> {
+    ///
+    /// The connection commits with `synchronous = NORMAL`: a commit's frames are written
+    /// to the WAL but not synced. Syncing the WAL file makes every commit so far durable
+    /// (recovery replays committed frames from it); frames already copied back into the
+    /// database were synced there when that checkpoint completed, before SQLite reused
+    /// the WAL. Unlike a checkpoint, this never waits for readers (a snapshot being
+    /// copied holds one for a long time).
+    pub fn make_durable(&mut self) -> Result<Index, StorageError> {
         let applied = self.applied;
-        let busy: i64 = self
-            .shared
-            .policy
-            .internal(|| self.conn.query_row("PRAGMA main.wal_checkpoint(TRUNCATE)", [], |r| r.get(0)))
-            .map_err(|e| self.storage(e, "checkpointing the state database"))?;
-        Ok((busy == 0).then_some(applied))
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        let sync = |path: &Path| match std::fs::File::open(path) {
+            Ok(file) => file.sync_data(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        sync(Path::new(&wal))
+            .and_then(|()| sync(&self.path))
+            .map_err(|e| StorageError(format!("syncing the state database failed: {e}")))?;
+        Ok(applied)
     }
 
     /// Replaces the whole state with the snapshot database at `source` (§7, Figure 13
@@ -203,10 +211,7 @@ impl StateMachine {
             .query_row(&format!("SELECT applied_index FROM main.{APPLIED_TABLE}"), [], |r| r.get(0))
             .map_err(fail)?;
         self.applied = applied.max(0) as Index;
-        while self.make_durable()?.is_none() {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        Ok(self.applied)
+        self.make_durable()
     }
 
     fn apply_command(&mut self, index: Index, command: &WriteCommand) -> Result<LineResult, StorageError> {

@@ -276,11 +276,11 @@ fn an_interrupted_snapshot_install_is_finished_or_forgotten_at_restart() {
     let mut store = RaftStore::open(&path, "c", 1).expect("opens");
     store.persist(&Ready { entries: (1..=5).map(|i| entry(i, 1)).collect(), ..Ready::default() }).expect("log");
     // The install was recorded, but the state database still holds index 5: forget it.
-    store.begin_install(meta(9, 2)).expect("recorded");
+    store.begin_install(meta(9, 2), None).expect("recorded");
     let stored = store.resume_install(5).expect("resumes");
     assert_eq!((stored.pending_install, stored.snapshot, stored.entries.len()), (None, meta(0, 0), 5));
     // The state database holds the snapshot's index 9: the log after it is gone.
-    store.begin_install(meta(9, 2)).expect("recorded");
+    store.begin_install(meta(9, 2), None).expect("recorded");
     let stored = store.resume_install(9).expect("resumes");
     assert_eq!((stored.pending_install, stored.snapshot, stored.entries.len()), (None, meta(9, 2), 0));
     // An install carried out whole, with entries after it in the same ready.
