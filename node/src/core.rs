@@ -165,6 +165,8 @@ pub struct Core {
     stopping: Option<Instant>,
     /// Log compaction: a checkpoint was asked of the apply thread and not yet answered.
     checkpoint_pending: bool,
+    /// When it was asked for.
+    checkpoint_started: Instant,
     /// Log compaction: no checkpoint is asked for before this time (after one that could
     /// not compact anything).
     compact_after: Instant,
@@ -212,6 +214,7 @@ impl Core {
         Ok(Core {
             events,
             checkpoint_pending: false,
+            checkpoint_started: Instant::now(),
             compact_after: Instant::now(),
             snapshot_backoff: HashMap::new(),
             deferred: Vec::new(),
@@ -428,16 +431,17 @@ impl Core {
             && self.applier.send(Job::Checkpoint).is_ok()
         {
             self.checkpoint_pending = true;
+            self.checkpoint_started = Instant::now();
         }
     }
 
-    /// The state database is durable up to `index` (0: the checkpoint could not complete).
-    /// Compaction is safe only up to there: the log must keep every entry the durable
-    /// state lacks, or a power failure would lose it.
+    /// The state database is durable up to `index`: compact the log (see
+    /// [`compaction_target`] for how far).
     fn durable(&mut self, index: Index) {
         self.checkpoint_pending = false;
         let before = self.raft.log().snapshot().index;
-        let target = index.saturating_sub(self.config.compaction.keep);
+        let took = self.checkpoint_started.elapsed();
+        let target = compaction_target(index, self.config.compaction.keep, &[]);
         if target <= before {
             // Nothing to drop yet (the byte trigger fired within the kept window): wait
             // before asking again rather than checkpoint in a loop.
@@ -461,7 +465,8 @@ impl Core {
             .filter(|&(_, floor)| floor < target)
             .collect();
         self.pinned.retain(|peer, _| floors.iter().any(|(p, _)| p == peer));
-        let target = floors.iter().map(|&(_, floor)| floor).fold(target, Index::min);
+        let floors: Vec<Index> = floors.iter().map(|&(_, floor)| floor).collect();
+        let target = compaction_target(index, self.config.compaction.keep, &floors);
         if target <= before {
             self.compact_after = Instant::now() + self.config.tick;
             return;
@@ -470,8 +475,10 @@ impl Core {
             Ok(()) => {
                 self.bytes_since_compaction = 0;
                 info!(
-                    "compacted the log up to index {target} ({} entries dropped; the state is durable up to {index})",
-                    target - before
+                    "compacted the log up to index {target}: {} entries dropped, {} kept; the state was made durable up to {index} in {} ms",
+                    target - before,
+                    self.raft.log().last_index() - target,
+                    took.as_millis()
                 );
             }
             Err(e) => warn!("log compaction refused: {e}"),
@@ -994,6 +1001,16 @@ fn reply_of(result: LineResult) -> Reply {
     }
 }
 
+/// How far the log may be compacted (§7) once the state database is durable up to
+/// `durable`: never beyond it, since the log must keep every entry the durable state
+/// lacks (the state commits with `synchronous = NORMAL`; after a power failure only what
+/// was synced survives, and the log must still hold the rest to apply it again). Less
+/// `keep` entries, so a follower slightly behind gets entries, and no further than any
+/// `floors` (followers catching up from a snapshot).
+fn compaction_target(durable: Index, keep: u64, floors: &[Index]) -> Index {
+    floors.iter().copied().fold(durable.saturating_sub(keep), Index::min)
+}
+
 /// Where a received, verified snapshot waits to be installed.
 fn verified_path(state: &std::path::Path, meta: SnapshotMeta) -> PathBuf {
     let mut path = state.as_os_str().to_owned();
@@ -1032,4 +1049,22 @@ fn failpoint(name: &str) {
 
 fn unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compaction_target;
+
+    #[test]
+    fn the_log_is_compacted_only_up_to_what_the_state_holds_durably() {
+        assert_eq!(compaction_target(5000, 0, &[]), 5000);
+        assert_eq!(compaction_target(5000, 1000, &[]), 4000, "a trailing window is kept");
+        assert_eq!(compaction_target(500, 1000, &[]), 0, "nothing, while within the window");
+        assert_eq!(compaction_target(5000, 1000, &[4500, 3000]), 3000, "a follower catching up holds it back");
+        for durable in 0..50 {
+            for keep in 0..5 {
+                assert!(compaction_target(durable, keep, &[durable + 7]) <= durable);
+            }
+        }
+    }
 }
