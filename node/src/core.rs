@@ -109,14 +109,15 @@ pub struct CoreConfig {
     pub max_snapshot_bytes: u64,
 }
 
-/// When the log is compacted (§7): once it holds `entries` entries or `bytes` bytes of
-/// commands beyond its snapshot point, the state database is made durable and the log
-/// cut there, keeping the last `keep` entries for followers slightly behind.
+/// When the log is compacted (§7): once it holds `entries` entries beyond its snapshot
+/// point (plus `keep`), or `bytes` bytes of entries were applied since the last
+/// compaction, the state database is made durable and the log cut there, keeping the last
+/// `keep` entries for followers slightly behind.
 #[derive(Clone, Copy, Debug)]
 pub struct Compaction {
     /// Entries beyond the snapshot point that trigger a compaction (0: never).
     pub entries: u64,
-    /// Bytes of entries beyond the snapshot point that trigger one (0: never).
+    /// Bytes of entries applied since the last compaction that trigger one (0: never).
     pub bytes: u64,
     /// Entries kept after a compaction.
     pub keep: u64,
@@ -369,7 +370,7 @@ impl Core {
                         }
                     } else {
                         self.pinned.remove(&sent.to);
-                        // Back off: 1 s, 2 s, 4 s ... up to a minute between full copies.
+                        // Back off: 1 s, 2 s, 4 s ... up to 32 s between full copies.
                         let failures = self.snapshot_backoff.get(&sent.to).map_or(0, |b| b.0) + 1;
                         let wait = Duration::from_secs(1 << failures.min(6).saturating_sub(1));
                         self.snapshot_backoff.insert(sent.to, (failures, Instant::now() + wait));

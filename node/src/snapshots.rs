@@ -120,8 +120,8 @@ fn send(job: &Outgoing) -> (Index, Result<u64, String>) {
 }
 
 fn stream(job: &Outgoing, index: Index) -> Result<u64, String> {
-    // The copy's term, from the Raft log (which still holds it, or has it as its
-    // snapshot point: the log is compacted only up to what the state holds durably).
+    // The copy's term, from the Raft log: the core compacts nothing while a copy is made,
+    // so the log still holds that entry, or has it as its snapshot point.
     let (tx, rx) = std::sync::mpsc::channel();
     job.core
         .send(Event::SnapshotTerm { to: job.to, index, reply: tx })

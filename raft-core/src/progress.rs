@@ -199,6 +199,40 @@ mod tests {
     }
 
     #[test]
+    fn a_follower_waiting_for_a_snapshot_gets_nothing_until_the_transfer_ends() {
+        // Our log starts after 50; the follower holds up to 10, and rejected our probe.
+        let mut p = Progress::new(80);
+        assert!(p.rejected(80, 11));
+        p.request_snapshot();
+        assert!(!p.can_send(), "one transfer at a time, and no appends meanwhile");
+        assert_eq!(p.answerable(70), 70, "the snapshot may hold anything committed");
+        // A late answer to an old append does not end the wait: entries cannot follow it.
+        assert!(p.accepted(10, 50));
+        assert_eq!((p.state, p.match_index), (ProgressState::Snapshot, 10));
+        // The transfer of 60 ends, delivered: probe right after it, once the follower
+        // answers or a heartbeat passes.
+        p.snapshot_reported(60, true);
+        assert_eq!((p.state, p.next_index, p.probe_sent), (ProgressState::Probe, 61, true));
+        assert!(p.sent_up_to >= 60);
+    }
+
+    #[test]
+    fn a_failed_transfer_is_retried_from_where_the_follower_was() {
+        let mut p = Progress::new(80);
+        p.accepted(10, 0);
+        p.rejected(30, 11);
+        p.request_snapshot();
+        p.snapshot_reported(60, false);
+        assert_eq!((p.state, p.next_index, p.probe_sent), (ProgressState::Probe, 11, true));
+        // An acknowledgement at or past our log's start ends the wait at once.
+        let mut q = Progress::new(80);
+        assert!(q.rejected(80, 1));
+        q.request_snapshot();
+        assert!(q.accepted(60, 50));
+        assert_eq!((q.state, q.next_index), (ProgressState::Replicate, 61));
+    }
+
+    #[test]
     fn probe_sends_one_at_a_time_replicate_streams() {
         let mut p = Progress::new(3);
         assert!(p.can_send());
