@@ -51,6 +51,8 @@ pub enum Event {
     SnapshotTerm {
         /// The follower it is for.
         to: NodeId,
+        /// The transfer.
+        id: u64,
         /// The copy's applied index.
         index: Index,
         /// The term, if the log still knows it.
@@ -263,11 +265,14 @@ impl Core {
         // leader dies, and split the vote: a whole extra election timeout.
         let mut next_tick = Instant::now() + self.config.tick.mul_f64(rand::random::<f64>());
         loop {
-            // Events that arrived while a snapshot install held the loop.
-            for event in std::mem::take(&mut self.deferred) {
+            // Events that arrived while a snapshot install held the loop: handle them, and
+            // their readies, at once.
+            let deferred = std::mem::take(&mut self.deferred);
+            let wait =
+                if deferred.is_empty() { next_tick.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
+            for event in deferred {
                 self.handle(event);
             }
-            let wait = next_tick.saturating_duration_since(Instant::now());
             match events.recv_timeout(wait) {
                 Ok(event) => self.handle(event),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -364,7 +369,10 @@ impl Core {
                     self.copying.remove(&sent.to);
                     if sent.delivered {
                         self.snapshot_backoff.remove(&sent.to);
-                        let until = Instant::now() + 2 * self.config.election;
+                        // Long enough for the follower to install it (about as long as
+                        // checking it took) and answer.
+                        let install = Duration::from_secs(sent.bytes / snapshots::CHECK_BYTES_PER_SEC);
+                        let until = Instant::now() + 2 * self.config.election + install;
                         if let Some(pin) = self.pinned.get_mut(&sent.to) {
                             pin.1 = Some(until);
                         }
@@ -378,7 +386,12 @@ impl Core {
                     self.raft.report_snapshot(sent.to, sent.index, sent.delivered);
                 }
             }
-            Event::SnapshotTerm { to, index, reply } => {
+            Event::SnapshotTerm { to, id, index, reply } => {
+                if self.outgoing.get(&to).is_none_or(|(current, _)| *current != id) {
+                    // A transfer already replaced by a newer one: let it end.
+                    let _ = reply.send(None);
+                    return;
+                }
                 self.copying.remove(&to);
                 self.pinned.insert(to, (index, None));
                 let _ = reply.send(self.raft.log().term_at(index));
@@ -451,7 +464,7 @@ impl Core {
         }
         if !self.copying.is_empty() {
             // A snapshot copy will ask the term of its last index, which may be this one.
-            self.compact_after = Instant::now() + self.config.tick;
+            self.compact_after = Instant::now() + self.config.election;
             return;
         }
         // Keep what followers catching up from a snapshot need next, until they have
@@ -469,7 +482,7 @@ impl Core {
         let floors: Vec<Index> = floors.iter().map(|&(_, floor)| floor).collect();
         let target = compaction_target(index, self.config.compaction.keep, &floors);
         if target <= before {
-            self.compact_after = Instant::now() + self.config.tick;
+            self.compact_after = Instant::now() + self.config.election;
             return;
         }
         match self.raft.compact(target) {
@@ -507,7 +520,12 @@ impl Core {
                 debug_assert_eq!(id, done);
                 // All arrived: say so now, and the verdict once checked.
                 self.send(from, PeerMessage::SnapshotAck { id, received: total, verified: false, error: None });
-                snapshots::verify(self.receiving.path().to_path_buf(), from, done, meta, sha256, self.events.clone());
+                let path = self.receiving.path().to_path_buf();
+                if let Err(e) = snapshots::verify(path, from, done, meta, sha256, self.events.clone()) {
+                    warn!("{e}");
+                    self.receiving.finish();
+                    self.send(from, PeerMessage::SnapshotAck { id, received: 0, verified: false, error: Some(e) });
+                }
             }
         }
     }
@@ -558,7 +576,7 @@ impl Core {
             let mut copy = self.config.state_path.as_os_str().to_owned();
             copy.push(format!(".outgoing-{}-{id}", request.to));
             info!("node {} needs entries this node has compacted: sending it a snapshot", request.to);
-            snapshots::start(Outgoing {
+            let started = snapshots::start(Outgoing {
                 to: request.to,
                 id,
                 term: request.term,
@@ -569,6 +587,12 @@ impl Core {
                 core: self.events.clone(),
                 timeout: self.config.timeout,
             });
+            if let Err(e) = started {
+                warn!("{e}");
+                self.outgoing.remove(&request.to);
+                self.copying.remove(&request.to);
+                self.raft.report_snapshot(request.to, 0, false);
+            }
         }
     }
 
@@ -611,7 +635,15 @@ impl Core {
         failpoint("install-state-replaced");
         let _ = std::fs::remove_file(&path);
         // Writes committed here before were applied before the install (the apply thread
-        // works in order): their results are on the way. Reads wait for `applied`.
+        // works in order), and their results were queued before its answer: handle them
+        // first, so each write gets its own result.
+        self.deferred.extend(events.try_iter());
+        let (results, others): (Vec<Event>, Vec<Event>) =
+            std::mem::take(&mut self.deferred).into_iter().partition(|e| matches!(e, Event::Applied(_)));
+        self.deferred = others;
+        for event in results {
+            self.handle(event);
+        }
         self.applied(applied, Vec::new());
         self.bytes_since_compaction = 0;
         info!("installed the snapshot at index {} in {:.1} s", meta.index, started.elapsed().as_secs_f64());

@@ -50,7 +50,7 @@ pub struct Ack {
 
 /// How fast a follower is assumed to check a snapshot at worst (SHA-256, then SQLite's
 /// integrity check), to wait for its verdict on a large one.
-const CHECK_BYTES_PER_SEC: u64 = 20 << 20;
+pub const CHECK_BYTES_PER_SEC: u64 = 20 << 20;
 
 /// One transfer to start on a thread of its own.
 pub struct Outgoing {
@@ -85,11 +85,14 @@ pub struct Sent {
     pub index: Index,
     /// Whether the follower acknowledged the whole, verified.
     pub delivered: bool,
+    /// The size of the snapshot (0 if unknown).
+    pub bytes: u64,
 }
 
 /// Starts `job` on a thread; its end arrives at the core as [`Event::SnapshotSent`].
-pub fn start(job: Outgoing) {
-    let core = job.core.clone();
+/// Fails only if no thread can be started: the core then reports the failure itself (it
+/// must never wait on its own queue).
+pub fn start(job: Outgoing) -> Result<(), String> {
     let (to, id) = (job.to, job.id);
     let spawned = std::thread::Builder::new().name(format!("snapshot-to-{to}")).spawn(move || {
         let started = std::time::Instant::now();
@@ -102,12 +105,13 @@ pub fn start(job: Outgoing) {
             ),
             Err(e) => warn!("snapshot transfer to node {to} failed: {e}"),
         }
-        let _ = job.core.send(Event::SnapshotSent(Sent { to, id, index, delivered: result.is_ok() }));
+        let (delivered, bytes) = match result {
+            Ok(bytes) => (true, bytes),
+            Err(_) => (false, 0),
+        };
+        let _ = job.core.send(Event::SnapshotSent(Sent { to, id, index, delivered, bytes }));
     });
-    if let Err(e) = spawned {
-        warn!("cannot start a snapshot transfer to node {to}: {e}");
-        let _ = core.send(Event::SnapshotSent(Sent { to, id, index: 0, delivered: false }));
-    }
+    spawned.map(|_| ()).map_err(|e| format!("cannot start a snapshot transfer to node {to}: {e}"))
 }
 
 /// Copies and streams; returns the copy's index and the bytes sent, or why it failed.
@@ -124,7 +128,7 @@ fn stream(job: &Outgoing, index: Index) -> Result<u64, String> {
     // so the log still holds that entry, or has it as its snapshot point.
     let (tx, rx) = std::sync::mpsc::channel();
     job.core
-        .send(Event::SnapshotTerm { to: job.to, index, reply: tx })
+        .send(Event::SnapshotTerm { to: job.to, id: job.id, index, reply: tx })
         .map_err(|_| "the node is stopping".to_string())?;
     let term = rx
         .recv_timeout(job.timeout)
@@ -305,16 +309,20 @@ impl Receiving {
 
 /// Checks a complete file (on a thread of its own: it reads the whole file) and makes it
 /// durable. The result goes to the core as [`Event::SnapshotVerified`].
-pub fn verify(path: PathBuf, from: NodeId, id: u64, meta: SnapshotMeta, sha256: String, core: SyncSender<Event>) {
-    let report = core.clone();
+/// Fails only if no thread can be started (the core then refuses the snapshot itself).
+pub fn verify(
+    path: PathBuf,
+    from: NodeId,
+    id: u64,
+    meta: SnapshotMeta,
+    sha256: String,
+    core: SyncSender<Event>,
+) -> Result<(), String> {
     let spawned = std::thread::Builder::new().name("snapshot-verify".into()).spawn(move || {
         let result = check(&path, meta.index, &sha256);
         let _ = core.send(Event::SnapshotVerified { from, id, result });
     });
-    if let Err(e) = spawned {
-        let result = Err(format!("cannot start the check: {e}"));
-        let _ = report.send(Event::SnapshotVerified { from, id, result });
-    }
+    spawned.map(|_| ()).map_err(|e| format!("cannot start the check: {e}"))
 }
 
 fn check(path: &Path, index: Index, sha256: &str) -> Result<(), String> {

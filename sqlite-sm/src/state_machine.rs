@@ -172,6 +172,10 @@ impl StateMachine {
     /// database were synced there when that checkpoint completed, before SQLite reused
     /// the WAL. Unlike a checkpoint, this never waits for readers (a snapshot being
     /// copied holds one for a long time).
+    ///
+    /// Only the WAL is opened here, never the database file: closing any descriptor of a
+    /// file drops all of this process's POSIX locks on it, and SQLite's connections rely
+    /// on theirs (another process closing its connection would then delete the WAL).
     pub fn make_durable(&mut self) -> Result<Index, StorageError> {
         let applied = self.applied;
         let mut wal = self.path.as_os_str().to_owned();
@@ -181,9 +185,7 @@ impl StateMachine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         };
-        sync(Path::new(&wal))
-            .and_then(|()| sync(&self.path))
-            .map_err(|e| StorageError(format!("syncing the state database failed: {e}")))?;
+        sync(Path::new(&wal)).map_err(|e| StorageError(format!("syncing the state database failed: {e}")))?;
         Ok(applied)
     }
 
