@@ -163,22 +163,6 @@ pub struct Chunk {
     /// The SHA-256 of the whole file, as hex.
     pub sha256: String,
     /// The bytes, as base64 in JSON.
-    #[serde(with = "base64_bytes")]
+    #[serde(with = "raft_core::types::base64_bytes")]
     pub data: Vec<u8>,
-}
-
-/// Bytes as one base64 string in serialized form.
-mod base64_bytes {
-    use base64::engine::general_purpose::STANDARD;
-    use base64::Engine;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&STANDARD.encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
-    }
 }

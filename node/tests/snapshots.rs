@@ -109,9 +109,14 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     let log = cluster.log(2);
     assert!(log.contains("installed the snapshot at index"), "node 2 caught up by snapshot: {log}");
     // Writes after the snapshot reach it as entries.
-    write_rows(&cluster, cluster.leader().await, rows, 5).await;
-    caught_up(&cluster, &[0, 1, 2]).await;
-    let dumped = same_everywhere(&mut cluster, 3);
+    five_more_writes_reach_every_node(&mut cluster, rows).await;
+}
+
+/// Five more writes, then every node holds all `rows + 5` rows, identically.
+async fn five_more_writes_reach_every_node(cluster: &mut Cluster, rows: u64) {
+    write_rows(cluster, cluster.leader().await, rows, 5).await;
+    caught_up(cluster, &[0, 1, 2]).await;
+    let dumped = same_everywhere(cluster, 3);
     assert_eq!(dumped.iter().filter(|r| r.starts_with("t: ")).count() as u64, rows + 5);
 }
 
@@ -127,10 +132,7 @@ async fn a_node_whose_data_was_deleted_comes_back_with_the_same_index() {
     }
     cluster.start_node(2);
     caught_up(&cluster, &[0, 1, 2]).await;
-    write_rows(&cluster, cluster.leader().await, rows, 5).await;
-    caught_up(&cluster, &[0, 1, 2]).await;
-    let dumped = same_everywhere(&mut cluster, 3);
-    assert_eq!(dumped.iter().filter(|r| r.starts_with("t: ")).count() as u64, rows + 5);
+    five_more_writes_reach_every_node(&mut cluster, rows).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

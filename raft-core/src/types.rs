@@ -34,16 +34,19 @@ pub enum Payload {
     Command(#[serde(with = "base64_bytes")] Vec<u8>),
 }
 
-/// Bytes as one base64 string in serialized form (4 characters per 3 bytes).
-mod base64_bytes {
+/// Bytes as one base64 string in serialized form (4 characters per 3 bytes). Public so a
+/// driver's own messages (snapshot pieces, say) can carry bytes the same way.
+pub mod base64_bytes {
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes `bytes` as a base64 string.
     pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&STANDARD.encode(bytes))
     }
 
+    /// Reads bytes back from a base64 string.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(deserializer)?;
         STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)

@@ -31,6 +31,18 @@ fn install(term: Term, snapshot: SnapshotMeta) -> Message {
     msg(1, 2, term, MessageKind::InstallSnapshot { snapshot })
 }
 
+/// Node `id` of {1, 2, 3}, fresh, elected leader of term 1 with node `voter`'s vote.
+fn leader_of_term_1(id: u64, voter: u64) -> Node {
+    let mut config = Config::new(id, vec![1, 2, 3]);
+    config.pre_vote = false;
+    let mut node = Node::new(config, Restored::default()).expect("valid");
+    node.campaign();
+    drive(&mut node);
+    node.step(msg(voter, id, 1, MessageKind::VoteResp { granted: true }));
+    drive(&mut node);
+    node
+}
+
 fn accepted(ready: &raft_core::Ready) -> Option<u64> {
     ready.persisted_messages.iter().find_map(|m| match m.kind {
         MessageKind::AppendResp(AppendResult::Accepted { match_index }) => Some(match_index),
@@ -148,13 +160,7 @@ fn appends_reaching_into_our_snapshot_are_checked_from_its_end() {
 #[test]
 fn a_leader_sends_a_snapshot_when_the_entries_a_follower_needs_are_gone() {
     // Node 1 leads {1, 2, 3} and has compacted all it applied.
-    let mut config = Config::new(1, vec![1, 2, 3]);
-    config.pre_vote = false;
-    let mut leader = Node::new(config, Restored::default()).expect("valid");
-    leader.campaign();
-    drive(&mut leader);
-    leader.step(msg(2, 1, 1, MessageKind::VoteResp { granted: true }));
-    drive(&mut leader);
+    let mut leader = leader_of_term_1(1, 2);
     // Node 2 holds the leader's no-op, so the leader streams to it.
     leader.step(msg(2, 1, 1, MessageKind::AppendResp(AppendResult::Accepted { match_index: 1 })));
     drive(&mut leader);
@@ -206,13 +212,7 @@ fn a_leader_sends_a_snapshot_when_the_entries_a_follower_needs_are_gone() {
 #[test]
 fn proposals_inside_an_installed_snapshot_have_an_unknown_outcome() {
     // Node 2 led term 1 and proposed 2 and 3; now term 2's leader sends a snapshot at 3.
-    let mut config = Config::new(2, vec![1, 2, 3]);
-    config.pre_vote = false;
-    let mut node = Node::new(config, Restored::default()).expect("valid");
-    node.campaign();
-    drive(&mut node);
-    node.step(msg(1, 2, 1, MessageKind::VoteResp { granted: true }));
-    drive(&mut node);
+    let mut node = leader_of_term_1(2, 1);
     let ours: Vec<(u64, u64)> = (0..2).map(|i| node.propose(vec![i]).expect("leader")).collect();
     drive(&mut node);
     node.step(msg(3, 2, 2, MessageKind::InstallSnapshot { snapshot: meta(3, 2) }));
