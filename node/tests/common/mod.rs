@@ -37,9 +37,18 @@ pub struct Cluster {
     pub rpc_addrs: Vec<SocketAddr>,
 }
 
+/// A port free right now, picked below Linux's ephemeral range (32768 and up). A port the
+/// kernel hands out for `:0` is one it also hands out as the source port of outgoing
+/// connections, so with many clusters under test a node sometimes found its port taken
+/// by some client's connection before it could listen.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("its address").port()
+    for _ in 0..1000 {
+        let port = rand::random_range(10_000..32_768);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below 32768 after 1000 tries");
 }
 
 impl Cluster {
