@@ -40,11 +40,16 @@ pub struct Cluster {
 /// A port free right now, picked below Linux's ephemeral range (32768 and up). A port the
 /// kernel hands out for `:0` is one it also hands out as the source port of outgoing
 /// connections, so with many clusters under test a node sometimes found its port taken
-/// by some client's connection before it could listen.
+/// by some client's connection before it could listen. Nothing listens on a port between
+/// this call and the node's start, so the ports handed out are remembered: two random picks
+/// once collided and gave two nodes of one cluster the same port.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     for _ in 0..1000 {
         let port = rand::random_range(10_000..32_768);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
             return port;
         }
     }
