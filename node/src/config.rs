@@ -152,6 +152,9 @@ pub struct RaftSection {
     /// Entries kept after a compaction, so a follower slightly behind gets entries rather
     /// than a whole snapshot.
     pub compact_keep: u64,
+    /// A node added to the cluster joins as a learner and becomes a voter once its log is
+    /// within this many entries of the leader's (§4.2.1).
+    pub promote_lag: u64,
 }
 
 impl Default for RaftSection {
@@ -165,6 +168,7 @@ impl Default for RaftSection {
             compact_entries: 10_000,
             compact_bytes: 64 << 20,
             compact_keep: 1_000,
+            promote_lag: 1_000,
         }
     }
 }

@@ -47,7 +47,8 @@ pub enum Event {
     Applied(Applied),
     /// A snapshot transfer to a follower ended.
     SnapshotSent(Sent),
-    /// A snapshot transfer asks the term of the index its copy holds.
+    /// A snapshot transfer asks where its copy ends: the term of the index it holds, and
+    /// the configuration there (§4), from the Raft log.
     SnapshotTerm {
         /// The follower it is for.
         to: NodeId,
@@ -55,8 +56,8 @@ pub enum Event {
         id: u64,
         /// The copy's applied index.
         index: Index,
-        /// The term, if the log still knows it.
-        reply: Sender<Option<Term>>,
+        /// The snapshot point, if the log still knows that index.
+        reply: Sender<Option<SnapshotMeta>>,
     },
     /// A received snapshot was checked.
     SnapshotVerified {
@@ -394,7 +395,13 @@ impl Core {
                 }
                 self.copying.remove(&to);
                 self.pinned.insert(to, (index, None));
-                let _ = reply.send(self.raft.log().term_at(index));
+                let log = self.raft.log();
+                let meta = log.term_at(index).map(|term| SnapshotMeta {
+                    index,
+                    term,
+                    membership: log.membership_at(index).clone(),
+                });
+                let _ = reply.send(meta);
             }
             Event::SnapshotVerified { from, id, result } => self.snapshot_verified(from, id, result),
             Event::Shutdown => self.begin_shutdown(),
@@ -426,8 +433,8 @@ impl Core {
             leader: s.leader,
             commit_index: s.commit_index,
             applied_index: self.applied,
-            snapshot_index: s.snapshot.index,
-            first_index: s.snapshot.index + 1,
+            snapshot_index: s.snapshot_index,
+            first_index: s.snapshot_index + 1,
             last_index: s.last_index,
         }
     }
@@ -538,7 +545,7 @@ impl Core {
             Ok(()) => {
                 info!("received a snapshot of {total} bytes at index {} from node {from}", meta.index);
                 // Set apart, so the next transfer cannot overwrite what Raft may install.
-                let path = verified_path(&self.config.state_path, meta);
+                let path = verified_path(&self.config.state_path, &meta);
                 if let Err(e) = std::fs::rename(self.receiving.path(), &path) {
                     warn!("cannot keep the received snapshot: {e}");
                     let error = Some(e.to_string());
@@ -614,7 +621,7 @@ impl Core {
         let started = Instant::now();
         failpoint("install-before-record");
         // The term and vote go first: the new state is from the snapshot's term.
-        self.store.begin_install(meta, hard_state)?;
+        self.store.begin_install(meta.clone(), hard_state)?;
         failpoint("install-recorded");
         let (tx, rx) = std::sync::mpsc::channel();
         if self.applier.send(Job::Install { path: path.clone(), reply: tx }).is_err() {
@@ -862,14 +869,14 @@ impl Core {
             }
             self.start_snapshots(&ready);
             // 2. Durable, with one fsync (an install first replaces the state database).
-            if let Some(meta) = ready.install_snapshot {
+            if let Some(meta) = ready.install_snapshot.clone() {
                 self.install(meta, ready.hard_state, events)?;
             }
             self.store.persist(&ready)?;
             if ready.install_snapshot.is_some() {
                 failpoint("install-done");
             }
-            if let Some(meta) = ready.compacted {
+            if let Some(meta) = ready.compacted.clone() {
                 debug!("log compacted up to {}@{} on disk", meta.index, meta.term);
             }
             // 3. Messages that promise durable state.
@@ -1045,7 +1052,7 @@ fn compaction_target(durable: Index, keep: u64, floors: &[Index]) -> Index {
 }
 
 /// Where a received, verified snapshot waits to be installed.
-fn verified_path(state: &std::path::Path, meta: SnapshotMeta) -> PathBuf {
+fn verified_path(state: &std::path::Path, meta: &SnapshotMeta) -> PathBuf {
     let mut path = state.as_os_str().to_owned();
     path.push(format!(".snapshot-{}-{}", meta.index, meta.term));
     PathBuf::from(path)

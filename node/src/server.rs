@@ -131,6 +131,7 @@ async fn serve(config: &Config, index: usize) -> Result<(), String> {
         pre_vote: config.raft.pre_vote,
         check_quorum: config.raft.check_quorum,
         max_append_bytes: MAX_APPEND_BYTES,
+        promote_lag: config.raft.promote_lag,
         seed: rand::random(),
     };
     let restored =

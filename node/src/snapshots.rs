@@ -130,11 +130,10 @@ fn stream(job: &Outgoing, index: Index) -> Result<u64, String> {
     job.core
         .send(Event::SnapshotTerm { to: job.to, id: job.id, index, reply: tx })
         .map_err(|_| "the node is stopping".to_string())?;
-    let term = rx
+    let meta = rx
         .recv_timeout(job.timeout)
         .map_err(|_| "the Raft core did not answer".to_string())?
         .ok_or_else(|| format!("the log no longer knows the term of index {index}"))?;
-    let meta = SnapshotMeta { index, term };
     let sha256 = sqlite_sm::snapshot::checksum(&job.copy)?;
     let mut file = File::open(&job.copy).map_err(|e| format!("cannot read the copy: {e}"))?;
     let total = file.metadata().map_err(|e| format!("cannot read the copy: {e}"))?.len();
@@ -145,7 +144,15 @@ fn stream(job: &Outgoing, index: Index) -> Result<u64, String> {
             let len = (CHUNK_BYTES as u64).min(total - sent) as usize;
             let mut data = vec![0u8; len];
             file.read_exact(&mut data).map_err(|e| format!("cannot read the copy: {e}"))?;
-            let chunk = Chunk { id: job.id, term: job.term, meta, offset: sent, total, sha256: sha256.clone(), data };
+            let chunk = Chunk {
+                id: job.id,
+                term: job.term,
+                meta: meta.clone(),
+                offset: sent,
+                total,
+                sha256: sha256.clone(),
+                data,
+            };
             job.transport
                 .send(job.to, PeerMessage::SnapshotChunk(chunk))
                 .map_err(|e| format!("the connection refused a piece: {e:?}"))?;
@@ -253,7 +260,7 @@ impl Receiving {
                 from,
                 id: chunk.id,
                 term: chunk.term,
-                meta: chunk.meta,
+                meta: chunk.meta.clone(),
                 total: chunk.total,
                 sha256: chunk.sha256.clone(),
                 file,
@@ -289,7 +296,7 @@ impl Receiving {
         Received::Complete {
             id: current.id,
             term: current.term,
-            meta: current.meta,
+            meta: current.meta.clone(),
             total: current.total,
             sha256: current.sha256.clone(),
         }
@@ -298,7 +305,7 @@ impl Receiving {
     /// The term, snapshot point and size of transfer `id` from `from`, if it is still
     /// the one being received.
     pub fn current(&self, from: NodeId, id: u64) -> Option<(Term, SnapshotMeta, u64)> {
-        self.current.as_ref().filter(|c| c.from == from && c.id == id).map(|c| (c.term, c.meta, c.total))
+        self.current.as_ref().filter(|c| c.from == from && c.id == id).map(|c| (c.term, c.meta.clone(), c.total))
     }
 
     /// Forgets the current transfer (it was verified, refused or superseded).

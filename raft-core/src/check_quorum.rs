@@ -6,7 +6,11 @@
 //! if not, it steps down. Together with the followers' lease (they ignore vote requests
 //! while they hear from a leader) this also keeps one flaky node from forcing elections.
 
+use std::collections::BTreeSet;
+
 use crate::node::{Node, RoleState};
+use crate::quorum::is_quorum;
+use crate::types::NodeId;
 
 impl Node {
     /// A leader's tick.
@@ -29,16 +33,17 @@ impl Node {
         }
     }
 
-    /// Whether a majority was heard from since the last check; resets the marks.
+    /// Whether a majority of the voters (the leader itself, if it is one) was heard from
+    /// since the last check; resets the marks.
     fn quorum_active(&mut self) -> bool {
-        let quorum = self.quorum();
+        let id = self.id();
         let RoleState::Leader(leader) = &mut self.role else { return false };
-        let mut active = 1; // the leader itself
-        for pr in leader.progress.values_mut() {
-            if std::mem::take(&mut pr.recent_active) {
-                active += 1;
-            }
-        }
-        active >= quorum
+        let active: BTreeSet<NodeId> = leader
+            .progress
+            .iter_mut()
+            .filter_map(|(&peer, pr)| std::mem::take(&mut pr.recent_active).then_some(peer))
+            .chain([id])
+            .collect();
+        is_quorum(&self.log.membership().voters, |v| active.contains(&v))
     }
 }

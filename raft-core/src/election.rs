@@ -16,13 +16,15 @@ use std::collections::BTreeMap;
 use crate::message::MessageKind;
 use crate::node::{LeaderState, Node, RoleState};
 use crate::progress::Progress;
+use crate::quorum::{vote_result, VoteResult};
 use crate::types::{Index, NodeId, Payload, Term, MAX_TERM};
 
 impl Node {
     /// A non-leader's tick: start an election when the timeout elapses (§5.2).
     pub(crate) fn tick_election(&mut self) {
         self.election_elapsed += 1;
-        if self.election_elapsed >= self.election_timeout {
+        // Learners and removed servers never campaign (§4.2.1, rule 7 of `membership`).
+        if self.election_elapsed >= self.election_timeout && self.may_campaign() {
             self.start_election(false);
         }
     }
@@ -36,6 +38,10 @@ impl Node {
     /// Starts an election: a PreVote round if configured, else a real one. `transfer`
     /// skips PreVote: the leader asked us to take over (§3.10).
     pub(crate) fn start_election(&mut self, transfer: bool) {
+        if !self.may_campaign() {
+            // A learner, or a server removed from the configuration (§4.2.1, §4.2.3).
+            return self.reset_election_timer();
+        }
         if self.term >= MAX_TERM {
             // Unreachable by honest nodes (see MAX_TERM); terms must never overflow.
             self.reset_election_timer();
@@ -59,7 +65,7 @@ impl Node {
             return self.become_candidate(false);
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        for peer in self.peers.clone() {
+        for peer in self.other_voters() {
             self.send_with_term(peer, self.term + 1, MessageKind::PreVote { last_index, last_term });
         }
     }
@@ -77,7 +83,7 @@ impl Node {
             return self.become_leader();
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        for peer in self.peers.clone() {
+        for peer in self.other_voters() {
             self.send(peer, MessageKind::Vote { last_index, last_term, transfer });
         }
     }
@@ -87,7 +93,8 @@ impl Node {
     /// then the leader does not know its commit index (which ReadIndex relies on, §6.4).
     fn become_leader(&mut self) {
         let last_index = self.log.last_index();
-        let progress = self.peers.iter().map(|&p| (p, Progress::new(last_index))).collect();
+        // Learners receive the log too (§4.2.1).
+        let progress = self.other_members().into_iter().map(|p| (p, Progress::new(last_index))).collect();
         self.role = RoleState::Leader(Box::new(LeaderState {
             progress,
             heartbeat_elapsed: 0,
@@ -103,20 +110,17 @@ impl Node {
         self.append_as_leader(Payload::Noop);
     }
 
-    /// Tallies the current (pre-)vote: `Some(true)` won, `Some(false)` lost, `None` open.
+    /// Tallies the current (pre-)vote among the voters of our configuration:
+    /// `Some(true)` won, `Some(false)` lost, `None` open.
     fn count_votes(&self) -> Option<bool> {
         let votes = match &self.role {
             RoleState::PreCandidate { votes } | RoleState::Candidate { votes } => votes,
             _ => return None,
         };
-        let granted = votes.values().filter(|&&g| g).count();
-        let rejected = votes.len() - granted;
-        if granted >= self.quorum() {
-            Some(true)
-        } else if rejected >= self.quorum() {
-            Some(false)
-        } else {
-            None
+        match vote_result(&self.log.membership().voters, votes) {
+            VoteResult::Won => Some(true),
+            VoteResult::Lost => Some(false),
+            VoteResult::Pending => None,
         }
     }
 

@@ -56,6 +56,7 @@ pub mod check_quorum;
 pub mod config;
 pub mod election;
 pub mod log;
+pub mod membership;
 pub mod message;
 pub mod node;
 pub mod progress;
@@ -72,6 +73,7 @@ pub mod types;
 
 pub use config::Config;
 pub use log::Log;
+pub use membership::{ChangeError, Membership, MembershipChange};
 pub use message::{AppendResult, Message, MessageKind, ReadId};
 pub use node::{Node, ProposeError, Restored, Status};
 pub use ready::{ProposalOutcome, ReadError, ReadOutcome, Ready, SnapshotRequest, SoftState};

@@ -8,6 +8,7 @@
 //! 2. If two logs hold an entry with the same index and term, they are identical up to it,
 //!    because AppendEntries refuses entries whose predecessor does not match.
 
+use crate::membership::Membership;
 use crate::types::{Entry, Index, Payload, SnapshotMeta, Term, MAX_TERM};
 
 /// The in-memory log: a snapshot point (§7) followed by contiguous entries.
@@ -16,10 +17,15 @@ use crate::types::{Entry, Index, Payload, SnapshotMeta, Term, MAX_TERM};
 /// and is gone from here; the entries that remain are `snapshot.index + 1 ..= last_index`.
 /// Every method speaks in absolute indexes, so the offset between an index and a position
 /// in `entries` never leaves this file.
+///
+/// The log also knows its latest configuration (§4.1): the last membership entry, or the
+/// snapshot's. Every change to the log keeps `membership_index` pointing at it.
 #[derive(Clone, Debug, Default)]
 pub struct Log {
     snapshot: SnapshotMeta,
     entries: Vec<Entry>,
+    /// Where the latest configuration is: a membership entry, or the snapshot point.
+    membership_index: Index,
 }
 
 /// What [`Log::store`] changed, for the node to report as durable work.
@@ -66,15 +72,57 @@ impl Log {
             if e.term > MAX_TERM {
                 return Err(format!("log entry {} has term {}, beyond the highest possible term", e.index, e.term));
             }
+            if let Payload::Membership(m) = &e.payload {
+                if m.voters.is_empty() {
+                    return Err(format!("log entry {} is a configuration without voters", e.index));
+                }
+            }
             prev_term = e.term;
             kept.push(e);
         }
-        Ok(Log { snapshot, entries: kept })
+        let mut log = Log { snapshot, entries: kept, membership_index: 0 };
+        log.find_membership();
+        Ok(log)
     }
 
     /// The snapshot point: the entries up to it are compacted away.
-    pub fn snapshot(&self) -> SnapshotMeta {
-        self.snapshot
+    pub fn snapshot(&self) -> &SnapshotMeta {
+        &self.snapshot
+    }
+
+    /// The latest configuration in the log, committed or not (§4.1): the one every rule
+    /// that counts votes or acknowledgements uses.
+    pub fn membership(&self) -> &Membership {
+        self.membership_at(self.last_index())
+    }
+
+    /// The index of the entry that set the latest configuration, or the snapshot point.
+    pub fn membership_index(&self) -> Index {
+        self.membership_index
+    }
+
+    /// The configuration in effect at `index` (at or after the snapshot point): the last
+    /// membership entry at or before it, else the snapshot's.
+    pub fn membership_at(&self, index: Index) -> &Membership {
+        let mut i = index.min(self.last_index()).min(self.membership_index);
+        while i > self.snapshot.index {
+            if let Some(Entry { payload: Payload::Membership(m), .. }) = self.entry(i) {
+                return m;
+            }
+            i -= 1;
+        }
+        &self.snapshot.membership
+    }
+
+    /// Points `membership_index` at the last membership entry, after the log's tail changed.
+    fn find_membership(&mut self) {
+        self.membership_index = self.snapshot.index;
+        for e in self.entries.iter().rev() {
+            if matches!(e.payload, Payload::Membership(_)) {
+                self.membership_index = e.index;
+                break;
+            }
+        }
     }
 
     /// The first index still held as an entry.
@@ -143,6 +191,9 @@ impl Log {
     /// its log as a new entry"). Returns the new entry.
     pub fn append(&mut self, term: Term, payload: Payload) -> Entry {
         let entry = Entry { index: self.last_index() + 1, term, payload };
+        if matches!(entry.payload, Payload::Membership(_)) {
+            self.membership_index = entry.index;
+        }
         self.entries.push(entry.clone());
         entry
     }
@@ -174,6 +225,12 @@ impl Log {
             self.entries.push(entry.clone());
             outcome.appended.push(entry);
         }
+        // A truncation may have removed the latest configuration, and new entries may
+        // bring one: either way the latest is found again (§4.1).
+        let new_membership = outcome.appended.iter().any(|e| matches!(e.payload, Payload::Membership(_)));
+        if new_membership || outcome.truncated_from.is_some_and(|from| from <= self.membership_index) {
+            self.find_membership();
+        }
         outcome
     }
 
@@ -194,15 +251,19 @@ impl Log {
             return None;
         }
         let term = self.term_at(index)?;
+        // The snapshot keeps the configuration in effect at its point, whose entry may go.
+        let membership = self.membership_at(index).clone();
         self.entries.drain(..(index - self.snapshot.index) as usize);
-        self.snapshot = SnapshotMeta { index, term };
-        Some(self.snapshot)
+        self.snapshot = SnapshotMeta { index, term, membership };
+        self.membership_index = self.membership_index.max(index);
+        Some(self.snapshot.clone())
     }
 
     /// Replaces the whole log with a snapshot point and no entries (Figure 13, receiver
     /// rule 7: "discard the entire log"), for a snapshot installed from the leader.
     pub fn reset_to(&mut self, snapshot: SnapshotMeta) {
         self.entries.clear();
+        self.membership_index = snapshot.index;
         self.snapshot = snapshot;
     }
 

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Config;
 use crate::log::Log;
+use crate::membership::Membership;
 use crate::message::{Message, MessageKind, ReadId};
 use crate::progress::Progress;
 use crate::read_index::{FollowerRead, LeaderRead};
@@ -64,7 +65,9 @@ pub struct Status {
     /// The last index in its log.
     pub last_index: Index,
     /// Where its log begins: entries up to here are compacted into a snapshot (§7).
-    pub snapshot: SnapshotMeta,
+    pub snapshot_index: Index,
+    /// The index of the latest configuration entry (§4.1), or the snapshot point.
+    pub membership_index: Index,
 }
 
 /// Per-role state. Roles differ only in this and in how they handle ticks and messages.
@@ -85,7 +88,7 @@ pub(crate) enum RoleState {
 /// A leader's volatile state (Figure 2, "Volatile state on leaders", and more).
 #[derive(Debug)]
 pub(crate) struct LeaderState {
-    /// Replication progress of every other voter.
+    /// Replication progress of every other member, voter or learner.
     pub progress: BTreeMap<NodeId, Progress>,
     /// Ticks since the last heartbeat.
     pub heartbeat_elapsed: Ticks,
@@ -108,8 +111,6 @@ pub(crate) struct LeaderState {
 #[derive(Debug)]
 pub struct Node {
     pub(crate) config: Config,
-    /// The other voters, sorted, so iteration (and therefore output) is deterministic.
-    pub(crate) peers: Vec<NodeId>,
     // Persistent state on all servers (Figure 2).
     pub(crate) term: Term,
     pub(crate) voted_for: Option<NodeId>,
@@ -152,7 +153,12 @@ impl Node {
                 restored.hard_state.term
             ));
         }
-        let log = Log::restore(restored.snapshot, restored.entries)?;
+        let mut snapshot = restored.snapshot;
+        if snapshot.membership.voters.is_empty() {
+            // No configuration was ever recorded: the initial one holds.
+            snapshot.membership = Membership::initial(&config.voters);
+        }
+        let log = Log::restore(snapshot, restored.entries)?;
         if restored.applied < log.snapshot().index {
             return Err(format!(
                 "applied index {} is below the snapshot point {}: the state machine lacks compacted entries",
@@ -167,13 +173,10 @@ impl Node {
                 log.last_index()
             ));
         }
-        let mut peers: Vec<NodeId> = config.voters.iter().copied().filter(|&v| v != config.id).collect();
-        peers.sort_unstable();
         let hard = restored.hard_state;
         let soft = SoftState { role: Role::Follower, term: hard.term, leader: None };
         let mut node = Node {
             rng: Rng::new(config.seed),
-            peers,
             term: hard.term,
             voted_for: hard.voted_for,
             durable_index: log.last_index(),
@@ -211,7 +214,8 @@ impl Node {
             commit_index: self.commit_index,
             applied_index: self.applied,
             last_index: self.log.last_index(),
-            snapshot: self.log.snapshot(),
+            snapshot_index: self.log.snapshot().index,
+            membership_index: self.log.membership_index(),
         }
     }
 
@@ -307,6 +311,13 @@ impl Node {
         if hard != self.last_hard_state {
             self.ready.hard_state = Some(hard);
             self.last_hard_state = hard;
+            // No message leaves before the term it carries is durable. A leader's messages
+            // normally may (§10.2.1): its term was durable before anyone voted for it. A
+            // sole voter elects itself in the ready that starts its term; were its appends
+            // to reach a learner and the node crash before the term is durable, it could
+            // lead that term again with different entries at the same indexes.
+            let early = std::mem::take(&mut self.ready.messages);
+            self.ready.persisted_messages.splice(0..0, early);
         }
         let soft = self.soft_state();
         if soft != self.last_soft_state {
@@ -340,9 +351,16 @@ impl Node {
         SoftState { role: self.role(), term: self.term, leader: self.leader }
     }
 
-    /// The number of votes (or acknowledgements) that make a majority.
-    pub(crate) fn quorum(&self) -> usize {
-        crate::quorum::quorum_size(self.config.voters.len())
+    /// The other voters, in id order: who to ask for votes.
+    pub(crate) fn other_voters(&self) -> Vec<NodeId> {
+        let id = self.id();
+        self.log.membership().voters.iter().copied().filter(|&v| v != id).collect()
+    }
+
+    /// Every other member, voters and learners, in id order: who receives the log.
+    pub(crate) fn other_members(&self) -> Vec<NodeId> {
+        let id = self.id();
+        self.log.membership().members().filter(|&m| m != id).collect()
     }
 
     /// Queues a message in the current term.

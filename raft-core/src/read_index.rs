@@ -15,7 +15,7 @@
 
 use crate::message::{MessageKind, ReadId};
 use crate::node::{Node, RoleState};
-use crate::quorum::quorum_index;
+use crate::quorum::voters_index;
 use crate::ready::{ReadError, ReadOutcome};
 use crate::types::{Index, NodeId, Ticks};
 
@@ -105,9 +105,11 @@ impl Node {
         if self.log.term_at(self.commit_index) != Some(self.term) {
             return None;
         }
-        let mut rounds: Vec<u64> = leader.progress.values().map(|p| p.read_round).collect();
-        rounds.push(leader.read_round);
-        Some(quorum_index(rounds))
+        // A majority of the voters (this leader, while it is one, §4.2.2).
+        let id = self.id();
+        let round_of =
+            |v| if v == id { Some(leader.read_round) } else { leader.progress.get(&v).map(|p| p.read_round) };
+        Some(voters_index(&self.log.membership().voters, round_of))
     }
 
     /// Whether some read can be answered now.

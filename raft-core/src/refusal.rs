@@ -19,7 +19,7 @@
 
 use crate::message::{Message, MessageKind};
 use crate::node::Node;
-use crate::types::{Entry, Index, NodeId, Term, MAX_TERM};
+use crate::types::{Entry, Index, NodeId, Payload, Term, MAX_TERM};
 
 /// A message the node refused, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,8 +44,11 @@ impl Node {
         if msg.to != self.id() {
             return Err(format!("it is addressed to node {}", msg.to));
         }
-        if !self.peers.contains(&msg.from) {
-            return Err("the sender is not a voter of this cluster".to_string());
+        // Senders outside our configuration are heard (§4.1): a new voter may campaign, or
+        // a leader add us, before our log holds the entry that names them. Keeping out
+        // strangers is the transport's job; here only the impossible is refused.
+        if msg.from == self.id() {
+            return Err("it claims to come from this node itself".to_string());
         }
         if msg.term > MAX_TERM {
             // Adopting it would leave this node unable to ever campaign again (term + 1).
@@ -64,6 +67,11 @@ impl Node {
             }
             MessageKind::InstallSnapshot { snapshot } if snapshot.term > msg.term => {
                 Err(format!("the snapshot's last term ({}) is later than the leader's ({})", snapshot.term, msg.term))
+            }
+            MessageKind::InstallSnapshot { snapshot }
+                if snapshot.membership.voters.is_empty() && !snapshot.membership.learners.is_empty() =>
+            {
+                Err("the snapshot's configuration has learners but no voter".to_string())
             }
             _ => Ok(()),
         }
@@ -97,6 +105,9 @@ fn check_entries(term: Term, prev_index: Index, prev_term: Term, entries: &[Entr
                 "entry {} has term {}, outside [{last_term}, {term}]: a log's terms only grow, up to the leader's",
                 entry.index, entry.term
             ));
+        }
+        if matches!(&entry.payload, Payload::Membership(m) if m.voters.is_empty()) {
+            return Err(format!("entry {} is a configuration without voters", entry.index));
         }
         last_term = entry.term;
     }

@@ -11,7 +11,7 @@
 use crate::message::{AppendResult, MessageKind};
 use crate::node::{Node, RoleState};
 use crate::progress::ProgressState;
-use crate::quorum::quorum_index;
+use crate::quorum::voters_index;
 use crate::types::{Entry, Index, NodeId};
 
 impl Node {
@@ -37,7 +37,7 @@ impl Node {
             }
         }
         if new_entries {
-            for peer in self.peers.clone() {
+            for peer in self.other_members() {
                 self.send_append(peer, false);
             }
         }
@@ -78,7 +78,7 @@ impl Node {
             // A probe still unanswered by now was probably lost: allow another.
             pr.probe_sent = false;
         }
-        for peer in self.peers.clone() {
+        for peer in self.other_members() {
             self.send_heartbeat(peer);
         }
     }
@@ -114,7 +114,7 @@ impl Node {
         // §7: entries up to our snapshot point are committed and applied here, and a
         // correct leader holds the same ones (Leader Completeness, §5.4). Check only what
         // follows the snapshot point, as if the append had started there.
-        let snapshot = self.log.snapshot();
+        let snapshot = self.log.snapshot().clone();
         let (prev_index, prev_term, entries) = if prev_index < snapshot.index {
             let skip = (snapshot.index - prev_index) as usize;
             let Some(at_snapshot) = entries.get(skip - 1) else {
@@ -185,7 +185,9 @@ impl Node {
                 if !pr.accepted(match_index, log_start) {
                     return;
                 }
-                self.maybe_commit();
+                if !self.maybe_commit() {
+                    self.maybe_promote(from);
+                }
                 self.maybe_send_timeout_now(from);
             }
             AppendResult::Rejected { rejected, hint_index, hint_term } => {
@@ -244,21 +246,28 @@ impl Node {
         if pr.match_index < last_index {
             self.send_append(from, true);
         }
+        // A learner that caught up while a change was pending is promoted once the way is
+        // free, even if no new entry comes along (§4.2.1).
+        self.maybe_promote(from);
     }
 
     /// §5.3/§5.4.2: commit the highest index a majority holds, but only if it is from our
     /// own term. Counting replicas of an older term's entry is unsafe: Figure 8 shows such
     /// an entry overwritten after being on a majority. Our own copy counts only once the
     /// driver has made it durable (§10.2.1).
+    ///
+    /// Only the voters of the current configuration count (§4.1), this leader among them
+    /// only while it is one: a leader removing itself commits with the others (§4.2.2).
     pub(crate) fn maybe_commit(&mut self) -> bool {
         let RoleState::Leader(leader) = &self.role else { return false };
-        let mut matches: Vec<Index> = leader.progress.values().map(|p| p.match_index).collect();
-        matches.push(self.durable_index);
-        let index = quorum_index(matches);
+        let (id, durable) = (self.id(), self.durable_index);
+        let match_of = |v| if v == id { Some(durable) } else { leader.progress.get(&v).map(|p| p.match_index) };
+        let index = voters_index(&self.log.membership().voters, match_of);
         if index <= self.commit_index || self.log.term_at(index) != Some(self.term) {
             return false;
         }
         self.commit_to(index);
+        self.after_leader_commit();
         true
     }
 

@@ -52,7 +52,7 @@ impl Node {
     }
 
     /// Figure 13, InstallSnapshot receiver. The message's term is already settled (rule 1).
-    pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, snapshot: SnapshotMeta) {
+    pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, mut snapshot: SnapshotMeta) {
         if matches!(self.role, RoleState::Leader(_)) {
             // Two leaders in one term is impossible (Election Safety, §5.2).
             return;
@@ -73,11 +73,15 @@ impl Node {
         }
         // Rules 7 and 8: discard the entire log and reset the state machine to the snapshot.
         // Work queued for the old log in this ready is void: the install replaces it.
-        self.log.reset_to(snapshot);
+        if snapshot.membership.voters.is_empty() {
+            // A state machine that never applied a configuration holds the initial one.
+            snapshot.membership = crate::membership::Membership::initial(&self.config.voters);
+        }
+        self.log.reset_to(snapshot.clone());
         self.ready.entries.clear();
         self.ready.truncate_from = None;
         self.ready.compacted = None;
-        self.ready.install_snapshot = Some(snapshot);
+        self.ready.install_snapshot = Some(snapshot.clone());
         self.commit_index = snapshot.index;
         self.applied = snapshot.index;
         // Only a leader counts its durable index, and a leader never installs a snapshot.

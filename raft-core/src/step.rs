@@ -73,7 +73,7 @@ impl Node {
                 hint_index: prev_index,
                 hint_term: None,
             }),
-            MessageKind::InstallSnapshot { snapshot } => MessageKind::AppendResp(AppendResult::Rejected {
+            MessageKind::InstallSnapshot { ref snapshot } => MessageKind::AppendResp(AppendResult::Rejected {
                 rejected: snapshot.index,
                 hint_index: snapshot.index,
                 hint_term: None,

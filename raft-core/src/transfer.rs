@@ -16,7 +16,7 @@ use crate::types::NodeId;
 pub enum TransferError {
     /// Only a leader can hand over leadership.
     NotLeader,
-    /// The target is this node or not a voter.
+    /// The target is this node or not a voter (a learner cannot lead, §4.2.1).
     InvalidTarget,
 }
 
@@ -27,7 +27,7 @@ impl Node {
         let RoleState::Leader(leader) = &mut self.role else {
             return Err(TransferError::NotLeader);
         };
-        if !leader.progress.contains_key(&target) {
+        if !leader.progress.contains_key(&target) || !self.log.membership().is_voter(target) {
             return Err(TransferError::InvalidTarget);
         }
         leader.transfer = Some((target, 0));

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::membership::Membership;
+
 /// Identifies a server. Configured by the operator; unique within a cluster.
 pub type NodeId = u64;
 
@@ -32,6 +34,9 @@ pub enum Payload {
     /// An opaque command for the state machine, as passed to [`crate::Node::propose`].
     /// Serialized as base64 text: a JSON array of numbers would be up to 4 times larger.
     Command(#[serde(with = "base64_bytes")] Vec<u8>),
+    /// A new configuration (§4.1): who votes and who learns. It takes effect on every
+    /// server as soon as it is in the server's log, committed or not.
+    Membership(Membership),
 }
 
 /// Bytes as one base64 string in serialized form (4 characters per 3 bytes). Public so a
@@ -72,6 +77,7 @@ impl Entry {
         match &self.payload {
             Payload::Noop => HEADER,
             Payload::Command(data) => HEADER + data.len().div_ceil(3) * 4,
+            Payload::Membership(membership) => HEADER + membership.size(),
         }
     }
 }
@@ -90,13 +96,24 @@ pub struct HardState {
 /// Where a snapshot ends (§7): the last log entry whose effect it includes. The log keeps
 /// only the entries after it; everything up to it lives in the state machine's snapshot.
 /// `SnapshotMeta::default()` (index 0, term 0) is "no snapshot": the log starts at 1.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SnapshotMeta {
     /// The last index the snapshot includes ("lastIncludedIndex", Figure 13).
     pub index: Index,
     /// The term of that entry ("lastIncludedTerm"), kept because the consistency check
     /// (§5.3) and the election restriction (§5.4.1) still need it once the entry is gone.
     pub term: Term,
+    /// The configuration in effect at `index` (§4): the entries that set it may be gone.
+    /// Empty means the initial configuration, [`crate::Config::voters`].
+    #[serde(default)]
+    pub membership: Membership,
+}
+
+impl SnapshotMeta {
+    /// A snapshot point with the initial configuration (an empty membership).
+    pub fn at(index: Index, term: Term) -> SnapshotMeta {
+        SnapshotMeta { index, term, membership: Membership::default() }
+    }
 }
 
 /// The role a node plays (§5.1, plus the pre-candidate of §9.6).

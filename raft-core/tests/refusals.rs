@@ -4,7 +4,8 @@
 mod common;
 
 use raft_core::{
-    AppendResult, Config, Entry, HardState, Message, MessageKind, Node, Payload, Restored, Role, Status, MAX_TERM,
+    AppendResult, Config, Entry, HardState, Membership, Message, MessageKind, Node, Payload, Restored, Role, Status,
+    MAX_TERM,
 };
 
 use common::{drive, msg};
@@ -104,10 +105,10 @@ fn a_durable_entry_beyond_the_highest_term_is_reported_at_start_and_the_highest_
 }
 
 #[test]
-fn strangers_and_misaddressed_messages_are_refused() {
+fn misaddressed_messages_and_ones_claiming_to_be_our_own_are_refused() {
     let mut node = follower();
     let heartbeat = MessageKind::Heartbeat { commit: 3, read_round: 0 };
-    assert_refused(&mut node, msg(9, 2, 1, heartbeat.clone()), "not a voter");
+    assert_refused(&mut node, msg(2, 2, 1, heartbeat.clone()), "this node itself");
     assert_refused(&mut node, msg(1, 5, 1, heartbeat), "addressed to node 5");
 }
 
@@ -128,6 +129,10 @@ fn malformed_appends_are_refused() {
         (append(3, 1, vec![entry(4, 1), entry(5, 2)]), "outside [1, 1]"),
         (append(3, 2, vec![entry(4, 2)]), "later than the leader's 1"),
         (append(u64::MAX, 1, vec![entry(0, 1)]), "should have index"),
+        (
+            append(3, 1, vec![Entry { index: 4, term: 1, payload: Payload::Membership(Membership::default()) }]),
+            "without voters",
+        ),
     ];
     for (kind, why) in cases {
         assert_refused(&mut node, msg(1, 2, 1, kind), why);

@@ -4,7 +4,7 @@
 mod common;
 
 use raft_core::{
-    AppendResult, Config, Entry, HardState, Message, MessageKind, Node, Payload, ProposalOutcome, Restored,
+    AppendResult, Config, Entry, HardState, Membership, Message, MessageKind, Node, Payload, ProposalOutcome, Restored,
     SnapshotMeta, Term,
 };
 
@@ -14,8 +14,9 @@ fn entry(index: u64, term: u64) -> Entry {
     Entry { index, term, payload: Payload::Command(vec![index as u8, term as u8]) }
 }
 
+/// A snapshot point of the cluster {1, 2, 3}, whose configuration never changed.
 fn meta(index: u64, term: Term) -> SnapshotMeta {
-    SnapshotMeta { index, term }
+    SnapshotMeta { index, term, membership: Membership::initial(&[1, 2, 3]) }
 }
 
 /// Node 2 of {1, 2, 3} in term 3, holding 1..=3 of term 1 and 4..=5 of term 2, with 2
@@ -229,7 +230,7 @@ fn restarting_from_a_snapshot_continues_from_it() {
     let snapshot = meta(4, 2);
     let restored = |applied| Restored {
         hard_state: HardState { term: 2, voted_for: None },
-        snapshot,
+        snapshot: snapshot.clone(),
         entries: entries.clone(),
         applied,
     };
@@ -237,7 +238,8 @@ fn restarting_from_a_snapshot_continues_from_it() {
     assert!(Node::new(config(), restored(3)).is_err(), "the state machine must hold the snapshot");
     let node = Node::new(config(), restored(4)).expect("entries at or before the snapshot point are skipped");
     let log = node.log();
-    assert_eq!((log.first_index(), log.last_index(), log.snapshot()), (5, 6, snapshot));
+    assert_eq!((log.first_index(), log.last_index(), log.snapshot().index, log.snapshot().term), (5, 6, 4, 2));
+    assert_eq!(log.membership(), &Membership::initial(&[1, 2, 3]), "no configuration recorded: the initial one");
     let wrong = Restored { entries: vec![entry(4, 1), entry(5, 2)], ..restored(4) };
     assert!(Node::new(config(), wrong).is_err(), "an entry at the snapshot point must carry its term");
     let gap = Restored { entries: vec![entry(6, 2)], ..restored(4) };

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use raft_core::{Entry, HardState, Index, Payload, Ready, SnapshotMeta};
+use raft_core::{Entry, HardState, Index, Membership, Payload, Ready, SnapshotMeta};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::state_machine::StorageError;
@@ -44,6 +44,11 @@ impl RaftStore {
              CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 0), idx INTEGER NOT NULL, term INTEGER NOT NULL, pending_idx INTEGER, pending_term INTEGER);",
         )
         .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
+        // Configurations (§4) are stored as JSON beside the entry or snapshot point; stores
+        // written before membership changes existed gain the columns, empty.
+        for (table, column) in [("log", "membership"), ("snapshot", "membership"), ("snapshot", "pending_membership")] {
+            add_column(&conn, table, column).map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
+        }
         let identity: Option<(String, i64)> = conn
             .query_row("SELECT cluster, node FROM identity", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
@@ -77,16 +82,18 @@ impl RaftStore {
             .optional()
             .map_err(|e| format!("cannot read the Raft state: {e}"))?
             .unwrap_or_default();
-        let mut stmt =
-            self.conn.prepare("SELECT idx, term, command FROM log ORDER BY idx").map_err(|e| e.to_string())?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT idx, term, command, membership FROM log ORDER BY idx")
+            .map_err(|e| e.to_string())?;
         let entries = stmt
             .query_map([], |r| {
                 let command: Option<Vec<u8>> = r.get(2)?;
-                Ok(Entry {
-                    index: r.get::<_, i64>(0)? as Index,
-                    term: r.get::<_, i64>(1)? as u64,
-                    payload: command.map_or(Payload::Noop, Payload::Command),
-                })
+                let payload = match membership_column(r, 3)? {
+                    Some(membership) => Payload::Membership(membership),
+                    None => command.map_or(Payload::Noop, Payload::Command),
+                };
+                Ok(Entry { index: r.get::<_, i64>(0)? as Index, term: r.get::<_, i64>(1)? as u64, payload })
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| format!("cannot read the Raft log: {e}"))?;
@@ -97,14 +104,26 @@ impl RaftStore {
     fn snapshot_row(&self) -> rusqlite::Result<(SnapshotMeta, Option<SnapshotMeta>)> {
         let row = self
             .conn
-            .query_row("SELECT idx, term, pending_idx, pending_term FROM snapshot", [], |r| {
-                let meta = SnapshotMeta { index: r.get::<_, i64>(0)? as Index, term: r.get::<_, i64>(1)? as u64 };
-                let pending = match (r.get::<_, Option<i64>>(2)?, r.get::<_, Option<i64>>(3)?) {
-                    (Some(index), Some(term)) => Some(SnapshotMeta { index: index as Index, term: term as u64 }),
-                    _ => None,
-                };
-                Ok((meta, pending))
-            })
+            .query_row(
+                "SELECT idx, term, pending_idx, pending_term, membership, pending_membership FROM snapshot",
+                [],
+                |r| {
+                    let meta = SnapshotMeta {
+                        index: r.get::<_, i64>(0)? as Index,
+                        term: r.get::<_, i64>(1)? as u64,
+                        membership: membership_column(r, 4)?.unwrap_or_default(),
+                    };
+                    let pending = match (r.get::<_, Option<i64>>(2)?, r.get::<_, Option<i64>>(3)?) {
+                        (Some(index), Some(term)) => Some(SnapshotMeta {
+                            index: index as Index,
+                            term: term as u64,
+                            membership: membership_column(r, 5)?.unwrap_or_default(),
+                        }),
+                        _ => None,
+                    };
+                    Ok((meta, pending))
+                },
+            )
             .optional()?;
         Ok(row.unwrap_or_default())
     }
@@ -123,8 +142,9 @@ impl RaftStore {
             .map_err(fail)?;
         }
         tx.execute(
-            "INSERT INTO snapshot VALUES (0, 0, 0, ?1, ?2) ON CONFLICT(id) DO UPDATE SET pending_idx = ?1, pending_term = ?2",
-            params![meta.index as i64, meta.term as i64],
+            "INSERT INTO snapshot (id, idx, term, pending_idx, pending_term, pending_membership) VALUES (0, 0, 0, ?1, ?2, ?3)
+             ON CONFLICT(id) DO UPDATE SET pending_idx = ?1, pending_term = ?2, pending_membership = ?3",
+            params![meta.index as i64, meta.term as i64, membership_json(&meta.membership)],
         )
         .map_err(fail)?;
         tx.commit().map_err(fail)
@@ -141,12 +161,13 @@ impl RaftStore {
         if applied == pending.index {
             tx.execute("DELETE FROM log", []).map_err(|e| e.to_string())?;
             tx.execute(
-                "UPDATE snapshot SET idx = ?1, term = ?2, pending_idx = NULL, pending_term = NULL",
-                params![pending.index as i64, pending.term as i64],
+                "UPDATE snapshot SET idx = ?1, term = ?2, membership = ?3, pending_idx = NULL, pending_term = NULL, pending_membership = NULL",
+                params![pending.index as i64, pending.term as i64, membership_json(&pending.membership)],
             )
             .map_err(|e| e.to_string())?;
         } else {
-            tx.execute("UPDATE snapshot SET pending_idx = NULL, pending_term = NULL", []).map_err(|e| e.to_string())?;
+            tx.execute("UPDATE snapshot SET pending_idx = NULL, pending_term = NULL, pending_membership = NULL", [])
+                .map_err(|e| e.to_string())?;
         }
         tx.commit().map_err(|e| format!("cannot finish an interrupted snapshot install: {e}"))?;
         self.load()
@@ -184,16 +205,18 @@ impl RaftStore {
         if let Some(meta) = install_snapshot {
             tx.execute("DELETE FROM log", []).map_err(fail)?;
             tx.execute(
-                "INSERT INTO snapshot VALUES (0, ?1, ?2, NULL, NULL) ON CONFLICT(id) DO UPDATE SET idx = ?1, term = ?2, pending_idx = NULL, pending_term = NULL",
-                params![meta.index as i64, meta.term as i64],
+                "INSERT INTO snapshot (id, idx, term, membership) VALUES (0, ?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET idx = ?1, term = ?2, membership = ?3, pending_idx = NULL, pending_term = NULL, pending_membership = NULL",
+                params![meta.index as i64, meta.term as i64, membership_json(&meta.membership)],
             )
             .map_err(fail)?;
         }
         if let Some(meta) = compacted {
             tx.execute("DELETE FROM log WHERE idx <= ?1", [meta.index as i64]).map_err(fail)?;
             tx.execute(
-                "INSERT INTO snapshot VALUES (0, ?1, ?2, NULL, NULL) ON CONFLICT(id) DO UPDATE SET idx = ?1, term = ?2",
-                params![meta.index as i64, meta.term as i64],
+                "INSERT INTO snapshot (id, idx, term, membership) VALUES (0, ?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET idx = ?1, term = ?2, membership = ?3",
+                params![meta.index as i64, meta.term as i64, membership_json(&meta.membership)],
             )
             .map_err(fail)?;
         }
@@ -208,13 +231,16 @@ impl RaftStore {
             tx.execute("DELETE FROM log WHERE idx >= ?1", [*from as i64]).map_err(fail)?;
         }
         {
-            let mut insert = tx.prepare_cached("INSERT OR REPLACE INTO log VALUES (?1, ?2, ?3)").map_err(fail)?;
+            let mut insert = tx
+                .prepare_cached("INSERT OR REPLACE INTO log (idx, term, command, membership) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(fail)?;
             for e in entries {
-                let command = match &e.payload {
-                    Payload::Noop => None,
-                    Payload::Command(bytes) => Some(bytes.as_slice()),
+                let (command, membership) = match &e.payload {
+                    Payload::Noop => (None, None),
+                    Payload::Command(bytes) => (Some(bytes.as_slice()), None),
+                    Payload::Membership(m) => (None, Some(membership_json(m))),
                 };
-                insert.execute(params![e.index as i64, e.term as i64, command]).map_err(fail)?;
+                insert.execute(params![e.index as i64, e.term as i64, command, membership]).map_err(fail)?;
             }
         }
         tx.commit().map_err(fail)?;
@@ -234,6 +260,31 @@ impl RaftStore {
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         size(path) + size(Path::new(&wal))
+    }
+}
+
+/// Adds `column` (TEXT, empty) to `table` unless it is there already.
+fn add_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<()> {
+    let mut info = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+    let names = info.query_map([], |r| r.get::<_, String>(1))?.collect::<Result<Vec<_>, _>>()?;
+    if !names.iter().any(|n| n == column) {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))?;
+    }
+    Ok(())
+}
+
+/// A configuration as stored: JSON text.
+fn membership_json(membership: &Membership) -> String {
+    serde_json::to_string(membership).unwrap_or_default()
+}
+
+/// Reads a stored configuration; NULL (or empty) is none.
+fn membership_column(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Option<Membership>> {
+    match row.get::<_, Option<String>>(column)? {
+        Some(text) if !text.is_empty() => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))),
+        _ => Ok(None),
     }
 }
 

@@ -148,7 +148,8 @@ impl StateMachine {
             )));
         }
         let result = match &entry.payload {
-            Payload::Noop => None,
+            // A configuration is Raft's business; the state only records its index.
+            Payload::Noop | Payload::Membership(_) => None,
             Payload::Command(bytes) => Some(match WriteCommand::decode(bytes) {
                 Ok(command) => self.apply_command(entry.index, &command)?,
                 Err(e) => Err(e),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use raft_core::{Entry, HardState, Payload, Ready, SnapshotMeta};
+use raft_core::{Entry, HardState, Membership, Payload, Ready, SnapshotMeta};
 use sqlite_sm::{Kind, Limits, Output, RaftStore, Reader, StateMachine, StatementResult, Value, WriteCommand};
 
 fn open(dir: &tempfile::TempDir, name: &str) -> StateMachine {
@@ -256,10 +256,10 @@ fn the_raft_store_compacts_and_gives_the_space_back() {
     let full = size();
     {
         let mut store = RaftStore::open(&path, "c", 1).expect("reopens");
-        let compacted = Some(SnapshotMeta { index: 1990, term: 1 });
+        let compacted = Some(SnapshotMeta::at(1990, 1));
         store.persist(&Ready { compacted, ..Ready::default() }).expect("compacts");
         let stored = store.load().expect("loads");
-        assert_eq!(stored.snapshot, SnapshotMeta { index: 1990, term: 1 });
+        assert_eq!(stored.snapshot, SnapshotMeta::at(1990, 1));
         assert_eq!(stored.entries.first().map(|e| e.index), Some(1991));
         assert_eq!(stored.entries.len(), 10);
     }
@@ -268,11 +268,43 @@ fn the_raft_store_compacts_and_gives_the_space_back() {
 }
 
 #[test]
+fn configurations_in_the_log_and_at_the_snapshot_point_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("meta.sqlite");
+    let config = Membership { voters: [1, 2, 3].into(), learners: [4].into(), addresses: [(4, "h:1".into())].into() };
+    let entries = vec![
+        Entry { index: 1, term: 1, payload: Payload::Noop },
+        Entry { index: 2, term: 1, payload: Payload::Membership(config.clone()) },
+        Entry { index: 3, term: 1, payload: Payload::Command(b"x".to_vec()) },
+    ];
+    {
+        let mut store = RaftStore::open(&path, "c", 1).expect("opens");
+        store.persist(&Ready { entries: entries.clone(), ..Ready::default() }).expect("persists");
+    }
+    let mut store = RaftStore::open(&path, "c", 1).expect("reopens");
+    assert_eq!(store.load().expect("loads").entries, entries);
+    let compacted = SnapshotMeta { index: 2, term: 1, membership: config };
+    store.persist(&Ready { compacted: Some(compacted.clone()), ..Ready::default() }).expect("compacts");
+    drop(store);
+    let stored = RaftStore::open(&path, "c", 1).expect("reopens").load().expect("loads");
+    assert_eq!((stored.snapshot, stored.entries), (compacted, entries[2..].to_vec()));
+}
+
+#[test]
 fn an_interrupted_snapshot_install_is_finished_or_forgotten_at_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("meta.sqlite");
     let entry = |index, term| Entry { index, term, payload: Payload::Noop };
-    let meta = |index, term| SnapshotMeta { index, term };
+    // A configuration (§4) travels with the snapshot point.
+    let membership = |index| match index {
+        0 => Membership::default(),
+        _ => Membership {
+            voters: [1, 2].into(),
+            learners: [index].into(),
+            addresses: [(index, format!("host{index}"))].into(),
+        },
+    };
+    let meta = |index, term| SnapshotMeta { index, term, membership: membership(index) };
     let mut store = RaftStore::open(&path, "c", 1).expect("opens");
     store.persist(&Ready { entries: (1..=5).map(|i| entry(i, 1)).collect(), ..Ready::default() }).expect("log");
     // The install was recorded, but the state database still holds index 5: forget it.

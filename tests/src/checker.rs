@@ -14,8 +14,11 @@
 //! - Durability: what a node applied is still in its durable state machine when it
 //!   restarts, and its durable log continues from there.
 //! - Durable quorum (§10.2.1): when an entry is first committed, it is on the durable
-//!   logs of a majority of the nodes, so no set of crashes can lose it. A leader may send
-//!   entries before its own write finishes, but must not count itself until it has.
+//!   logs of a majority of the voters of the committing leader's configuration, so no
+//!   set of crashes can lose it. A leader may send entries before its own write
+//!   finishes, but must not count itself until it has.
+//! - One voter at a time (§4.1): every configuration entry differs from the configuration
+//!   before it in its log by at most one voter.
 //! - Outcomes: a proposal reported committed was applied with that term; one reported
 //!   lost is never applied.
 //! - Linearizable reads: a read sees every write acknowledged before the read began.
@@ -25,7 +28,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use raft_core::{Entry, Index, Log, NodeId, Payload, SnapshotMeta, Term};
+use raft_core::{Entry, Index, Log, Membership, NodeId, Payload, SnapshotMeta, Term};
 
 use crate::machine::Machine;
 
@@ -58,15 +61,13 @@ pub struct Checker {
     max_acked: Index,
     /// Each running node's last commit index; reset when it restarts.
     last_commit: BTreeMap<NodeId, Index>,
-    /// A cluster of one node, which may lead the same term twice (see `Cluster::crash`).
-    lone: bool,
 }
 
 /// One node's durable log as the checker sees it: a snapshot point and the entries after.
 #[derive(Clone, Copy, Debug)]
 pub struct DurableLog<'a> {
     /// Where the durable log begins.
-    pub snapshot: SnapshotMeta,
+    pub snapshot: &'a SnapshotMeta,
     /// The durable entries after it.
     pub entries: &'a [Entry],
 }
@@ -86,19 +87,20 @@ impl<'a> DurableLog<'a> {
 }
 
 impl Checker {
-    /// A checker that has seen nothing, for a cluster of one node if `lone`.
-    pub fn new(lone: bool) -> Checker {
-        Checker { lone, ..Checker::default() }
+    /// A checker that has seen nothing.
+    pub fn new() -> Checker {
+        Checker::default()
     }
 
-    /// Election Safety: `node` is leader in `term`.
-    pub fn leader_elected(&mut self, node: NodeId, term: Term, log: &Log) -> Result<(), Violation> {
+    /// Election Safety: `node` is leader in `term`. A sole voter (`lone`) needs no vote,
+    /// so it may lead a term twice if a crash lost its term (see `Cluster::crash`).
+    pub fn leader_elected(&mut self, node: NodeId, term: Term, log: &Log, lone: bool) -> Result<(), Violation> {
         if let Some(&other) = self.leaders.get(&term) {
             if other != node {
                 return Err(format!("Election Safety: nodes {other} and {node} both leader in term {term}"));
             }
             // With peers, a term's leader was voted for durably and cannot win it again.
-            if !self.lone {
+            if !lone {
                 return Err(format!("Election Safety: node {node} became leader of term {term} a second time"));
             }
         }
@@ -122,6 +124,15 @@ impl Checker {
     /// Log Matching: `entries` were just placed in `node`'s log.
     pub fn entries_placed(&mut self, node: NodeId, log: &Log, entries: &[Entry]) -> Result<(), Violation> {
         for e in entries {
+            if let Payload::Membership(next) = &e.payload {
+                let before = log.membership_at(e.index - 1);
+                if next.voter_changes(before) > 1 {
+                    return Err(format!(
+                        "One voter at a time (§4.1): node {node} placed {}@{} changing the voters from {before} to {next}",
+                        e.index, e.term
+                    ));
+                }
+            }
             let prev_term = log.term_at(e.index - 1).unwrap_or(0);
             match self.placed.get(&(e.index, e.term)) {
                 None => {
@@ -181,7 +192,7 @@ impl Checker {
         commit: Index,
         log: &Log,
         leaders: &[(NodeId, Term, &Log)],
-        disks: &[DurableLog],
+        disks: &[(NodeId, DurableLog)],
     ) -> Result<(), Violation> {
         let last = self.last_commit.entry(node).or_insert(0);
         if commit < *last {
@@ -213,12 +224,19 @@ impl Checker {
                     // learn commits from leaders), so its term is the term of the commit.
                     let commit_term = term;
                     self.committed.push(Committed { entry: entry.clone(), commit_term });
-                    let durable = disks.iter().filter(|disk| disk.holds(entry)).count();
-                    if durable <= disks.len() / 2 {
+                    // A majority of the voters the committing leader counts: its latest
+                    // configuration (§4.1), or the one before if the latest was appended
+                    // after the commit (a promotion follows the commit that allows it).
+                    let durable_in = |m: &Membership| {
+                        let held = disks.iter().filter(|(id, disk)| m.is_voter(*id) && disk.holds(entry)).count();
+                        (held > m.voters.len() / 2, held, m.voters.len())
+                    };
+                    let (majority, held, voters) = durable_in(log.membership());
+                    let latest = log.membership_index();
+                    if !(majority || latest > commit && durable_in(log.membership_at(latest - 1)).0) {
                         return Err(format!(
-                            "Durable quorum: node {node} committed {index}@{} in term {term}, but only {durable} of {} nodes have it on disk",
-                            entry.term,
-                            disks.len()
+                            "Durable quorum: node {node} committed {index}@{} in term {term}, but only {held} of its {voters} voters have it on disk",
+                            entry.term
                         ));
                     }
                     // Leader Completeness for leaders of later terms that already exist.
@@ -359,5 +377,18 @@ impl Checker {
     /// How many entries are committed so far.
     pub fn committed_count(&self) -> usize {
         self.committed.len()
+    }
+
+    /// How many configuration entries were committed.
+    pub fn committed_changes(&self) -> usize {
+        self.committed.iter().filter(|c| matches!(c.entry.payload, Payload::Membership(_))).count()
+    }
+
+    /// The latest committed configuration, if any configuration entry was committed.
+    pub fn committed_membership(&self) -> Option<&Membership> {
+        self.committed.iter().rev().find_map(|c| match &c.entry.payload {
+            Payload::Membership(m) => Some(m),
+            _ => None,
+        })
     }
 }

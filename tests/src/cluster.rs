@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use raft_core::{
-    AppendResult, Config, Entry, HardState, Index, Message, MessageKind, Node, NodeId, Payload, ProposalOutcome,
-    ProposeError, ReadId, Ready, Restored, Role, SnapshotMeta, Term,
+    AppendResult, ChangeError, Config, Entry, HardState, Index, MembershipChange, Message, MessageKind, Node, NodeId,
+    Payload, ProposalOutcome, ProposeError, ReadId, Ready, Restored, Role, SnapshotMeta, Term,
 };
 
 use crate::checker::{Checker, DurableLog, Violation};
@@ -35,7 +35,7 @@ pub struct Disk {
 impl Disk {
     /// The durable log, for the checker.
     pub fn log(&self) -> DurableLog<'_> {
-        DurableLog { snapshot: self.snapshot, entries: &self.entries }
+        DurableLog { snapshot: &self.snapshot, entries: &self.entries }
     }
 
     /// The index of the last durable entry (or of the snapshot point).
@@ -175,6 +175,8 @@ pub struct Cluster {
     pub snapshots_sent: u64,
     /// Snapshots installed.
     pub snapshots_installed: u64,
+    /// The config every node starts from (its id and seed aside), with the initial voters.
+    template: Config,
     next_read: ReadId,
     rng: SimRng,
 }
@@ -183,31 +185,16 @@ impl Cluster {
     /// A cluster of `size` fresh nodes with ids 1..=size; `tune` adjusts each config.
     pub fn new(size: u64, seed: u64, tune: impl Fn(&mut Config)) -> Cluster {
         let voters: Vec<NodeId> = (1..=size).collect();
-        let mut nodes = BTreeMap::new();
-        for &id in &voters {
-            let mut config = Config::new(id, voters.clone());
-            tune(&mut config);
-            config.seed = config.seed.wrapping_add(seed.wrapping_mul(1000));
-            let raft = Node::new(config.clone(), Restored::default()).expect("valid test config");
-            nodes.insert(
-                id,
-                SimNode {
-                    config,
-                    raft: Some(raft),
-                    disk: Disk::default(),
-                    writing: VecDeque::new(),
-                    received: BTreeMap::new(),
-                    restarts: 0,
-                },
-            );
-        }
-        Cluster {
-            nodes,
+        let mut template = Config::new(0, voters.clone());
+        tune(&mut template);
+        template.seed = seed.wrapping_mul(1000);
+        let mut cluster = Cluster {
+            nodes: BTreeMap::new(),
             now: 0,
             network: Vec::new(),
             blocked: BTreeSet::new(),
             faults: Faults::default(),
-            checker: Checker::new(size == 1),
+            checker: Checker::new(),
             events: VecDeque::new(),
             event_limit: usize::MAX,
             narrate_sends: false,
@@ -223,9 +210,71 @@ impl Cluster {
             transfers: Vec::new(),
             snapshots_sent: 0,
             snapshots_installed: 0,
+            template,
             next_read: 1,
             rng: SimRng::new(seed),
+        };
+        for id in voters {
+            cluster.add_node(id);
         }
+        cluster
+    }
+
+    /// Starts a fresh node `id` with an empty disk. A node outside the initial voters
+    /// waits, doing nothing, until a leader adds it (§4.2.1).
+    pub fn add_node(&mut self, id: NodeId) {
+        let mut config = self.template.clone();
+        config.id = id;
+        config.seed = config.seed.wrapping_add(id);
+        let Ok(raft) = Node::new(config.clone(), Restored::default()) else { return };
+        let node = SimNode {
+            config,
+            raft: Some(raft),
+            disk: Disk::default(),
+            writing: VecDeque::new(),
+            received: BTreeMap::new(),
+            restarts: 0,
+        };
+        self.nodes.insert(id, node);
+    }
+
+    /// Asks node `id` to change the configuration. Returns where the change was placed.
+    pub fn change_membership(
+        &mut self,
+        id: NodeId,
+        change: MembershipChange,
+    ) -> Result<Option<(Term, Index)>, Violation> {
+        let Some(raft) = self.raft_mut(id) else { return Ok(None) };
+        let what = match &change {
+            MembershipChange::AddLearner { id, .. } => format!("add learner n{id}"),
+            MembershipChange::Remove { id } => format!("remove n{id}"),
+        };
+        let placed = match raft.propose_membership(change) {
+            Ok((term, index)) => {
+                self.proposals.insert((id, term, index));
+                self.say(format!("n{id} {what} -> {index}@{term}"));
+                Some((term, index))
+            }
+            Err(e @ ChangeError::Invalid(_)) => {
+                self.say(format!("n{id} {what} refused: {e}"));
+                None
+            }
+            Err(e) => {
+                self.say(format!("n{id} {what} refused: {e:?}"));
+                None
+            }
+        };
+        self.process(id)?;
+        Ok(placed)
+    }
+
+    /// Shuts node `id` down for good and forgets it, as an operator does once it has been
+    /// removed from the configuration; messages still in flight to it are lost.
+    pub fn retire(&mut self, id: NodeId) {
+        self.crash(id);
+        self.nodes.remove(&id);
+        self.watches.remove(&id);
+        self.say(format!("n{id} RETIRED"));
     }
 
     /// The ids of all nodes.
@@ -283,7 +332,14 @@ impl Cluster {
         let Cluster { nodes, watches, produced, .. } = self;
         let Some(node) = nodes.get(&id) else { return Ok(()) };
         let Some(raft) = node.raft.as_ref() else { return Ok(()) };
-        watches.entry(id).or_default().ticked(&node.config, &before, &raft.status(), produced)
+        // Who may campaign (§4.2.1, §4.2.2): a voter of the latest configuration, or a voter
+        // that an uncommitted configuration removes.
+        let (latest, status) = (raft.membership(), raft.status());
+        let voter = latest.is_voter(id)
+            || !latest.is_member(id)
+                && status.membership_index > status.commit_index
+                && raft.log().membership_at(status.membership_index - 1).is_voter(id);
+        watches.entry(id).or_default().ticked(&node.config, latest, voter, &before, &status, produced)
     }
 
     /// Makes node `id` start an election now.
@@ -347,9 +403,8 @@ impl Cluster {
     /// track of their requests (the outcome is unknown to them).
     pub fn crash(&mut self, id: NodeId) {
         let Some(node) = self.nodes.get_mut(&id) else { return };
-        if node.raft.take().is_none() {
-            return;
-        }
+        let Some(raft) = node.raft.take() else { return };
+        let lone = raft.membership().voters.len() == 1 && raft.membership().is_voter(id);
         node.writing.clear();
         node.received.clear();
         // Its transfers die with it; the followers' drivers discard the pieces.
@@ -357,12 +412,13 @@ impl Cluster {
         self.proposals.retain(|&(n, _, _)| n != id);
         self.reads.retain(|&(n, _), _| n != id);
         self.say(format!("n{id} CRASH"));
-        // A lone node needs no votes, so it leads before its new term is durable; if that
+        // A sole voter needs no votes, so it leads before its new term is durable; if that
         // write is lost, it leads the same term again after restarting, with other
-        // entries. The first ones lived only in its memory and no one saw them: forget
-        // them. (With peers, a leader's term is durable before any vote for it, so it
-        // never leads a term twice, and nothing is forgotten.)
-        if self.nodes.len() == 1 {
+        // entries. The first ones lived only in its memory and no one saw them (its
+        // messages wait for the term to be durable): forget them. (With peers, a
+        // leader's term is durable before any vote for it, so it never leads a term
+        // twice, and nothing is forgotten.)
+        if lone {
             let held = self.held_entries();
             self.checker.forget_unless_held(&held);
         }
@@ -417,7 +473,7 @@ impl Cluster {
         config.seed = config.seed.wrapping_add(node.restarts << 32);
         let restored = Restored {
             hard_state: node.disk.hard_state,
-            snapshot: node.disk.snapshot,
+            snapshot: node.disk.snapshot.clone(),
             entries: node.disk.entries.clone(),
             applied: node.disk.machine.index,
         };
@@ -625,7 +681,8 @@ impl Cluster {
             if soft.role == Role::Leader {
                 let raft = self.raft(id).ok_or("leader vanished")?;
                 let log = raft.log().clone();
-                self.checker.leader_elected(id, soft.term, &log)?;
+                let lone = raft.membership().voters.len() == 1;
+                self.checker.leader_elected(id, soft.term, &log, lone)?;
             }
         }
         if !ready.entries.is_empty() {
@@ -682,7 +739,7 @@ impl Cluster {
             node.disk.hard_state = hs;
             durable.push(format!("term={} vote={}", hs.term, fmt_vote(hs.voted_for)));
         }
-        if let Some(meta) = ready.install_snapshot {
+        if let Some(meta) = ready.install_snapshot.clone() {
             let Some(body) = node.received.get(&(meta.index, meta.term)).copied() else {
                 return Err(format!(
                     "Driver contract: n{id} asks to install a snapshot at {}@{} it never received",
@@ -691,12 +748,12 @@ impl Cluster {
             };
             self.checker.installed(id, &node.disk.machine, &body)?;
             node.disk.machine = body;
+            durable.push(format!("install snapshot {}@{} ({})", meta.index, meta.term, meta.membership));
             node.disk.snapshot = meta;
             node.disk.entries.clear();
             self.snapshots_installed += 1;
-            durable.push(format!("install snapshot {}@{}", meta.index, meta.term));
         }
-        if let Some(meta) = ready.compacted.filter(|m| m.index > node.disk.snapshot.index) {
+        if let Some(meta) = ready.compacted.clone().filter(|m| m.index > node.disk.snapshot.index) {
             // §7: only what the durable state machine holds may leave the log.
             if meta.index > node.disk.machine.index || meta.index > node.disk.last_index() {
                 return Err(format!(
@@ -707,8 +764,8 @@ impl Cluster {
                 ));
             }
             node.disk.entries.drain(..(meta.index - node.disk.snapshot.index) as usize);
-            node.disk.snapshot = meta;
             durable.push(format!("compact to {}@{}", meta.index, meta.term));
+            node.disk.snapshot = meta;
         }
         if let Some(from) = ready.truncate_from {
             if from <= node.disk.snapshot.index {
@@ -864,7 +921,11 @@ impl Cluster {
                 body.index
             ));
         }
-        let msg = Message { from: id, to, term, kind: MessageKind::InstallSnapshot { snapshot: body.meta() } };
+        // The configuration at the snapshot's point comes from the Raft log, which holds
+        // it: the state machine is at or past the log's start, and never past its end.
+        let mut snapshot = body.meta();
+        snapshot.membership = self.raft(id).map(|r| r.log().membership_at(body.index).clone()).unwrap_or_default();
+        let msg = Message { from: id, to, term, kind: MessageKind::InstallSnapshot { snapshot } };
         self.snapshots_sent += 1;
         let lost = self.put_on_wire(msg, Some(body));
         let delivered = !lost && !self.rng.chance(self.faults.transfer_fails);
@@ -927,7 +988,7 @@ impl Cluster {
             .filter(|(_, r)| r.role() == Role::Leader)
             .map(|(n, r)| (n, r.status().term, r.log()))
             .collect();
-        let disks: Vec<DurableLog> = nodes.values().map(|node| node.disk.log()).collect();
+        let disks: Vec<(NodeId, DurableLog)> = nodes.iter().map(|(&n, node)| (n, node.disk.log())).collect();
         checker.node_state(id, status.term, status.commit_index, raft.log(), &leaders, &disks)
     }
 
@@ -948,6 +1009,7 @@ pub fn fmt_entry(entry: &Entry) -> String {
     match &entry.payload {
         Payload::Noop => format!("{}@{} noop", entry.index, entry.term),
         Payload::Command(data) => format!("{}@{} {:?}", entry.index, entry.term, String::from_utf8_lossy(data)),
+        Payload::Membership(m) => format!("{}@{} config {m}", entry.index, entry.term),
     }
 }
 

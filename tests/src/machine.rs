@@ -37,9 +37,10 @@ impl Machine {
         self.term = entry.term;
     }
 
-    /// Where a snapshot of this state ends.
+    /// Where a snapshot of this state ends. The configuration there comes from the Raft
+    /// log (see `Cluster::send_snapshot`); this says only the initial one.
     pub fn meta(&self) -> SnapshotMeta {
-        SnapshotMeta { index: self.index, term: self.term }
+        SnapshotMeta::at(self.index, self.term)
     }
 }
 
@@ -60,6 +61,10 @@ pub fn chain(before: u64, entry: &Entry) -> u64 {
             mix(&[1]);
             mix(&(data.len() as u64).to_le_bytes());
             mix(data);
+        }
+        Payload::Membership(membership) => {
+            mix(&[2]);
+            mix(membership.to_string().as_bytes());
         }
     }
     hash
@@ -82,6 +87,6 @@ mod tests {
         assert_ne!(base.hash, run(&[e(1, 1, "b"), e(2, 1, "a")]).hash, "order matters");
         assert_ne!(base.hash, run(&[e(1, 1, "a"), e(2, 2, "b")]).hash, "terms matter");
         assert_ne!(base.hash, run(&[e(1, 1, "a"), e(2, 1, "c")]).hash, "commands matter");
-        assert_eq!(base.meta(), SnapshotMeta { index: 2, term: 1 });
+        assert_eq!(base.meta(), SnapshotMeta::at(2, 1));
     }
 }

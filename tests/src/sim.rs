@@ -9,9 +9,14 @@
 //!    slow; clients propose writes, ask for linearizable reads and occasionally ask for a
 //!    leadership transfer. Nodes compact their logs at random points (§7), so followers
 //!    that fall behind catch up by snapshot; snapshot transfers are lost, duplicated,
-//!    delayed and reported failed like everything else.
+//!    delayed and reported failed like everything else. In three seeds of five the
+//!    leader also changes the configuration (§4): it adds fresh nodes as learners, which
+//!    it promotes once caught up, and removes voters and learners, itself included, so
+//!    clusters grow and shrink between 1 and 7 voters. Removed nodes keep running, and
+//!    campaigning if they never learned of their removal, until the heal.
 //! 2. Heal: every fault stops (messages are still delayed, but in order on each link) and
-//!    every node runs; clients write now and then. Within [`ELECTION_BOUND_TICKS`] every
+//!    every node runs; clients write now and then. Nodes outside the leader's committed
+//!    configuration are shut down, as an operator would. Within [`ELECTION_BOUND_TICKS`] every
 //!    node knows one leader, and within [`LIVENESS_TICKS`] every pending request is
 //!    resolved.
 //! 3. Measure, with delays under a tick and each link in order: an idle cluster keeps
@@ -25,7 +30,7 @@
 
 use std::fmt;
 
-use raft_core::{NodeId, Role};
+use raft_core::{MembershipChange, NodeId, Role};
 
 use crate::checker::Violation;
 use crate::cluster::{Cluster, Faults, Partial, Traffic};
@@ -88,6 +93,8 @@ pub struct Params {
     pub compact_rate: f64,
     /// How many applied entries a compaction keeps, at most (a trailing window).
     pub compact_keep: u64,
+    /// Per time unit: probability that the leader is asked to change the configuration.
+    pub change_rate: f64,
 }
 
 impl Params {
@@ -117,8 +124,18 @@ impl Params {
             crash_rate: rng.range(0, 10) as f64 / 10_000.0,
             compact_rate: if rng.chance(0.8) { rng.range(1, 50) as f64 / 1000.0 } else { 0.0 },
             compact_keep: rng.range(0, 10),
+            change_rate: 0.0,
         }
         .long_partitions(&mut rng)
+        .membership_changes(&mut rng)
+    }
+
+    /// Three seeds in five change the configuration now and then.
+    fn membership_changes(mut self, rng: &mut SimRng) -> Params {
+        if rng.chance(0.6) {
+            self.change_rate = rng.range(2, 30) as f64 / 10_000.0;
+        }
+        self
     }
 
     /// One seed in eight keeps its partitions for hundreds of ticks: long enough for a
@@ -145,6 +162,10 @@ pub struct Report {
     pub served_reads: u64,
     /// Snapshots sent by leaders' drivers, and installed by followers (§7).
     pub snapshots: (u64, u64),
+    /// Configuration changes committed (§4).
+    pub changes: usize,
+    /// The voters at the end.
+    pub voters: usize,
     /// Ticks the heal phase needed to become live.
     pub heal_ticks: u64,
     /// Ticks from healing until every node knew the same leader.
@@ -209,6 +230,8 @@ struct Sim<'a> {
     cluster: Cluster,
     rng: SimRng,
     next_command: u64,
+    /// The id the next added node gets: ids are never reused.
+    next_id: NodeId,
 }
 
 impl<'a> Sim<'a> {
@@ -220,7 +243,7 @@ impl<'a> Sim<'a> {
         });
         cluster.event_limit = std::env::var("LIGHTRAFT_TRACE_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
         cluster.faults = params.faults;
-        Sim { params, cluster, rng: SimRng::new(params.seed), next_command: 1 }
+        Sim { params, cluster, rng: SimRng::new(params.seed), next_command: 1, next_id: params.nodes + 1 }
     }
 
     fn run(&mut self) -> Result<Report, Violation> {
@@ -244,9 +267,10 @@ impl<'a> Sim<'a> {
         let mut heal_writes = 0;
         loop {
             self.step()?;
+            self.retire_removed();
             let ticks = (self.cluster.now - heal_start) / UNITS_PER_TICK;
             if elected.is_none() && self.leaders_agree() {
-                let terms = self.max_term() - heal_term;
+                let terms = self.max_term().saturating_sub(heal_term); // a retired node may have held the highest
                 if ticks > ELECTION_BOUND_TICKS || terms > ELECTION_BOUND_TERMS {
                     return Err(format!(
                         "Liveness: after healing, every node knew one leader only after {ticks} ticks and {terms} new terms (bounds: {ELECTION_BOUND_TICKS} ticks, {ELECTION_BOUND_TERMS} terms)"
@@ -281,6 +305,11 @@ impl<'a> Sim<'a> {
                     acked_writes: self.cluster.acked_writes,
                     served_reads: self.cluster.served_reads,
                     snapshots: (self.cluster.snapshots_sent, self.cluster.snapshots_installed),
+                    changes: self.cluster.checker.committed_changes(),
+                    voters: self
+                        .current_leader()
+                        .and_then(|l| self.cluster.raft(l))
+                        .map_or(0, |r| r.membership().voters.len()),
                     heal_ticks: ticks,
                     election_ticks,
                     election_terms,
@@ -326,7 +355,53 @@ impl<'a> Sim<'a> {
     /// Every node runs and knows the same leader.
     fn leaders_agree(&self) -> bool {
         let leaders = self.leaders();
-        leaders.len() == self.params.nodes as usize && leaders.iter().all(|l| l.is_some() && *l == leaders[0])
+        !leaders.is_empty() && leaders.iter().all(|l| l.is_some() && *l == leaders[0])
+    }
+
+    /// Shuts down every node outside the leader's configuration once that configuration
+    /// is committed, and so is an entry of the leader's term, which is the latest any node
+    /// knows: then every later leader's log holds that configuration, and no configuration
+    /// with those nodes can come back (ids are never reused). They are removed nodes, and
+    /// added ones whose addition was lost.
+    fn retire_removed(&mut self) {
+        let Some(leader) = self.current_leader().and_then(|l| self.cluster.raft(l)) else { return };
+        let status = leader.status();
+        // The latest term among the members: a removed node may have run up its own.
+        let members = leader.membership();
+        let max_term = self
+            .cluster
+            .live()
+            .into_iter()
+            .filter(|&id| members.is_member(id))
+            .filter_map(|id| self.cluster.raft(id).map(|r| r.status().term))
+            .max()
+            .unwrap_or(0);
+        let own_term_committed = leader.log().term_at(status.commit_index) == Some(status.term);
+        if status.term < max_term || status.membership_index > status.commit_index || !own_term_committed {
+            return;
+        }
+        let outside: Vec<NodeId> =
+            self.cluster.ids().into_iter().filter(|&id| !leader.membership().is_member(id)).collect();
+        for id in outside {
+            self.cluster.retire(id);
+        }
+    }
+
+    /// The leader is asked to add a fresh node or remove a member, itself included.
+    fn change_membership(&mut self) -> Result<(), Violation> {
+        let Some(leader) = self.current_leader() else { return Ok(()) };
+        let Some(raft) = self.cluster.raft(leader) else { return Ok(()) };
+        let members: Vec<NodeId> = raft.membership().members().collect();
+        let change = if members.len() < 7 && (members.len() <= 2 || self.rng.chance(0.5)) {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.cluster.add_node(id);
+            MembershipChange::AddLearner { id, address: format!("n{id}") }
+        } else {
+            MembershipChange::Remove { id: self.rng.pick(&members) }
+        };
+        self.cluster.change_membership(leader, change)?;
+        Ok(())
     }
 
     /// The highest term of any running node.
@@ -382,7 +457,7 @@ impl<'a> Sim<'a> {
     /// (no election without a fault, §5.2) and sends only heartbeats and their answers.
     fn idle(&mut self) -> Result<(), Violation> {
         let roles = self.roles();
-        let n = self.params.nodes;
+        let n = self.cluster.ids().len() as u64;
         self.cluster.say(format!("IDLE for {IDLE_TICKS} ticks"));
         self.cluster.counting = true;
         self.cluster.traffic = Traffic::default();
@@ -413,7 +488,7 @@ impl<'a> Sim<'a> {
     /// once, in a bounded number of ticks, messages and bytes.
     fn agree(&mut self) -> Result<Agreement, Violation> {
         let leader = self.current_leader().ok_or("Liveness: no leader after the idle period")?;
-        let n = self.params.nodes;
+        let n = self.cluster.ids().len() as u64;
         let command = "agreement";
         self.cluster.counting = true;
         self.cluster.traffic = Traffic::default();
@@ -518,6 +593,9 @@ impl<'a> Sim<'a> {
             let id = self.rng.pick(&live);
             let keep = self.rng.range(0, p.compact_keep + 1);
             self.cluster.compact(id, keep)?;
+        }
+        if p.change_rate > 0.0 && self.rng.chance(p.change_rate) {
+            self.change_membership()?;
         }
         if self.rng.chance(0.0005) {
             if let Some(leader) = self.current_leader() {

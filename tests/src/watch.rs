@@ -11,8 +11,11 @@
 //!   election timeout ago grants no PreVote and no vote for a later term, and does not
 //!   even adopt that term; once the lease has run out it treats them as usual. A
 //!   transfer's vote request (§3.10) passes the lease.
-//! - CheckQuorum (§6.2): a leader that has had no answer from a majority (itself
-//!   included) for two election timeouts has stepped down.
+//! - CheckQuorum (§6.2): a leader that has had no answer from a majority of its voters
+//!   (itself included, while a voter) for two election timeouts has stepped down.
+//! - Only voters campaign (§4.2.1): a learner, or a server outside its own latest
+//!   configuration, never starts an election, unless an uncommitted change removed it
+//!   (§4.2.2: it may be needed to commit that change).
 //! - Commit beyond a verified match (Figure 2, AppendEntries rule 5): a follower raises
 //!   its commit index only as far as appends of its current term proved its log matches
 //!   the leader's. Entries after that point may still be overwritten.
@@ -22,7 +25,7 @@
 
 use std::collections::BTreeMap;
 
-use raft_core::{Config, Index, Log, Message, MessageKind, NodeId, Role, Status, Term};
+use raft_core::{Config, Index, Log, Membership, Message, MessageKind, NodeId, Role, Status, Term};
 
 use crate::checker::Violation;
 
@@ -41,6 +44,9 @@ pub struct Watch {
     leader_since: Option<u64>,
     /// While leader: the last tick each peer answered in its term.
     heard: BTreeMap<NodeId, u64>,
+    /// The configuration last seen, and the tick it was first seen at: CheckQuorum
+    /// judges a configuration's majority only once it has been in force a whole window.
+    membership: Option<(Membership, u64)>,
 }
 
 /// What a node's answer to a message must be, worked out when it stepped the message.
@@ -125,6 +131,8 @@ impl Watch {
     pub fn ticked(
         &mut self,
         config: &Config,
+        membership: &Membership,
+        may_campaign: bool,
         before: &Status,
         after: &Status,
         sent: &[Message],
@@ -137,12 +145,17 @@ impl Watch {
             let started = soft(before) != soft(after)
                 || sent.iter().any(|m| matches!(m.kind, MessageKind::PreVote { .. } | MessageKind::Vote { .. }));
             let quiet = self.quiet();
+            if started && !may_campaign {
+                return Err(format!(
+                    "Only voters campaign (§4.2.1): n{id} started an election, but its configuration is {membership}"
+                ));
+            }
             if started && quiet < et {
                 return Err(format!(
                     "Election timer (§5.2): n{id} started an election after {quiet} quiet ticks; the timeout is at least {et}"
                 ));
             }
-            if !started && quiet >= 2 * et - 1 {
+            if !started && quiet >= 2 * et - 1 && may_campaign {
                 return Err(format!(
                     "Election timer (§5.2): n{id} has been quiet for {quiet} ticks without starting an election; the randomized timeout is below {}",
                     2 * et
@@ -152,16 +165,20 @@ impl Watch {
                 self.quiet_since = self.ticks;
             }
         } else if after.role == Role::Leader && config.check_quorum {
-            let since = self.leader_since.unwrap_or(self.ticks);
+            if self.membership.as_ref().is_none_or(|(m, _)| m != membership) {
+                self.membership = Some((membership.clone(), self.ticks));
+            }
+            let changed = self.membership.as_ref().map_or(0, |(_, at)| *at);
+            let since = self.leader_since.unwrap_or(self.ticks).max(changed);
             if self.ticks - since >= 2 * et {
                 let window = self.ticks - 2 * et;
-                let heard = 1 + self.heard.values().filter(|&&t| t >= window).count();
-                let quorum = raft_core::quorum::quorum_size(config.voters.len());
+                let answered = |v: &NodeId| *v == id || self.heard.get(v).is_some_and(|&t| t >= window);
+                let heard = membership.voters.iter().filter(|v| answered(v)).count();
+                let quorum = raft_core::quorum::quorum_size(membership.voters.len());
                 if heard < quorum {
                     return Err(format!(
-                        "CheckQuorum (§6.2): n{id} still leads term {} though only {heard} of {} nodes (itself included) answered in the last {} ticks",
+                        "CheckQuorum (§6.2): n{id} still leads term {} though only {heard} of its voters ({membership}) answered in the last {} ticks",
                         after.term,
-                        config.voters.len(),
                         2 * et
                     ));
                 }
@@ -227,7 +244,8 @@ impl Watch {
         if let Some(index) = proved_up_to.filter(|_| msg.term == after.term && after.role != Role::Leader) {
             self.verified = raise(self.verified, after.term, index);
         }
-        if after.role != Role::Leader && after.commit_index > before.commit_index {
+        // (A leader that removed itself commits that change as leader, then steps down.)
+        if before.role != Role::Leader && after.role != Role::Leader && after.commit_index > before.commit_index {
             let verified = if self.verified.0 == after.term { self.verified.1 } else { 0 };
             if after.commit_index > verified {
                 return Err(format!(

@@ -7,12 +7,16 @@
 //! lightraft-tests --test scenarios`, then read the diff.
 //!
 //! Commands (nodes are numbered from 1):
-//! - `cluster nodes=N [prevote=bool] [checkquorum=bool] [maxappend=BYTES]`: a new cluster
+//! - `cluster nodes=N [prevote=bool] [checkquorum=bool] [maxappend=BYTES] [promotelag=K]`:
+//!   a new cluster
 //! - `campaign N`: node N starts an election now
 //! - `tick [N...] [count=K]`: tick the nodes (all if none named) K times
 //! - `deliver [N...]`: deliver the messages in flight (to the named nodes), in send order
 //! - `stabilize`: deliver until no message is in flight
 //! - `propose N COMMAND`, `read N`, `transfer N to=M`
+//! - `add N id=M`: leader N adds node M as a learner (starting M, with an empty disk, if
+//!   it does not exist yet); `remove N id=M`: leader N removes M (§4); `retire M`: the
+//!   operator shuts M down for good
 //! - `partition N...`: cut the named nodes off from the others; `heal` removes all cuts
 //! - `crash N [persisted=bool sent=K applied=K]`, `restart N`: with the keys, node N
 //!   crashes part-way through its oldest ready whose disk write is still in progress
@@ -24,7 +28,8 @@
 //!   makes them reliable again. Deterministic: the cluster's random source has seed 0.
 //! - `status`, `log [N...]`: show node state and logs
 //! - `check N [role=R] [term=T] [leader=L] [vote=V] [commit=C] [applied=A] [last=I]
-//!   [log=1@1,2@1,...] [snapshot=I@T] [disk=I@T..L]`: fail unless node N is in exactly
+//!   [log=1@1,2@1,...] [snapshot=I@T] [disk=I@T..L] [voters=1,2,3] [learners=4,5]`: fail
+//!   unless node N is in exactly
 //!   that state (`leader` and `vote` take a node or `none`; `role=down` for a crashed
 //!   node; `snapshot` is where its log begins, `disk` the durable snapshot point and last
 //!   durable index, readable while it is down). Without a node, it checks the clients'
@@ -37,7 +42,7 @@ use std::fmt::Write as _;
 
 use goldenscript::{Argument, Command, Context};
 use lightraft_tests::cluster::{fmt_entry, Cluster, Faults, Partial};
-use raft_core::NodeId;
+use raft_core::{MembershipChange, NodeId};
 
 struct Runner {
     cluster: Option<Cluster>,
@@ -83,10 +88,12 @@ impl goldenscript::Runner for Runner {
             let pre_vote = key(command, "prevote", true)?;
             let check_quorum = key(command, "checkquorum", true)?;
             let max_append = key(command, "maxappend", 1usize << 20)?;
+            let promote_lag = key(command, "promotelag", 16u64)?;
             let mut cluster = Cluster::new(size, 0, |c| {
                 c.pre_vote = pre_vote;
                 c.check_quorum = check_quorum;
                 c.max_append_bytes = max_append;
+                c.promote_lag = promote_lag;
             });
             cluster.narrate_sends = true;
             self.cluster = Some(cluster);
@@ -132,6 +139,19 @@ impl goldenscript::Runner for Runner {
                 let target = key(command, "to", 0u64)?;
                 cluster.transfer(one_node(command)?, target)?;
             }
+            "add" => {
+                let id = key(command, "id", 0u64)?;
+                if !cluster.nodes.contains_key(&id) {
+                    cluster.add_node(id);
+                }
+                let change = MembershipChange::AddLearner { id, address: format!("host{id}") };
+                cluster.change_membership(one_node(command)?, change)?;
+            }
+            "remove" => {
+                let id = key(command, "id", 0u64)?;
+                cluster.change_membership(one_node(command)?, MembershipChange::Remove { id })?;
+            }
+            "retire" => cluster.retire(one_node(command)?),
             "partition" => {
                 let group = nodes(command)?;
                 cluster.blocked.clear();
@@ -179,14 +199,19 @@ impl goldenscript::Runner for Runner {
                             let s = raft.status();
                             let leader = s.leader.map_or("none".into(), |l| format!("n{l}"));
                             let vote = s.voted_for.map_or("none".into(), |v| format!("n{v}"));
-                            let snapshot = match s.snapshot.index {
-                                0 => String::new(),
-                                _ => format!(" snapshot={}@{}", s.snapshot.index, s.snapshot.term),
+                            let snapshot = match raft.log().snapshot() {
+                                m if m.index == 0 => String::new(),
+                                m => format!(" snapshot={}@{}", m.index, m.term),
                             };
                             writeln!(
                                 out,
-                                "n{id}: {} term={} leader={leader} vote={vote} last={} commit={} applied={}{snapshot}",
-                                s.role, s.term, s.last_index, s.commit_index, s.applied_index
+                                "n{id}: {} term={} leader={leader} vote={vote} last={} commit={} applied={}{snapshot} ({})",
+                                s.role,
+                                s.term,
+                                s.last_index,
+                                s.commit_index,
+                                s.applied_index,
+                                raft.membership()
                             )?;
                         }
                     }
@@ -245,7 +270,9 @@ fn check(cluster: &Cluster, command: &Command) -> Result<(), Box<dyn Error>> {
             "commit" => s.commit_index.to_string(),
             "applied" => s.applied_index.to_string(),
             "last" => s.last_index.to_string(),
-            "snapshot" => format!("{}@{}", s.snapshot.index, s.snapshot.term),
+            "snapshot" => format!("{}@{}", raft.log().snapshot().index, raft.log().snapshot().term),
+            "voters" => raft.membership().voters.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+            "learners" => raft.membership().learners.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
             "log" => {
                 let log = raft.log();
                 let entries: Vec<String> = (log.first_index()..=log.last_index())

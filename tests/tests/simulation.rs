@@ -82,7 +82,8 @@ fn simulated_clusters_stay_safe_under_faults_and_recover_once_healed() {
     };
     let (failures, reports) = run_seeds(seeds.clone());
     if let Some(first) = failures.first() {
-        panic!("{} of {} seeds failed; the first:\n{first}", failures.len(), seeds.len());
+        let all: Vec<&str> = failures.iter().filter_map(|f| f.lines().next()).collect();
+        panic!("{} of {} seeds failed:\n{}\nThe first in full:\n{first}", failures.len(), seeds.len(), all.join("\n"));
     }
     // The runs must have done real work, or the checks above prove nothing.
     let acked: u64 = reports.iter().map(|r| r.acked_writes).sum();
@@ -91,9 +92,11 @@ fn simulated_clusters_stay_safe_under_faults_and_recover_once_healed() {
     let committed: usize = reports.iter().map(|r| r.committed).sum();
     let snapshots_sent: u64 = reports.iter().map(|r| r.snapshots.0).sum();
     let snapshots_installed: u64 = reports.iter().map(|r| r.snapshots.1).sum();
+    let changes: usize = reports.iter().map(|r| r.changes).sum();
+    let voters: std::collections::BTreeSet<usize> = reports.iter().map(|r| r.voters).collect();
     let max = |f: &dyn Fn(&Report) -> u64| reports.iter().map(f).max().unwrap_or(0);
     println!(
-        "{} seeds: {committed} entries committed, {acked} writes acknowledged, {reads} linearizable reads served, {snapshots_sent} snapshots sent and {snapshots_installed} installed, slowest recovery {slowest_heal} ticks",
+        "{} seeds: {committed} entries committed, {acked} writes acknowledged, {reads} linearizable reads served, {snapshots_sent} snapshots sent and {snapshots_installed} installed, {changes} configuration changes committed, final voter counts {voters:?}, slowest recovery {slowest_heal} ticks",
         seeds.len()
     );
     println!(
@@ -118,5 +121,8 @@ fn simulated_clusters_stay_safe_under_faults_and_recover_once_healed() {
         // Enough runs compact and fall behind that State Machine Safety across snapshots
         // was put to the test; a bug that stops snapshots from being sent shows here.
         assert!(snapshots_installed > 0, "no follower installed a snapshot in {} seeds", seeds.len());
+        // Membership changes were put to the test too, growing and shrinking clusters.
+        assert!(changes > 0, "no configuration change committed in {} seeds", seeds.len());
+        assert!(voters.len() >= 5, "the runs ended with only these voter counts: {voters:?}");
     }
 }
