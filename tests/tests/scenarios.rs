@@ -28,7 +28,7 @@
 //!   makes them reliable again. Deterministic: the cluster's random source has seed 0.
 //! - `status`, `log [N...]`: show node state and logs
 //! - `check N [role=R] [term=T] [leader=L] [vote=V] [commit=C] [applied=A] [last=I]
-//!   [log=1@1,2@1,...] [snapshot=I@T] [disk=I@T..L] [voters=1,2,3] [learners=4,5]`: fail
+//!   [log=1@1,2@1,...] [snapshot=I@T] [disk=I@T..L] [voters=1,2,3] [learners=4,5|none]`: fail
 //!   unless node N is in exactly
 //!   that state (`leader` and `vote` take a node or `none`; `role=down` for a crashed
 //!   node; `snapshot` is where its log begins, `disk` the durable snapshot point and last
@@ -246,6 +246,14 @@ impl goldenscript::Runner for Runner {
     }
 }
 
+/// `1,2,3`, or `none`.
+fn ids(set: &std::collections::BTreeSet<NodeId>) -> String {
+    if set.is_empty() {
+        return "none".into();
+    }
+    set.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+}
+
 /// The `check` command: compares a node's state with what the script says it must be.
 fn check(cluster: &Cluster, command: &Command) -> Result<(), Box<dyn Error>> {
     if nodes(command)?.is_empty() {
@@ -271,8 +279,8 @@ fn check(cluster: &Cluster, command: &Command) -> Result<(), Box<dyn Error>> {
             "applied" => s.applied_index.to_string(),
             "last" => s.last_index.to_string(),
             "snapshot" => format!("{}@{}", raft.log().snapshot().index, raft.log().snapshot().term),
-            "voters" => raft.membership().voters.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
-            "learners" => raft.membership().learners.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+            "voters" => ids(&raft.membership().voters),
+            "learners" => ids(&raft.membership().learners),
             "log" => {
                 let log = raft.log();
                 let entries: Vec<String> = (log.first_index()..=log.last_index())
