@@ -18,7 +18,9 @@
 //! then lost its term without committing it ([`crate::forwarding`]), is sent again at
 //! once, to whoever leads now.
 
-use std::collections::HashMap;
+mod admin;
+
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,8 +35,10 @@ use transport::Transport;
 
 use crate::applier::{Applied, Job};
 use crate::forwarding::{Forwarded, Taken};
-use crate::protocol::{ErrorCode, PeerMessage, Reply, Request, StatusReport};
+use crate::members::Address;
+use crate::protocol::{AdminResult, ErrorCode, PeerMessage, Reply, Request, StatusReport};
 use crate::snapshots::{self, Ack, Outgoing, Received, Receiving, Sent};
+use admin::{AdminWaiter, Handover, Pending};
 
 /// An input to the core.
 #[derive(Debug)]
@@ -70,6 +74,8 @@ pub enum Event {
     },
     /// Stop: hand over leadership if we have it, answer everyone, return.
     Shutdown,
+    /// Members' addresses a join learned from the cluster (see `join.rs`).
+    Learned(BTreeMap<NodeId, Address>),
 }
 
 /// Who is waiting for a write's outcome.
@@ -110,6 +116,9 @@ pub struct CoreConfig {
     pub state_path: PathBuf,
     /// The largest snapshot this node accepts.
     pub max_snapshot_bytes: u64,
+    /// Where the nodes of `lightraft.toml` are: the initial members, whose configuration
+    /// carries no addresses.
+    pub known: BTreeMap<NodeId, Address>,
 }
 
 /// When the log is compacted (§7): once it holds `entries` entries beyond its snapshot
@@ -195,6 +204,18 @@ pub struct Core {
     /// Received snapshots, verified and durable, that Raft may ask to install, by their
     /// (index, term), each in a file of its own.
     installable: std::collections::BTreeMap<(Index, Term), PathBuf>,
+    /// Every node whose address we know outside the log (see `members::directory`).
+    known: BTreeMap<NodeId, Address>,
+    /// The configuration the transport was last pointed at, by its index.
+    membership_seen: Option<(Index, raft_core::Membership)>,
+    /// As leader: membership changes proposed, by (term, index), waiting to commit.
+    changes: HashMap<(Term, Index), Pending>,
+    /// As leader: a leadership transfer asked for by an operator.
+    handover: Option<Handover>,
+    /// Operators' commands passed to the leader: id -> (leader, answer, deadline).
+    admin_forwarded: HashMap<u64, (NodeId, oneshot::Sender<AdminResult>, Instant)>,
+    /// When each peer was last heard from, for `.cluster`.
+    last_heard: HashMap<NodeId, Instant>,
 }
 
 impl Core {
@@ -228,6 +249,12 @@ impl Core {
             outgoing: HashMap::new(),
             receiving,
             installable: std::collections::BTreeMap::new(),
+            known: config.known.clone(),
+            membership_seen: None,
+            changes: HashMap::new(),
+            handover: None,
+            admin_forwarded: HashMap::new(),
+            last_heard: HashMap::new(),
             id: raft.id(),
             forwarded: Forwarded::new(raft.id()),
             taken: Taken::default(),
@@ -310,6 +337,9 @@ impl Core {
     }
 
     fn handle(&mut self, event: Event) {
+        if let Event::Peer(from, _) = &event {
+            self.last_heard.insert(*from, Instant::now());
+        }
         match event {
             Event::Peer(from, PeerMessage::Raft(msg)) => {
                 // The transport proved who `from` is; the message must agree.
@@ -405,6 +435,12 @@ impl Core {
             }
             Event::SnapshotVerified { from, id, result } => self.snapshot_verified(from, id, result),
             Event::Shutdown => self.begin_shutdown(),
+            Event::Client(Request::Admin { command, reply }) => self.admin(command, AdminWaiter::Client(reply)),
+            Event::Peer(from, PeerMessage::Admin { id, command }) => {
+                self.admin(command, AdminWaiter::Peer { node: from, id })
+            }
+            Event::Peer(from, PeerMessage::AdminReply { id, result }) => self.admin_answered(from, id, result),
+            Event::Learned(addresses) => self.learned(addresses),
         }
     }
 
@@ -677,6 +713,9 @@ impl Core {
     /// for one. A write forwarded to us is never forwarded again: we refuse it instead,
     /// and its node retries, so a request cannot circle between confused nodes.
     fn submit_write(&mut self, write: Write) {
+        if let Some(message) = self.outsider() {
+            return self.answer(write.waiter, Reply::error(ErrorCode::Unavailable, message));
+        }
         if self.raft.role() != Role::Leader {
             // Not worth encoding an entry only to be told so (parked writes come back
             // here every tick).
@@ -751,6 +790,10 @@ impl Core {
     /// A read already asked of a leader that then fails is aborted by raft-core when the
     /// leader changes or this node starts an election, and comes back here.
     fn submit_read(&mut self, barrier: Barrier) {
+        if let Some(message) = self.outsider() {
+            let _ = barrier.reply.send(Err(Reply::error(ErrorCode::Unavailable, message)));
+            return;
+        }
         let reachable = match self.raft.status().leader {
             None => false,
             Some(leader) => leader == self.id || self.transport.is_connected(leader),
@@ -762,6 +805,19 @@ impl Core {
         let id = self.fresh_id();
         self.raft.read(id);
         self.reads.insert(id, barrier);
+    }
+
+    /// Why this node cannot serve requests, if it is outside the configuration: it was
+    /// removed, or is waiting to be added. Its log may be stale and no leader talks to it.
+    fn outsider(&self) -> Option<String> {
+        if self.raft.membership().is_member(self.id) {
+            return None;
+        }
+        let voters: Vec<String> = self.raft.membership().voters.iter().map(|v| v.to_string()).collect();
+        Some(format!(
+            "this node is not a member of the cluster (it was removed, or has not been added yet); connect to a member: nodes {}",
+            voters.join(", ")
+        ))
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -834,6 +890,7 @@ impl Core {
             let _ = barrier.reply.send(Err(Reply::error(ErrorCode::Unavailable, message)));
         }
         self.retry_parked(now);
+        self.expire_admin(now);
     }
 
     /// Tries parked requests again, or gives up on them at their deadline.
@@ -911,11 +968,15 @@ impl Core {
             keep
         });
         self.maybe_compact();
+        self.sync_peers();
         Ok(())
     }
 
     fn answer_proposals(&mut self, ready: &Ready) {
         for outcome in &ready.proposals {
+            if self.change_outcome(outcome) {
+                continue;
+            }
             match *outcome {
                 ProposalOutcome::Committed { term, index } => {
                     if let Some(write) = self.proposed.remove(&(term, index)) {
@@ -958,6 +1019,7 @@ impl Core {
 
     fn log_status(&mut self, ready: &Ready) {
         let Some(s) = ready.status_change else { return };
+        self.transfer_progress(&s);
         match (s.role, s.leader) {
             (Role::Leader, _) => info!("became leader of term {}", s.term),
             (Role::Follower, Some(leader)) => info!("following leader {leader} in term {}", s.term),
@@ -992,7 +1054,9 @@ impl Core {
         self.stopping = Some(Instant::now());
         if self.raft.role() == Role::Leader {
             // Hand over leadership so the cluster does not wait an election timeout (§3.10).
-            let connected = self.transport.peers().into_iter().find(|&p| self.transport.is_connected(p));
+            let voters = &self.raft.membership().voters;
+            let connected =
+                self.transport.peers().into_iter().find(|&p| voters.contains(&p) && self.transport.is_connected(p));
             if let Some(peer) = connected {
                 info!("shutting down: transferring leadership to node {peer}");
                 let _ = self.raft.transfer_leadership(peer);
@@ -1028,6 +1092,7 @@ impl Core {
         for barrier in reads {
             let _ = barrier.reply.send(Err(gone()));
         }
+        self.answer_admin_on_shutdown();
         if self.raft.role() == Role::Leader {
             warn!("shutting down while still leader: the others will elect a new one");
         }

@@ -2,7 +2,7 @@
 
 use sqlite_sm::{results_to_json, Output, StatementResult, Value};
 
-use crate::protocol::{ErrorCode, Reply, StatusReport};
+use crate::protocol::{ClusterReport, ErrorCode, Reply, StatusReport};
 
 /// ANSI red, as the original printed its errors.
 const RED: &str = "\x1b[31m";
@@ -234,6 +234,36 @@ pub fn status(report: &StatusReport, as_json: bool) -> String {
         log,
     ];
     ascii_table(&columns, &[row])
+}
+
+/// The members, for `.cluster`: one row each, the leader marked.
+pub fn cluster(report: &ClusterReport, as_json: bool) -> String {
+    if as_json {
+        return serde_json::json!({ "cluster": report }).to_string() + "\n";
+    }
+    let columns = ["node", "role", "rpc", "client", "match_index", "lag", "last_contact"].map(String::from);
+    let rows: Vec<Vec<String>> = report
+        .members
+        .iter()
+        .map(|m| {
+            let node = if m.leader { format!("{} (leader)", m.node) } else { m.node.to_string() };
+            let contact = match (m.leader, m.last_contact_ms) {
+                (true, _) => "-".to_string(),
+                (false, Some(ms)) => format!("{ms} ms ago"),
+                (false, None) => "never".to_string(),
+            };
+            vec![
+                node,
+                m.role.clone(),
+                m.rpc.clone().unwrap_or_else(|| "?".into()),
+                m.client.clone().unwrap_or_else(|| "?".into()),
+                m.match_index.to_string(),
+                m.lag.to_string(),
+                contact,
+            ]
+        })
+        .collect();
+    format!("term {}, last index {}\n{}", report.term, report.last_index, ascii_table(&columns, &rows))
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //!   [`forwarding`] is how it learns the fate of writes it forwarded to a leader.
 //! - [`applier`] applies committed entries; [`readers`] serve reads; both off that thread.
 //! - [`session`] and [`format`] are what `nc` users see.
+//! - [`members`] says where each member of the configuration is; [`join`] is how a node
+//!   outside `lightraft.toml` asks to be added.
 //! - [`up`] runs a whole local cluster in one command; [`bench`] is the benchmark.
 
 pub mod applier;
@@ -16,6 +18,8 @@ pub mod config;
 pub mod core;
 pub mod format;
 pub mod forwarding;
+pub mod join;
+pub mod members;
 pub mod protocol;
 pub mod readers;
 pub mod server;

@@ -20,6 +20,16 @@ struct Cli {
     /// The configuration file.
     #[arg(long, short, default_value = "lightraft.toml", global = true)]
     config: PathBuf,
+    /// For a node not in the config: the client address (HOST:PORT) of a running member,
+    /// which is asked to add this node to the cluster. Needs --rpc and --client.
+    #[arg(long, value_name = "MEMBER")]
+    join: Option<String>,
+    /// For a node not in the config: where it listens for peers (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT", requires = "join")]
+    rpc: Option<String>,
+    /// For a node not in the config: where it listens for clients (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT", requires = "join")]
+    client: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -52,7 +62,7 @@ fn main() -> ExitCode {
         (Some(Command::Bench { clients, seconds, spread }), _) => {
             bench::run(&BenchArgs { config: cli.config.clone(), clients: *clients, seconds: *seconds, spread: *spread })
         }
-        (None, Some(index)) => run_node(&cli.config, index),
+        (None, Some(index)) => run_node(&cli, index),
         (None, None) => {
             Err("Usage: lightraft <node index> [--config FILE] | lightraft up | lightraft bench (see --help)".into())
         }
@@ -66,16 +76,47 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_node(config_path: &std::path::Path, index: &str) -> Result<(), String> {
+fn run_node(cli: &Cli, index: &str) -> Result<(), String> {
     let index: usize =
         index.parse().map_err(|_| format!("{index:?} is not a node index. Usage: lightraft <node index>"))?;
+    let config_path = &cli.config;
     let config = Config::load(config_path)?;
-    config.client_addr(index)?;
+    let listed = index < config.nodes.len();
+    let join = match (&cli.join, &cli.rpc, &cli.client) {
+        (None, None, None) if listed => None,
+        (None, ..) => {
+            return Err(format!(
+                "node {index} is not in {} (it lists nodes 0 to {}): to add it to the running cluster, start it with \
+                 --join <client address of a member> --rpc HOST:PORT --client HOST:PORT",
+                config_path.display(),
+                config.nodes.len() - 1
+            ))
+        }
+        (Some(_), ..) if listed => {
+            return Err(format!(
+                "node {index} is in {}, which gives its addresses; --join is for a node with a new index \
+                 (to replace node {index}, remove it with .remove and join a new node in its place)",
+                config_path.display()
+            ))
+        }
+        (Some(member), Some(rpc), Some(client)) => {
+            let parse = |what: &str, text: &str| {
+                std::net::ToSocketAddrs::to_socket_addrs(text)
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| format!("--{what} {text:?} is not HOST:PORT"))
+            };
+            Some(server::Join { member: member.clone(), rpc: parse("rpc", rpc)?, client: parse("client", client)? })
+        }
+        (Some(_), ..) => {
+            return Err("--join needs --rpc HOST:PORT and --client HOST:PORT: where this node listens".into())
+        }
+    };
     // Every replica computes 'localtime' the same way: as UTC.
     // SAFETY (edition 2024 wording): no other thread exists yet.
     std::env::set_var("TZ", "UTC");
     init_logging();
-    server::run(&config, index)
+    server::run(&config, index, join)
 }
 
 fn init_logging() {

@@ -99,6 +99,86 @@ pub enum Request {
     ReadBarrier(oneshot::Sender<Result<(), Reply>>),
     /// Report the node's status.
     Status(oneshot::Sender<StatusReport>),
+    /// A change of the cluster, or a look at it: done by the leader (forwarded there).
+    Admin {
+        /// What to do.
+        command: AdminCommand,
+        /// Where the answer goes.
+        reply: oneshot::Sender<AdminResult>,
+    },
+}
+
+/// What an operator asks of the cluster (`.cluster`, `.add`, `.remove`, `.transfer`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminCommand {
+    /// List the members as the leader sees them.
+    Cluster,
+    /// Add `node` as a learner, reachable at these addresses; it is promoted to voter
+    /// once caught up (§4.2.1).
+    Add {
+        /// The new node's index.
+        node: u64,
+        /// Where other nodes reach it.
+        rpc: String,
+        /// Where its clients connect.
+        client: String,
+    },
+    /// Remove `node` (a voter or a learner; the leader itself included).
+    Remove {
+        /// The node to remove.
+        node: u64,
+    },
+    /// Hand leadership to `node` (§3.10).
+    Transfer {
+        /// The new leader.
+        node: u64,
+    },
+}
+
+/// The answer to an [`AdminCommand`].
+pub type AdminResult = Result<AdminOk, (ErrorCode, String)>;
+
+/// What a successful [`AdminCommand`] returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminOk {
+    /// A sentence saying what was done.
+    Done(String),
+    /// The members, for `.cluster`.
+    Cluster(ClusterReport),
+}
+
+/// The cluster as its leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// The leader (the node that answered).
+    pub leader: u64,
+    /// Its term.
+    pub term: u64,
+    /// Its last log index, which lags are measured from.
+    pub last_index: u64,
+    /// Every member, in index order.
+    pub members: Vec<MemberReport>,
+}
+
+/// One member in a [`ClusterReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReport {
+    /// The node's index.
+    pub node: u64,
+    /// voter or learner.
+    pub role: String,
+    /// Whether it is the leader.
+    pub leader: bool,
+    /// Where peers reach it, if known.
+    pub rpc: Option<String>,
+    /// Where clients connect, if known.
+    pub client: Option<String>,
+    /// The highest index known to be replicated on it (Figure 2 `matchIndex`).
+    pub match_index: u64,
+    /// How many entries it is behind the leader.
+    pub lag: u64,
+    /// Milliseconds since the leader last heard from it (`None`: never, or the leader).
+    pub last_contact_ms: Option<u64>,
 }
 
 /// A message between nodes.
@@ -131,6 +211,20 @@ pub enum PeerMessage {
     ForwardRefused {
         /// The follower's id for the request.
         id: u64,
+    },
+    /// A follower passes an operator's command to the leader (id chosen by the follower).
+    Admin {
+        /// The follower's id for the request.
+        id: u64,
+        /// The command.
+        command: AdminCommand,
+    },
+    /// The leader's answer to a forwarded command.
+    AdminReply {
+        /// The follower's id for the request.
+        id: u64,
+        /// The outcome.
+        result: AdminResult,
     },
     /// One piece of a snapshot of the leader's state database (§7; see `snapshots.rs`).
     SnapshotChunk(Chunk),

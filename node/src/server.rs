@@ -1,6 +1,8 @@
 //! Starting one node: open its databases, restore raft-core, listen for peers and
 //! clients, run the Raft core until a signal asks it to stop.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::mpsc::sync_channel;
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use transport::{Secret, Transport, TransportConfig};
 use crate::applier;
 use crate::config::{Config, SECRET_ENV};
 use crate::core::{Core, CoreConfig, Event};
+use crate::members::Address;
 use crate::readers::ReadPool;
 use crate::session::{self, SessionConfig};
 
@@ -25,21 +28,33 @@ const MAX_APPEND_BYTES: usize = 1 << 20;
 /// clients do.
 const RESERVED_DESCRIPTORS: u64 = 256;
 
-/// Runs node `index` of `config` until SIGINT or SIGTERM. Errors are one sentence.
-pub fn run(config: &Config, index: usize) -> Result<(), String> {
+/// A node outside `lightraft.toml`: where it listens, and the member it asks to add it
+/// (see [`crate::join`]).
+#[derive(Clone, Debug)]
+pub struct Join {
+    /// A member's client address.
+    pub member: String,
+    /// Where this node listens for peers.
+    pub rpc: SocketAddr,
+    /// Where this node listens for clients.
+    pub client: SocketAddr,
+}
+
+/// Runs node `index` of `config` (or, with `join`, a node joining the cluster) until
+/// SIGINT or SIGTERM. Errors are one sentence.
+pub fn run(config: &Config, index: usize, join: Option<Join>) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let span = tracing::info_span!("node", id = index);
-    runtime.block_on(serve(config, index).instrument(span))
+    runtime.block_on(serve(config, index, join).instrument(span))
 }
 
 /// The cluster secret, or none on loopback (with a warning); refuses to run a peer port
 /// reachable from other machines without one.
-fn cluster_secret(config: &Config, index: usize) -> Result<Secret, String> {
-    let rpc = config.rpc_addr(index)?;
+fn cluster_secret(config: &Config, index: usize, rpc: SocketAddr) -> Result<Secret, String> {
     match config.secret()? {
         Some((secret, source)) => {
             info!("peers authenticate with the cluster secret from {source}");
@@ -84,16 +99,20 @@ fn client_capacity(wanted: usize) -> usize {
     room.clamp(1, wanted)
 }
 
-async fn serve(config: &Config, index: usize) -> Result<(), String> {
+async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), String> {
     let id = index as u64;
-    let client_addr = config.client_addr(index)?;
-    let rpc_addr = config.rpc_addr(index)?;
-    let secret = cluster_secret(config, index)?;
+    let (client_addr, rpc_addr) = match &join {
+        Some(join) => (join.client, join.rpc),
+        None => (config.client_addr(index)?, config.rpc_addr(index)?),
+    };
+    let secret = cluster_secret(config, index, rpc_addr)?;
     let max_clients = client_capacity(config.client.max_clients);
-    let peers = (0..config.nodes.len())
-        .filter(|&i| i != index)
-        .map(|i| Ok((i as u64, config.rpc_addr(i)?)))
+    // The nodes of lightraft.toml: the initial configuration, whose entries carry no
+    // addresses. Later members' addresses travel in the configuration itself.
+    let known: BTreeMap<u64, Address> = (0..config.nodes.len())
+        .map(|i| Ok((i as u64, Address { rpc: config.rpc_addr(i)?, client: config.client_addr(i)? })))
         .collect::<Result<_, String>>()?;
+    let peers = known.iter().filter(|(&i, _)| i != id).map(|(&i, a)| (i, a.rpc)).collect();
 
     // Durable state first: a node that cannot read its disk must not join the cluster.
     let dir = &config.driver.data_dir;
@@ -180,6 +199,7 @@ async fn serve(config: &Config, index: usize) -> Result<(), String> {
         compaction: config.compaction(),
         state_path: config.sm_path(index),
         max_snapshot_bytes: config.max_snapshot_bytes(),
+        known,
     };
     let core =
         Core::new(raft, store, applied, transport, applier, core_tx.clone(), core_config).map_err(|e| e.to_string())?;
@@ -204,6 +224,10 @@ async fn serve(config: &Config, index: usize) -> Result<(), String> {
     };
     tokio::spawn(session::serve(clients, session_config).in_current_span());
     info!("serving clients on {client_addr} (nc {} {}), peers on {rpc_addr}", client_addr.ip(), client_addr.port());
+    if let Some(join) = join {
+        let address = Address { rpc: rpc_addr, client: client_addr };
+        tokio::spawn(crate::join::run(join.member, id, address, core_tx.clone()).in_current_span());
+    }
 
     let mut done_rx = done_rx;
     let result = tokio::select! {

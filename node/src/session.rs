@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 
 use crate::core::Event;
 use crate::format::{self, JsonStream};
-use crate::protocol::{Consistency, ErrorCode, Reply, Request};
+use crate::protocol::{AdminCommand, AdminOk, Consistency, ErrorCode, Reply, Request};
 use crate::readers::{ReadItem, ReadPool};
 use sqlite_sm::{Kind, StatementResult};
 
@@ -46,6 +46,10 @@ on one line run as one transaction (all applied or none).
                                  reads see every acknowledged write (default), or this
                                  node's copy at once, possibly stale
   .status                        this node's role, term, leader, commit and applied index
+  .cluster                       the members: role, addresses, replication lag (asks the leader)
+  .add NODE RPC_ADDR CLIENT_ADDR add node NODE as a learner; it votes once caught up
+  .remove NODE                   remove node NODE (the leader too) from the cluster
+  .transfer NODE                 hand leadership to voter NODE
   .tables                        list tables
   .schema [TABLE]                show CREATE statements
   .help                          this text
@@ -263,6 +267,21 @@ fn error(state: &State, code: ErrorCode, message: &str) -> String {
     render(state, &Reply::error(code, message), u64::MAX)
 }
 
+/// An operator's command, carried out by the leader (through the core); its answer.
+async fn admin(command: AdminCommand, state: &State, config: &SessionConfig) -> String {
+    let (tx, rx) = oneshot::channel();
+    if config.core.try_send(Event::Client(Request::Admin { command, reply: tx })).is_err() {
+        return error(state, ErrorCode::Unavailable, "the node is busy or shutting down");
+    }
+    match rx.await {
+        Ok(Ok(AdminOk::Done(message))) if state.json => serde_json::json!({ "done": message }).to_string() + "\n",
+        Ok(Ok(AdminOk::Done(message))) => format!("{message}\n"),
+        Ok(Ok(AdminOk::Cluster(report))) => format::cluster(&report, state.json),
+        Ok(Err((code, message))) => error(state, code, &message),
+        Err(_) => error(state, ErrorCode::Unavailable, "the node is shutting down"),
+    }
+}
+
 /// Runs a shell command. Returns whether to close the session.
 async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out: &mut Out) -> std::io::Result<bool> {
     let mut words = text.split_whitespace();
@@ -315,6 +334,22 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
                 }
             }
         }
+        (".cluster", []) => admin(AdminCommand::Cluster, state, config).await,
+        (".add", [node, rpc, client]) => match node.parse() {
+            Ok(node) => {
+                let command = AdminCommand::Add { node, rpc: rpc.to_string(), client: client.to_string() };
+                admin(command, state, config).await
+            }
+            Err(_) => error(state, ErrorCode::BadRequest, &format!("{node:?} is not a node index")),
+        },
+        (".remove", [node]) => match node.parse() {
+            Ok(node) => admin(AdminCommand::Remove { node }, state, config).await,
+            Err(_) => error(state, ErrorCode::BadRequest, &format!("{node:?} is not a node index")),
+        },
+        (".transfer", [node]) => match node.parse() {
+            Ok(node) => admin(AdminCommand::Transfer { node }, state, config).await,
+            Err(_) => error(state, ErrorCode::BadRequest, &format!("{node:?} is not a node index")),
+        },
         (".tables", []) => {
             let sql = format!(
                 "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> '{}' ORDER BY name",

@@ -119,7 +119,8 @@ impl Node {
             let skip = (snapshot.index - prev_index) as usize;
             let Some(at_snapshot) = entries.get(skip - 1) else {
                 // Nothing beyond our snapshot: we hold all of it.
-                return self.send(from, MessageKind::AppendResp(AppendResult::Accepted { match_index }));
+                let held = AppendResult::Accepted { match_index };
+                return self.send(from, MessageKind::AppendResp(held));
             };
             if at_snapshot.term != snapshot.term {
                 let reason = format!(

@@ -23,6 +23,10 @@
 //! comes back is reached again within about half a `peer_timeout`, however long it was
 //! away. (A round trip must therefore stay well under a quarter of the `peer_timeout`,
 //! which Raft asks of heartbeats anyway, §5.6.)
+//!
+//! The peers change with the cluster's membership ([`Transport::set_peers`]): a new
+//! member is dialed, a removed one is no longer dialed, its handshakes are refused and
+//! its open connections closed at their next frame.
 
 pub mod handshake;
 
@@ -30,7 +34,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -139,7 +143,7 @@ pub struct TransportConfig {
     pub me: NodeId,
     /// The address to accept peer connections on.
     pub listen: SocketAddr,
-    /// Every other node and its RPC address.
+    /// Every other node and its RPC address, to start with (see [`Transport::set_peers`]).
     pub peers: BTreeMap<NodeId, SocketAddr>,
     /// Messages queued per peer before new ones are dropped.
     pub queue_capacity: usize,
@@ -182,9 +186,27 @@ struct Outbound<T> {
     connected: Arc<AtomicBool>,
 }
 
+/// Who may connect: the current peers, or any node that knows the secret (`open`), for
+/// a node not yet in the configuration, which must hear from a leader it may not know.
+#[derive(Debug, Default)]
+struct Admission {
+    peers: BTreeMap<NodeId, SocketAddr>,
+    open: bool,
+}
+
+/// What every clone of a [`Transport`] shares.
+struct Shared<T> {
+    config: TransportConfig,
+    /// Where new dialers are started (the caller may be a plain thread).
+    runtime: tokio::runtime::Handle,
+    /// Per peer: its address and sending half.
+    outbound: RwLock<BTreeMap<NodeId, (SocketAddr, Outbound<T>)>>,
+    admission: Arc<RwLock<Admission>>,
+}
+
 /// The sending half: one bounded queue per peer. Clones share the queues.
 pub struct Transport<T> {
-    outbound: BTreeMap<NodeId, Outbound<T>>,
+    shared: Arc<Shared<T>>,
 }
 
 impl<T> Clone for Outbound<T> {
@@ -195,7 +217,7 @@ impl<T> Clone for Outbound<T> {
 
 impl<T> Clone for Transport<T> {
     fn clone(&self) -> Transport<T> {
-        Transport { outbound: self.outbound.clone() }
+        Transport { shared: self.shared.clone() }
     }
 }
 
@@ -208,26 +230,50 @@ where
     /// (sender, message); the sender is the authenticated peer.
     pub async fn start(config: TransportConfig, inbound: mpsc::Sender<(NodeId, T)>) -> io::Result<Transport<T>> {
         let listener = TcpListener::bind(config.listen).await?;
-        tokio::spawn(accept_loop(listener, config.clone(), inbound).in_current_span());
-        let mut outbound = BTreeMap::new();
-        for (&peer, &addr) in &config.peers {
-            let (queue, rx) = mpsc::channel(config.queue_capacity.max(1));
-            let connected = Arc::new(AtomicBool::new(false));
-            tokio::spawn(dial_loop(peer, addr, config.clone(), rx, connected.clone()).in_current_span());
-            outbound.insert(peer, Outbound { queue, connected });
-        }
-        Ok(Transport { outbound })
+        let admission = Arc::new(RwLock::new(Admission { peers: config.peers.clone(), open: false }));
+        tokio::spawn(accept_loop(listener, config.clone(), admission.clone(), inbound).in_current_span());
+        let shared = Shared {
+            runtime: tokio::runtime::Handle::current(),
+            outbound: RwLock::new(BTreeMap::new()),
+            admission,
+            config,
+        };
+        let transport = Transport { shared: Arc::new(shared) };
+        transport.set_peers(transport.shared.config.peers.clone(), false);
+        Ok(transport)
     }
 
-    /// The configured peers.
+    /// Makes `peers` the nodes this one talks to: dials the new ones (and those whose
+    /// address changed), stops dialing the others, and from now on admits only `peers`,
+    /// or, if `open`, any node that proves it knows the secret. Callable from any thread.
+    pub fn set_peers(&self, peers: BTreeMap<NodeId, SocketAddr>, open: bool) {
+        let shared = &self.shared;
+        let mut outbound = shared.outbound.write().unwrap_or_else(|e| e.into_inner());
+        // Dropping a peer's queue ends its dialer (and the connection) at its next turn.
+        outbound.retain(|id, (addr, _)| peers.get(id) == Some(addr) && *id != shared.config.me);
+        for (&peer, &addr) in &peers {
+            if peer == shared.config.me || outbound.contains_key(&peer) {
+                continue;
+            }
+            let (queue, rx) = mpsc::channel(shared.config.queue_capacity.max(1));
+            let connected = Arc::new(AtomicBool::new(false));
+            let dialer = dial_loop(peer, addr, shared.config.clone(), rx, connected.clone());
+            shared.runtime.spawn(dialer.in_current_span());
+            outbound.insert(peer, (addr, Outbound { queue, connected }));
+        }
+        *shared.admission.write().unwrap_or_else(|e| e.into_inner()) = Admission { peers, open };
+    }
+
+    /// The current peers.
     pub fn peers(&self) -> Vec<NodeId> {
-        self.outbound.keys().copied().collect()
+        self.shared.outbound.read().unwrap_or_else(|e| e.into_inner()).keys().copied().collect()
     }
 
     /// Queues `msg` for `to` without waiting. Refuses it at once if `to` is not connected
     /// or its queue is full, so the caller knows the message never left.
     pub fn send(&self, to: NodeId, msg: T) -> Result<(), SendError> {
-        let peer = self.outbound.get(&to).ok_or(SendError::UnknownPeer(to))?;
+        let outbound = self.shared.outbound.read().unwrap_or_else(|e| e.into_inner());
+        let (_, peer) = outbound.get(&to).ok_or(SendError::UnknownPeer(to))?;
         if !peer.connected.load(Ordering::Acquire) {
             return Err(SendError::Disconnected(to));
         }
@@ -236,7 +282,8 @@ where
 
     /// Whether `to` is connected right now.
     pub fn is_connected(&self, to: NodeId) -> bool {
-        self.outbound.get(&to).is_some_and(|peer| peer.connected.load(Ordering::Acquire))
+        let outbound = self.shared.outbound.read().unwrap_or_else(|e| e.into_inner());
+        outbound.get(&to).is_some_and(|(_, peer)| peer.connected.load(Ordering::Acquire))
     }
 }
 
@@ -263,6 +310,7 @@ type Handshaking = VecDeque<(u64, oneshot::Sender<()>)>;
 /// What every inbound connection shares.
 struct Inbound<T> {
     config: TransportConfig,
+    admission: Arc<RwLock<Admission>>,
     queue: mpsc::Sender<(NodeId, T)>,
     /// Connections in their handshake, oldest first; dropping one's sender ends it. The
     /// second queue holds those from configured peers' addresses.
@@ -274,12 +322,17 @@ struct Inbound<T> {
 }
 
 /// Accepts peer connections forever; each is served by its own task.
-async fn accept_loop<T>(listener: TcpListener, config: TransportConfig, queue: mpsc::Sender<(NodeId, T)>)
-where
+async fn accept_loop<T>(
+    listener: TcpListener,
+    config: TransportConfig,
+    admission: Arc<RwLock<Admission>>,
+    queue: mpsc::Sender<(NodeId, T)>,
+) where
     T: DeserializeOwned + Send + 'static,
 {
     let shared = Arc::new(Inbound {
         config,
+        admission,
         queue,
         handshaking: [Mutex::new(VecDeque::new()), Mutex::new(VecDeque::new())],
         newest: Mutex::new(BTreeMap::new()),
@@ -293,7 +346,7 @@ where
                 let (id, (evict, evicted)) = (next, oneshot::channel::<()>());
                 next += 1;
                 let ip = addr.ip();
-                let from_peer = !ip.is_loopback() && shared.config.peers.values().any(|peer| peer.ip() == ip);
+                let from_peer = !ip.is_loopback() && shared.admitted_ip(ip);
                 let (queue, places) = if from_peer { (1, MAX_PEER_HANDSHAKING) } else { (0, MAX_HANDSHAKING) };
                 {
                     let mut handshaking = shared.handshaking[queue].lock().unwrap_or_else(|e| e.into_inner());
@@ -329,14 +382,32 @@ where
     }
 }
 
-/// Checks a handshake's names: the same protocol version, the right cluster, a known
-/// peer, addressed to us.
+impl<T> Inbound<T> {
+    /// Whether `ip` is a current peer's address.
+    fn admitted_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.admission.read().unwrap_or_else(|e| e.into_inner()).peers.values().any(|peer| peer.ip() == ip)
+    }
+
+    /// Whether `node` may talk to us now.
+    fn admits(&self, node: NodeId) -> bool {
+        let admission = self.admission.read().unwrap_or_else(|e| e.into_inner());
+        admission.open || admission.peers.contains_key(&node)
+    }
+}
+
+/// Checks a handshake's names against the configured peers: the same protocol version,
+/// the right cluster, a known peer, addressed to us.
 pub fn check_hello(hello: &Hello, config: &TransportConfig) -> Result<(), String> {
+    check_names(hello, config, config.peers.contains_key(&hello.from))
+}
+
+/// [`check_hello`], with `known` saying whether the sender is a current peer.
+fn check_names(hello: &Hello, config: &TransportConfig, known: bool) -> Result<(), String> {
     handshake::check_version(hello.version)?;
     if hello.cluster != config.cluster {
         return Err(format!("it belongs to cluster {:?}, not {:?}", hello.cluster, config.cluster));
     }
-    if !config.peers.contains_key(&hello.from) {
+    if !known || hello.from == config.me {
         return Err(format!("node {} is not a peer in the configuration", hello.from));
     }
     if hello.to != config.me {
@@ -349,7 +420,7 @@ pub fn check_hello(hello: &Hello, config: &TransportConfig) -> Result<(), String
 async fn accept<T>(mut stream: TcpStream, shared: &Inbound<T>) -> Result<(TcpStream, NodeId), String> {
     let config = &shared.config;
     let hello: Hello = read_json(&mut stream, MAX_HANDSHAKE_FRAME).await.map_err(|e| format!("bad handshake: {e}"))?;
-    check_hello(&hello, config)?;
+    check_names(&hello, config, shared.admits(hello.from))?;
     let nonce = handshake::nonce();
     let proof = handshake::prove(&config.secret, Role::Acceptor, &hello, &nonce);
     write_json(&mut stream, &Challenge { version: handshake::PROTOCOL_VERSION, nonce: nonce.clone(), proof })
@@ -386,6 +457,10 @@ where
                 Err(FrameError::Closed) => return debug!("peer {from} closed its connection"),
                 Err(e) => return warn!("closed connection from peer {from} ({addr}): {e}"),
             };
+            if !shared.admits(from) {
+                // Removed from the configuration since it connected.
+                return info!("closed connection from node {from} ({addr}): it is no longer a peer");
+            }
             match serde_json::from_slice::<T>(&frame) {
                 // A full inbound queue means the node is overloaded: drop, like a lost packet.
                 Ok(msg) => {

@@ -123,6 +123,63 @@ impl Cluster {
         self.nodes[i] = Some(child);
     }
 
+    /// Starts a new node `index` (beyond the config's nodes) with fresh ports, asking
+    /// node `via` to add it to the cluster (`--join`).
+    pub fn join(&mut self, index: usize, via: usize) {
+        assert_eq!(index, self.nodes.len(), "joining nodes take the next index");
+        let (client, rpc) = (free_port(), free_port());
+        self.client_addrs.push(SocketAddr::from(([127, 0, 0, 1], client)));
+        self.rpc_addrs.push(SocketAddr::from(([127, 0, 0, 1], rpc)));
+        self.nodes.push(None);
+        self.start_joined(index, via);
+    }
+
+    /// (Re)starts joined node `index` with its ports, asking node `via` to add it.
+    pub fn start_joined(&mut self, index: usize, via: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{index}.log")))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg(index.to_string())
+            .args(["--join", &self.client_addrs[via].to_string()])
+            .args(["--rpc", &self.rpc_addrs[index].to_string()])
+            .args(["--client", &self.client_addrs[index].to_string()])
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("node starts");
+        self.nodes[index] = Some(child);
+    }
+
+    /// Asks the running nodes for `.cluster` until one answers with exactly these voters
+    /// and no learner; returns that answer.
+    pub async fn until_members(&self, voters: &[u64]) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            for i in (0..self.nodes.len()).filter(|&i| self.nodes[i].is_some()) {
+                let Ok(mut c) = Client::connect(self.client_addrs[i]).await else { continue };
+                let Ok(reply) = c.request(".cluster").await else { continue };
+                if let Some(members) = reply["cluster"]["members"].as_array() {
+                    let mut found: Vec<u64> =
+                        members.iter().filter(|m| m["role"] == "voter").filter_map(|m| m["node"].as_u64()).collect();
+                    found.sort_unstable();
+                    if found == voters && members.len() == voters.len() {
+                        return reply;
+                    }
+                }
+                last = reply;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the cluster never had exactly the voters {voters:?}; last .cluster: {last}");
+    }
+
     /// The running node's process id.
     pub fn pid(&self, i: usize) -> u32 {
         self.nodes[i].as_ref().map(Child::id).unwrap_or_else(|| panic!("node {i} is not running"))
