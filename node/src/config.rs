@@ -168,7 +168,7 @@ impl Default for RaftSection {
             compact_entries: 10_000,
             compact_bytes: 64 << 20,
             compact_keep: 1_000,
-            promote_lag: 1_000,
+            promote_lag: 100,
         }
     }
 }

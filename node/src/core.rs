@@ -206,8 +206,9 @@ pub struct Core {
     installable: std::collections::BTreeMap<(Index, Term), PathBuf>,
     /// Every node whose address we know outside the log (see `members::directory`).
     known: BTreeMap<NodeId, Address>,
-    /// The configuration the transport was last pointed at, by its index.
-    membership_seen: Option<(Index, raft_core::Membership)>,
+    /// What the transport's peers were last computed from: the latest configuration's
+    /// index, and the commit index if that was lower (a change pending), else the same.
+    membership_seen: Option<(Index, Index)>,
     /// As leader: membership changes proposed, by (term, index), waiting to commit.
     changes: HashMap<(Term, Index), Pending>,
     /// As leader: a leadership transfer asked for by an operator.

@@ -4,7 +4,7 @@
 //! configuration (§4); this file gives that text its meaning.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 
 use raft_core::{Membership, NodeId};
 
@@ -50,18 +50,27 @@ pub fn directory(membership: &Membership, known: &BTreeMap<NodeId, Address>) -> 
         .collect()
 }
 
+/// The most members (voters and learners) a cluster may have: every member is dialed by
+/// every other, and every configuration entry lists them all.
+pub const MAX_MEMBERS: usize = 64;
+
 /// The peers the transport dials and admits: the other members of the latest
-/// configuration. A node outside it (joining, or removed) also keeps every node it
-/// knows, and admits any node that proves the cluster secret: a leader it has never
-/// heard of may be adding it.
+/// configuration and of the committed one (`committed`). The latest rules Raft, but a
+/// node it removes may still be needed until it commits: were this node to refuse it, a
+/// leader that removed a node and crashed could leave a cluster where neither side can
+/// reach the vote it needs. A node outside both (joining, or removed) also keeps every
+/// node it knows, and admits any node that proves the cluster secret: a leader it has
+/// never heard of may be adding it.
 pub fn peers(
     me: NodeId,
-    membership: &Membership,
+    latest: &Membership,
+    committed: &Membership,
     known: &BTreeMap<NodeId, Address>,
 ) -> (BTreeMap<NodeId, SocketAddr>, bool) {
-    let outside = !membership.is_member(me);
+    let outside = !latest.is_member(me) && !committed.is_member(me);
     let mut peers: BTreeMap<NodeId, SocketAddr> =
-        directory(membership, known).into_iter().map(|(id, a)| (id, a.rpc)).collect();
+        directory(committed, known).into_iter().map(|(id, a)| (id, a.rpc)).collect();
+    peers.extend(directory(latest, known).into_iter().map(|(id, a)| (id, a.rpc)));
     if outside {
         for (&id, address) in known {
             peers.entry(id).or_insert(address.rpc);
@@ -71,20 +80,22 @@ pub fn peers(
     (peers, outside)
 }
 
-/// Checks `.add`'s arguments: addresses that resolve, and that no other member uses.
+/// Checks `.add`'s arguments: IP:PORT addresses (a host name would be looked up on the
+/// Raft thread, where a slow name server could stall heartbeats) that no other member
+/// uses, and room for one more member.
 pub fn check_add(
     node: NodeId,
     rpc: &str,
     client: &str,
     directory: &BTreeMap<NodeId, Address>,
 ) -> Result<Address, String> {
-    let resolve = |what: &str, text: &str| {
-        text.to_socket_addrs()
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| format!("the {what} address {text:?} is not HOST:PORT"))
+    if directory.len() >= MAX_MEMBERS && !directory.contains_key(&node) {
+        return Err(format!("the cluster has {} members, the most it may have", directory.len()));
+    }
+    let parse = |what: &str, text: &str| {
+        text.parse::<SocketAddr>().map_err(|_| format!("the {what} address {text:?} is not IP:PORT"))
     };
-    let address = Address { rpc: resolve("rpc", rpc)?, client: resolve("client", client)? };
+    let address = Address { rpc: parse("rpc", rpc)?, client: parse("client", client)? };
     if address.rpc == address.client {
         return Err(format!("the rpc and client addresses are the same ({})", address.rpc));
     }
@@ -123,11 +134,15 @@ mod tests {
         m.voters.remove(&2);
         let dir = directory(&m, &known);
         assert_eq!(dir.keys().copied().collect::<Vec<_>>(), vec![0, 1, 3]);
-        let (peers, open) = peers(0, &m, &known);
+        let (peers, open) = peers(0, &m, &m, &known);
         assert_eq!(peers.keys().copied().collect::<Vec<_>>(), vec![1, 3], "removed node 2 is no peer");
         assert!(!open);
-        // Node 2, removed, or node 4, joining: they keep every node they know, and admit any.
-        let (peers, open) = super::peers(4, &m, &known);
+        // Until the removal commits, node 2 may still be needed: it stays a peer.
+        let before = Membership::initial(&[0, 1, 2]);
+        let (peers, _) = super::peers(0, &m, &before, &known);
+        assert_eq!(peers.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+        // Node 4, joining: it keeps every node it knows, and admits any.
+        let (peers, open) = super::peers(4, &m, &m, &known);
         assert_eq!(peers.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
         assert!(open);
     }
@@ -137,7 +152,11 @@ mod tests {
         let dir: BTreeMap<NodeId, Address> = [(0, at(1, 2))].into();
         assert!(check_add(5, "127.0.0.1:9", "127.0.0.1:10", &dir).is_ok());
         assert!(check_add(5, "127.0.0.1:1", "127.0.0.1:10", &dir).unwrap_err().contains("node 0"));
-        assert!(check_add(5, "nonsense", "127.0.0.1:10", &dir).unwrap_err().contains("HOST:PORT"));
+        assert!(check_add(5, "nonsense", "127.0.0.1:10", &dir).unwrap_err().contains("IP:PORT"));
+        assert!(check_add(5, "localhost:9", "127.0.0.1:10", &dir).unwrap_err().contains("IP:PORT"), "no lookups");
+        let full: BTreeMap<NodeId, Address> =
+            (0..MAX_MEMBERS as u64).map(|i| (i, at(100 + i as u16, 300 + i as u16))).collect();
+        assert!(check_add(99, "127.0.0.1:9", "127.0.0.1:10", &full).unwrap_err().contains("most"));
         assert!(check_add(5, "127.0.0.1:9", "127.0.0.1:9", &dir).unwrap_err().contains("same"));
     }
 }

@@ -134,6 +134,11 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         }
     }
     let stored = store.resume_install(applied)?;
+    // Nothing durable yet: a brand-new node (or one whose disk was lost).
+    let fresh = stored.hard_state == raft_core::HardState::default()
+        && stored.entries.is_empty()
+        && stored.snapshot.index == 0
+        && applied == 0;
     info!(
         "restored: term {}, log {}..={} after snapshot point {}@{}, state applied up to {applied}",
         stored.hard_state.term,
@@ -226,7 +231,7 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
     info!("serving clients on {client_addr} (nc {} {}), peers on {rpc_addr}", client_addr.ip(), client_addr.port());
     if let Some(join) = join {
         let address = Address { rpc: rpc_addr, client: client_addr };
-        tokio::spawn(crate::join::run(join.member, id, address, core_tx.clone()).in_current_span());
+        tokio::spawn(crate::join::run(join.member, id, address, fresh, core_tx.clone()).in_current_span());
     }
 
     let mut done_rx = done_rx;

@@ -47,7 +47,8 @@ on one line run as one transaction (all applied or none).
                                  node's copy at once, possibly stale
   .status                        this node's role, term, leader, commit and applied index
   .cluster                       the members: role, addresses, replication lag (asks the leader)
-  .add NODE RPC_ADDR CLIENT_ADDR add node NODE as a learner; it votes once caught up
+  .add NODE RPC_IP:PORT CLIENT_IP:PORT
+                                 add node NODE as a learner; it votes once caught up
   .remove NODE                   remove node NODE (the leader too) from the cluster
   .transfer NODE                 hand leadership to voter NODE
   .tables                        list tables

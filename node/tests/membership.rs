@@ -38,8 +38,22 @@ fn ids(cluster: &Cluster, i: usize) -> Vec<i64> {
     stmt.query_map([], |r| r.get(0)).expect("rows").map(|r| r.expect("row")).collect()
 }
 
-/// Stops `members`, then checks each holds every acknowledged write and all are identical.
-fn assert_final_members_agree(cluster: &mut Cluster, members: &[usize], acked: &[i64]) {
+/// Waits until `members` have all applied the same index, then stops them and checks
+/// each holds every acknowledged write and all are identical.
+async fn assert_final_members_agree(cluster: &mut Cluster, members: &[usize], acked: &[i64]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut applied = Vec::new();
+        for &i in members {
+            let mut client = cluster.client(i).await;
+            applied.push(until_ok(&mut client, ".status").await["applied_index"].as_u64());
+        }
+        if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the members never caught up: {applied:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for &i in members {
         cluster.stop(i);
     }
@@ -101,7 +115,7 @@ async fn a_cluster_grows_from_three_to_five_under_writes_and_shrinks_back() {
     assert!(acked.len() > 20, "too few writes went through: {}", acked.len());
     cluster.kill(3);
     cluster.kill(4);
-    assert_final_members_agree(&mut cluster, &[0, 1, 2], &acked);
+    assert_final_members_agree(&mut cluster, &[0, 1, 2], &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,5 +179,5 @@ async fn a_wiped_node_is_replaced_leadership_moves_and_the_leader_removes_itself
     }
     let acked: Vec<i64> = acked.lock().expect("lock").clone();
     let members: Vec<usize> = rest.iter().map(|&n| n as usize).collect();
-    assert_final_members_agree(&mut cluster, &members, &acked);
+    assert_final_members_agree(&mut cluster, &members, &acked).await;
 }

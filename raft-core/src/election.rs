@@ -107,6 +107,8 @@ impl Node {
         }));
         self.leader = Some(self.id());
         self.election_elapsed = 0;
+        // A member that an uncommitted change removes still gets the log (see `membership`).
+        self.sync_progress();
         self.append_as_leader(Payload::Noop);
     }
 

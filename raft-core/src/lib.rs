@@ -19,7 +19,8 @@
 //! 6. [`replication`] with [`progress`] and [`quorum`]: how entries spread and commit
 //!    (§5.3, §5.4.2).
 //! 7. [`check_quorum`], [`read_index`], [`transfer`]: the dissertation's additions.
-//!    [`snapshot`]: log compaction and InstallSnapshot (§7).
+//!    [`snapshot`]: log compaction and InstallSnapshot (§7). [`membership`]: changing
+//!    the cluster one voter at a time, with learners (chapter 4).
 //! 8. [`refusal`]: messages no correct peer could send, and why they are dropped.
 //! 9. [`ready`]: the contract with the driver, in the order it must be carried out.
 //!
@@ -40,15 +41,16 @@
 //!         node.advance(&ready);
 //!     }
 //!     now and then: node.compact(index) once the state machine is durable at index;
-//!                   node.report_snapshot(to, index, delivered) when a transfer ends
+//!                   node.report_snapshot(to, index, delivered) when a transfer ends;
+//!                   node.propose_membership(change) when an operator asks
 //! }
 //! ```
 //! A node restarted with [`Node::new`] from exactly what step 2 persisted (plus the
 //! state machine's applied index) continues safely.
 //!
 //! ## Designed for, not yet built
-//! Membership changes (§4) replace `Config::voters` with configuration entries; pipelining
-//! already exists in the Replicate progress state and batching in `ready()`.
+//! Pipelining already exists in the Replicate progress state and batching in `ready()`;
+//! a faster driver can overlap the ready's steps (see [`ready`]).
 
 #![warn(missing_docs)]
 

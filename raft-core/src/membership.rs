@@ -270,11 +270,15 @@ impl Node {
     }
 
     /// A leader replicates to every member but itself: new members get a fresh progress
-    /// (they start with a probe), removed ones are forgotten.
+    /// (they start with a probe). A member the latest change removes keeps receiving the
+    /// log until that change commits, so it learns it was removed (it neither votes nor
+    /// counts meanwhile); then it is forgotten.
     pub(crate) fn sync_progress(&mut self) {
         let id = self.id();
         let last_index = self.log.last_index();
-        let members: Vec<NodeId> = self.log.membership().members().filter(|&m| m != id).collect();
+        let committed = self.log.membership_at(self.commit_index.max(self.log.snapshot().index));
+        let members: BTreeSet<NodeId> =
+            self.log.membership().members().chain(committed.members()).filter(|&m| m != id).collect();
         let RoleState::Leader(leader) = &mut self.role else { return };
         leader.progress.retain(|peer, _| members.contains(peer));
         for m in members {
@@ -302,9 +306,10 @@ impl Node {
         }
     }
 
-    /// After a commit: promote the first learner that is ready (a change may have just
-    /// committed, freeing the way), and rule 6.
+    /// After a commit: forget members whose removal committed, promote the first learner
+    /// that is ready (a change may have just committed, freeing the way), and rule 6.
     pub(crate) fn after_leader_commit(&mut self) {
+        self.sync_progress();
         let learners: Vec<NodeId> = self.log.membership().learners.iter().copied().collect();
         for learner in learners {
             self.maybe_promote(learner);

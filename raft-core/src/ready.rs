@@ -14,6 +14,8 @@
 //!    log or the new state and empty log, never a mix.
 //! 3. Send `persisted_messages`: votes and acknowledgements promise something about
 //!    durable state, so they must not leave before step 2 (Figure 2, "Persistent state").
+//!    A ready that changes `hard_state` puts all its messages here: no message leaves
+//!    before the term it carries is durable (a sole voter elects itself in one ready).
 //! 4. Apply `committed` entries to the state machine, in order. This step may finish
 //!    later, on another thread (a long write then delays nobody's heartbeat), provided
 //!    entries are applied in order and step 5 waits for it.
@@ -28,11 +30,13 @@
 //! drivers move it. A leader whose follower needs compacted entries asks, in
 //! `send_snapshots`, for a snapshot to be sent in `term`. The leader's driver then:
 //! - takes a consistent copy of its durable state machine, at whatever index `i` it has
-//!   applied (with `i`'s term, which the state machine records alongside); `i` is at or
-//!   beyond the leader's snapshot point, so the follower can continue from `i + 1`;
+//!   applied; `i` is at or beyond the leader's snapshot point, so the follower can
+//!   continue from `i + 1`, and the leader's log still knows `i`'s term
+//!   ([`crate::Log::term_at`]) and the configuration in force there
+//!   ([`crate::Log::membership_at`]), as long as the driver compacts nothing meanwhile;
 //! - streams it to the follower in pieces small enough for its transport, with the
-//!   header `(from, to, term, SnapshotMeta { index: i, term })`; at most one transfer per
-//!   follower at a time (a newer request supersedes an older one);
+//!   header `(from, to, term, SnapshotMeta { index: i, term, membership })`; at most one
+//!   transfer per follower at a time (a newer request supersedes an older one);
 //! - calls [`crate::Node::report_snapshot`] once the stream has ended, saying whether it
 //!   was all written. The leader sends nothing more to that follower until then.
 //!

@@ -801,6 +801,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn peers_follow_the_configuration_and_a_removed_one_is_shut_out() {
+        let (a_addr, b_addr, c_addr) = (free_addr(), free_addr(), free_addr());
+        let secret = "sixteen bytes or more of secret";
+        let (a_in, mut a_rx) = mpsc::channel::<(NodeId, String)>(16);
+        let (b_in, _b_rx) = mpsc::channel::<(NodeId, String)>(16);
+        let (c_in, _c_rx) = mpsc::channel::<(NodeId, String)>(16);
+        let a = Transport::start(config(0, a_addr, &[(1, b_addr)], secret), a_in).await.expect("a starts");
+        let b = Transport::start(config(1, b_addr, &[(0, a_addr)], secret), b_in).await.expect("b starts");
+        // Node 2 joins: it knows node 0; node 0 learns of it from a new configuration.
+        let c = Transport::start(config(2, c_addr, &[(0, a_addr)], secret), c_in).await.expect("c starts");
+        send_when_connected(&b, 0, "from b").await;
+        assert_eq!(a_rx.recv().await, Some((1, "from b".to_string())));
+        assert_eq!(a.send(2, "x".into()), Err(SendError::UnknownPeer(2)));
+        a.set_peers([(1, b_addr), (2, c_addr)].into(), false);
+        assert_eq!(a.peers(), vec![1, 2]);
+        send_when_connected(&c, 0, "from c").await;
+        assert_eq!(a_rx.recv().await, Some((2, "from c".to_string())));
+        // Node 1 is removed: node 0 stops dialing it, and its messages no longer arrive.
+        a.set_peers([(2, c_addr)].into(), false);
+        assert_eq!(a.send(1, "x".into()), Err(SendError::UnknownPeer(1)));
+        for _ in 0..20 {
+            let _ = b.send(0, "after removal".into());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        while let Ok((from, msg)) = a_rx.try_recv() {
+            assert_ne!(from, 1, "a removed peer's message got through: {msg}");
+        }
+        let hello = Hello::new("c", 1, 0);
+        let mut removed = TcpStream::connect(a_addr).await.expect("connect");
+        write_json(&mut removed, &hello).await.expect("write");
+        assert_closed(removed, "removed peer's handshake").await;
+    }
+
+    #[tokio::test]
     async fn a_node_with_another_secret_never_gets_a_message_through() {
         let (a_addr, b_addr) = (free_addr(), free_addr());
         let (a_in, _a_rx) = mpsc::channel::<(NodeId, String)>(16);

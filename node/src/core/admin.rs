@@ -250,20 +250,28 @@ impl Core {
 
     /// Points the transport at the members of the latest configuration, once it changed.
     pub(crate) fn sync_peers(&mut self) {
-        let index = self.raft.status().membership_index;
-        let membership = self.raft.membership();
-        if self.membership_seen.as_ref().is_some_and(|(i, m)| *i == index && m == membership) {
+        let status = self.raft.status();
+        let index = status.membership_index;
+        // While a change is pending, the configuration in force at the commit index keeps
+        // the nodes it removes as peers (see `members::peers`); it is looked up again as
+        // the commit index moves.
+        let seen = (index, index.min(status.commit_index));
+        if self.membership_seen == Some(seen) {
             return;
         }
-        let (peers, open) = members::peers(self.id, membership, &self.known);
+        let membership = self.raft.membership();
+        let committed = self.raft.log().membership_at(seen.1.max(status.snapshot_index));
+        let (peers, open) = members::peers(self.id, membership, committed, &self.known);
         let role = match (membership.is_voter(self.id), membership.is_learner(self.id)) {
             (true, _) => "a voter",
             (_, true) => "a learner",
             _ => "not a member",
         };
-        info!("configuration at index {index}: {membership}; this node is {role}");
+        if self.membership_seen.is_none_or(|(i, _)| i != index) {
+            info!("configuration at index {index}: {membership}; this node is {role}");
+        }
         self.transport.set_peers(peers, open);
-        self.membership_seen = Some((index, membership.clone()));
+        self.membership_seen = Some(seen);
     }
 
     /// Addresses learned from outside the log (a join asked a member for them).
