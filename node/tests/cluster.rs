@@ -206,7 +206,13 @@ fn bad_invocations_fail_with_one_clear_line() {
     std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../lightraft.toml"), dir.path().join("lightraft.toml"))
         .expect("copy");
     let (ok, err) = run(&["7"]);
-    assert!(!ok && err.contains("no node with index 7"), "{err}");
+    assert!(!ok && err.contains("node 7 is not in lightraft.toml") && err.contains("--join"), "{err}");
+    let (ok, err) = run(&["1", "--join", "127.0.0.1:6453"]);
+    assert!(!ok && err.contains("node 1 is in lightraft.toml") && err.lines().count() == 1, "{err}");
+    let (ok, err) = run(&["7", "--join", "127.0.0.1:6453"]);
+    assert!(!ok && err.contains("needs --rpc"), "{err}");
+    let (ok, err) = run(&["7", "--join", "127.0.0.1:6453", "--rpc", "nowhere", "--client", "127.0.0.1:1"]);
+    assert!(!ok && err.contains("--rpc \"nowhere\" is not HOST:PORT"), "{err}");
     let (ok, err) = run(&["abc"]);
     assert!(!ok && err.contains("not a node index"), "{err}");
     let (ok, out) = {
