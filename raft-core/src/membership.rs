@@ -141,16 +141,17 @@ impl Membership {
 
     /// Voters and learners, in id order.
     pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
-        let mut all: Vec<NodeId> = self.voters.union(&self.learners).copied().collect();
-        all.sort_unstable();
-        all.into_iter()
+        self.voters.union(&self.learners).copied()
     }
 
-    /// An upper bound on the configuration's size in JSON, for capping append messages.
+    /// An upper bound on the configuration's size in JSON, for capping append messages:
+    /// `{"voters":[..],"learners":[..],"addresses":{"id":"text",..}}`, each id at most 20
+    /// digits and a comma, each address as a JSON string.
     pub fn size(&self) -> usize {
-        let ids = 24 * (self.voters.len() + self.learners.len());
-        let addresses: usize = self.addresses.values().map(|a| 32 + 6 * a.len()).sum();
-        64 + 2 * ids + addresses
+        const ID: usize = 21;
+        let lists = ID * (self.voters.len() + self.learners.len());
+        let addresses: usize = self.addresses.values().map(|a| ID + 3 + json_string_len(a)).sum();
+        48 + lists + addresses
     }
 
     /// The configuration after `change`, if it makes sense here.
@@ -193,6 +194,17 @@ impl Membership {
     pub fn voter_changes(&self, other: &Membership) -> usize {
         self.voters.symmetric_difference(&other.voters).count()
     }
+}
+
+/// The most bytes `text` takes as a JSON string: quotes, and escapes for quotes,
+/// backslashes and control characters (`\u0001`, 6 bytes, the longest).
+fn json_string_len(text: &str) -> usize {
+    let escaped = |c: char| match c {
+        '"' | '\\' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    };
+    2 + text.chars().map(escaped).sum::<usize>()
 }
 
 impl std::fmt::Display for Membership {
@@ -359,5 +371,16 @@ mod tests {
         assert!(without1.with_change(&MembershipChange::Remove { id: 1 }).is_err(), "1 is gone");
         let alone = Membership::initial(&[2]);
         assert!(alone.with_change(&MembershipChange::Remove { id: 2 }).is_err(), "the last voter stays");
+    }
+
+    #[test]
+    fn refusals_say_why_and_what_to_do() {
+        let says = |e: ChangeError, what: &str| assert!(e.to_string().contains(what), "{e}: expected {what:?}");
+        says(ChangeError::NotLeader { leader: Some(3) }, "node 3 is");
+        says(ChangeError::NotLeader { leader: None }, "no leader");
+        says(ChangeError::TransferInProgress, "handing over");
+        says(ChangeError::NewLeader, "has not committed an entry of its term");
+        says(ChangeError::ChangeInProgress { index: 7 }, "index 7 is not committed");
+        says(ChangeError::Invalid("node 4 is not a member".into()), "node 4 is not a member");
     }
 }

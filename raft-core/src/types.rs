@@ -154,5 +154,19 @@ mod tests {
         let big = entry(Payload::Command(vec![0; 3000]));
         let json = serde_json::to_string(&big).expect("serializes");
         assert!(json.len() <= big.size(), "{} > {}", json.len(), big.size());
+        // Configurations with the longest ids and addresses to escape: bounded, and closely.
+        for address in ["rpc=1.2.3.4:5 client=6.7.8.9:10", "\u{1}\"\\é\u{1f}"] {
+            let mut m = Membership::default();
+            for i in 0..7 {
+                m.voters.insert(u64::MAX - i);
+                m.learners.insert(u64::MAX - 10 - i);
+                m.addresses.insert(u64::MAX - i, address.repeat(10));
+                m.addresses.insert(u64::MAX - 10 - i, address.repeat(10));
+            }
+            let config = entry(Payload::Membership(m));
+            let json = serde_json::to_string(&config).expect("serializes");
+            assert!(json.len() <= config.size(), "{} > {}", json.len(), config.size());
+            assert!(config.size() <= json.len() + 96 + 64, "{} is well above {}", config.size(), json.len());
+        }
     }
 }

@@ -55,8 +55,13 @@ impl Core {
             return self.carry_out(command, waiter);
         }
         let AdminWaiter::Client(reply) = waiter else {
-            // A follower thought we lead; it asks again once it knows better.
-            return self.answer_admin(waiter, unavailable(format!("node {} is not the leader", self.id)));
+            // A follower thought we lead (leadership just moved, say): its client retries.
+            let leader = match self.raft.status().leader {
+                Some(l) => format!(" (node {l} is)"),
+                None => String::new(),
+            };
+            let message = format!("node {} is no longer the leader{leader}; try again", self.id);
+            return self.answer_admin(waiter, unavailable(message));
         };
         let leader = self.raft.status().leader.filter(|&l| l != self.id);
         let Some(leader) = leader.filter(|&l| self.transport.is_connected(l)) else {
