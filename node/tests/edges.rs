@@ -328,7 +328,7 @@ async fn a_write_that_runs_long_does_not_cost_the_leader_its_leadership() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wide_tables_and_clients_that_never_read_cost_bounded_memory() {
     let options = Options {
-        client: Some("timeoutMs = 10000\nmaxLineBytes = 65536\nwriteTimeoutMs = 2000\n".into()),
+        client: Some("timeoutMs = 10000\nmaxLineBytes = 65536\nwriteTimeoutMs = 6000\n".into()),
         limits: Some("maxResultBytes = 16777216\n".into()),
         ..with_secret()
     };
@@ -372,9 +372,11 @@ async fn wide_tables_and_clients_that_never_read_cost_bounded_memory() {
     let mut other = cluster.client(leader).await;
     assert_eq!(count(&until_ok(&mut other, "SELECT count(*) FROM big").await), 4000);
     assert_eq!(until_ok(&mut other, "SELECT 1").await["rows"], json!([[1]]));
-    assert!(started.elapsed() < Duration::from_secs(2), "reads waited {:?} behind silent clients", started.elapsed());
+    // Well before the silent clients are dropped: reads did not wait for that (the bound
+    // is loose, as a CI machine busy serving fifty 12 MB answers on two cores is slow).
+    assert!(started.elapsed() < Duration::from_secs(4), "reads waited {:?} behind silent clients", started.elapsed());
     // Longer than the write timeout: a client silent that long is dropped.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     // Fifty answers of 12 MB would be 600 MB (3.6 GB as JSON); the node holds at most its
     // answer budget (32 results: 512 MiB here), and refuses further reads meanwhile.
     let peak = cluster.peak_memory_mib(leader);
