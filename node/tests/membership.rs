@@ -67,6 +67,15 @@ async fn assert_final_members_agree(cluster: &mut Cluster, members: &[usize], ac
     }
 }
 
+/// A fresh 3-node cluster with an empty table `t`; its leader and a session with it.
+async fn start_with_table() -> (Cluster, usize, lightraft::client::Client) {
+    let cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    let mut client = cluster.client(leader).await;
+    until_ok(&mut client, "CREATE TABLE t (id INTEGER PRIMARY KEY)").await;
+    (cluster, leader, client)
+}
+
 async fn leader_of(cluster: &Cluster, via: usize) -> u64 {
     let mut client = cluster.client(via).await;
     let status = until_ok(&mut client, ".status").await;
@@ -75,10 +84,7 @@ async fn leader_of(cluster: &Cluster, via: usize) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_grows_from_three_to_five_under_writes_and_shrinks_back() {
-    let mut cluster = Cluster::start(3);
-    let leader = cluster.leader().await;
-    let mut client = cluster.client(leader).await;
-    until_ok(&mut client, "CREATE TABLE t (id INTEGER PRIMARY KEY)").await;
+    let (mut cluster, leader, _client) = start_with_table().await;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = start_writer(&cluster, leader, stop.clone());
 
@@ -120,10 +126,7 @@ async fn a_cluster_grows_from_three_to_five_under_writes_and_shrinks_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_is_replaced_leadership_moves_and_the_leader_removes_itself() {
-    let mut cluster = Cluster::start(3);
-    let leader = cluster.leader().await;
-    let mut client = cluster.client(leader).await;
-    until_ok(&mut client, "CREATE TABLE t (id INTEGER PRIMARY KEY)").await;
+    let (mut cluster, leader, mut client) = start_with_table().await;
     let acked = Arc::new(Mutex::new(Vec::new()));
     for id in 1..=20 {
         until_ok(&mut client, &format!("INSERT INTO t VALUES ({id})")).await;

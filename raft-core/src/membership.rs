@@ -321,7 +321,12 @@ impl Node {
     /// After a commit: forget members whose removal committed, promote the first learner
     /// that is ready (a change may have just committed, freeing the way), and rule 6.
     pub(crate) fn after_leader_commit(&mut self) {
-        self.sync_progress();
+        let latest = self.log.membership();
+        let removed_still_replicated =
+            matches!(&self.role, RoleState::Leader(l) if l.progress.keys().any(|&p| !latest.is_member(p)));
+        if removed_still_replicated && self.log.membership_index() <= self.commit_index {
+            self.sync_progress();
+        }
         let learners: Vec<NodeId> = self.log.membership().learners.iter().copied().collect();
         for learner in learners {
             self.maybe_promote(learner);

@@ -7,7 +7,7 @@ use raft_core::{
     ProposalOutcome, Restored, Role, TransferError,
 };
 
-use common::{drive, msg};
+use common::{drive, elect, msg};
 
 fn add(id: u64) -> MembershipChange {
     MembershipChange::AddLearner { id, address: format!("host-{id}") }
@@ -25,12 +25,7 @@ fn accepted(match_index: u64) -> MessageKind {
 /// is not yet acknowledged by anyone.
 fn new_leader() -> Node {
     let mut node = Node::new(Config::new(1, vec![1, 2, 3]), Restored::default()).expect("valid config");
-    node.campaign();
-    drive(&mut node);
-    node.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }));
-    drive(&mut node);
-    node.step(msg(2, 1, 1, MessageKind::VoteResp { granted: true }));
-    drive(&mut node);
+    elect(&mut node, 2);
     assert_eq!(node.role(), Role::Leader);
     node
 }

@@ -8,7 +8,7 @@ use raft_core::{
     MAX_TERM,
 };
 
-use common::{drive, msg};
+use common::{drive, elect, msg};
 
 fn entry(index: u64, term: u64) -> Entry {
     Entry { index, term, payload: Payload::Command(vec![index as u8]) }
@@ -28,12 +28,7 @@ fn follower() -> Node {
 /// Node 1 of {1, 2, 3}, leader of term 1, whose no-op (index 1) went to both followers.
 fn leader() -> Node {
     let mut node = Node::new(Config::new(1, vec![1, 2, 3]), Restored::default()).expect("valid config");
-    node.campaign();
-    drive(&mut node);
-    node.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }));
-    drive(&mut node);
-    node.step(msg(2, 1, 1, MessageKind::VoteResp { granted: true }));
-    let ready = drive(&mut node);
+    let ready = elect(&mut node, 2);
     assert_eq!(node.role(), Role::Leader);
     assert!(ready.messages.iter().any(|m| matches!(m.kind, MessageKind::Append { .. })));
     node
@@ -58,13 +53,7 @@ fn assert_refused(node: &mut Node, message: Message, why: &str) {
 /// The node can still take part: it campaigns, wins with one more vote, and leads.
 fn assert_can_still_lead(node: &mut Node) {
     let term = node.status().term;
-    node.campaign();
-    drive(node);
-    let voter = if node.id() == 3 { 1 } else { 3 };
-    node.step(msg(voter, node.id(), term + 1, MessageKind::PreVoteResp { granted: true }));
-    drive(node);
-    node.step(msg(voter, node.id(), term + 1, MessageKind::VoteResp { granted: true }));
-    drive(node);
+    elect(node, if node.id() == 3 { 1 } else { 3 });
     assert_eq!(node.role(), Role::Leader, "{:?}", node.status());
     assert_eq!(node.status().term, term + 1);
 }

@@ -8,7 +8,7 @@ use raft_core::{
     SnapshotMeta, Term,
 };
 
-use common::{drive, msg};
+use common::{drive, elect, msg};
 
 fn entry(index: u64, term: u64) -> Entry {
     Entry { index, term, payload: Payload::Command(vec![index as u8, term as u8]) }
@@ -37,10 +37,7 @@ fn leader_of_term_1(id: u64, voter: u64) -> Node {
     let mut config = Config::new(id, vec![1, 2, 3]);
     config.pre_vote = false;
     let mut node = Node::new(config, Restored::default()).expect("valid");
-    node.campaign();
-    drive(&mut node);
-    node.step(msg(voter, id, 1, MessageKind::VoteResp { granted: true }));
-    drive(&mut node);
+    elect(&mut node, voter);
     node
 }
 

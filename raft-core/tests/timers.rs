@@ -9,7 +9,7 @@ use raft_core::{
     Config, Entry, HardState, Message, MessageKind, Node, Payload, ProposeError, ReadError, Ready, Restored, Role,
 };
 
-use common::{drive, msg};
+use common::{drive, elect, msg};
 
 const ET: u64 = 10;
 
@@ -218,12 +218,7 @@ fn leader(check_quorum: bool) -> Node {
     let mut cfg = config(1, 1);
     cfg.check_quorum = check_quorum;
     let mut node = Node::new(cfg, Restored::default()).expect("valid config");
-    node.campaign();
-    drive(&mut node);
-    node.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }));
-    drive(&mut node);
-    node.step(msg(2, 1, 1, MessageKind::VoteResp { granted: true }));
-    drive(&mut node);
+    elect(&mut node, 2);
     assert_eq!(node.role(), Role::Leader);
     node
 }

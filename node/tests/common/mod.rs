@@ -103,6 +103,11 @@ impl Cluster {
 
     /// Starts node `i` with extra environment variables (a failpoint, say).
     pub fn start_node_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
+        self.spawn(i, &[], env);
+    }
+
+    /// Runs `lightraft i ARGS` in the cluster's directory, logging to `node-i.log`.
+    fn spawn(&mut self, i: usize, args: &[String], env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -112,6 +117,7 @@ impl Cluster {
         let binary = std::env::var_os("LIGHTRAFT_BIN").unwrap_or_else(|| BIN.into());
         let child = Command::new(binary)
             .arg(i.to_string())
+            .args(args)
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -131,29 +137,15 @@ impl Cluster {
         self.client_addrs.push(SocketAddr::from(([127, 0, 0, 1], client)));
         self.rpc_addrs.push(SocketAddr::from(([127, 0, 0, 1], rpc)));
         self.nodes.push(None);
-        self.start_joined(index, via);
-    }
-
-    /// (Re)starts joined node `index` with its ports, asking node `via` to add it.
-    pub fn start_joined(&mut self, index: usize, via: usize) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("node-{index}.log")))
-            .expect("log file");
-        let child = Command::new(BIN)
-            .arg(index.to_string())
-            .args(["--join", &self.client_addrs[via].to_string()])
-            .args(["--rpc", &self.rpc_addrs[index].to_string()])
-            .args(["--client", &self.client_addrs[index].to_string()])
-            .current_dir(self.dir.path())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("node starts");
-        self.nodes[index] = Some(child);
+        let args = [
+            "--join".to_string(),
+            self.client_addrs[via].to_string(),
+            "--rpc".to_string(),
+            self.rpc_addrs[index].to_string(),
+            "--client".to_string(),
+            self.client_addrs[index].to_string(),
+        ];
+        self.spawn(index, &args, &[]);
     }
 
     /// Asks the running nodes for `.cluster` until one answers with exactly these voters
