@@ -112,25 +112,31 @@ fn run(sm: &mut StateMachine, jobs: &Receiver<Job>, core: &SyncSender<Event>) {
     }
 }
 
-/// Applies a batch and reports it; false if the thread must stop.
+/// Applies a batch, one transaction per group of entries, and reports each group as it
+/// commits (its clients wait for nothing else); false if the thread must stop.
 fn apply_batch(sm: &mut StateMachine, batch: Vec<Entry>, core: &SyncSender<Event>) -> bool {
-    let mut results = Vec::new();
-    for entry in &batch {
-        if entry.index <= sm.applied_index() {
-            // Applied before a restart (the log hands it out again), or inside a snapshot.
-            continue;
-        }
-        match sm.apply(entry) {
-            Ok(Some(result)) => results.push((entry.index, result)),
-            Ok(None) => {}
+    // Applied before a restart (the log hands them out again), or inside a snapshot.
+    let first = batch.partition_point(|e| e.index <= sm.applied_index());
+    let mut rest = &batch[first..];
+    if rest.is_empty() {
+        let report = Applied::Up { index: sm.applied_index(), results: Vec::new() };
+        return core.send(Event::Applied(report)).is_ok();
+    }
+    while !rest.is_empty() {
+        let group = match sm.apply_group(rest) {
+            Ok(group) => group,
             Err(e) => {
                 error!("{e}");
                 let _ = core.send(Event::Applied(Applied::Failed(e.to_string())));
                 return false;
             }
+        };
+        rest = &rest[group.count.max(1).min(rest.len())..];
+        // Blocking: a result must never be dropped, or its client would wait in vain.
+        let report = Applied::Up { index: sm.applied_index(), results: group.results };
+        if core.send(Event::Applied(report)).is_err() {
+            return false;
         }
     }
-    // Blocking: a result must never be dropped, or its client would wait in vain.
-    let report = Applied::Up { index: sm.applied_index(), results };
-    core.send(Event::Applied(report)).is_ok()
+    true
 }

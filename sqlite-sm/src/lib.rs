@@ -24,5 +24,5 @@ pub use command::{Limits, Origin, WriteCommand};
 pub use exec::Output;
 pub use raft_store::RaftStore;
 pub use reader::{ClassifyError, Kind, Reader};
-pub use state_machine::{StateMachine, StorageError, APPLIED_TABLE};
+pub use state_machine::{Group, StateMachine, StorageError, APPLIED_TABLE};
 pub use value::{results_to_json, LineResult, StatementResult, Value};

@@ -23,6 +23,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use raft_core::{Entry, Index, Payload};
 use rusqlite::config::DbConfig;
@@ -92,6 +93,41 @@ pub struct StateMachine {
     page_limit: Option<u64>,
     /// What the last line cost: progress-handler calls and bytes charged to its budget.
     last_cost: (u64, u64),
+    /// What each line of the last group cost: (index, calls, bytes).
+    costs: Vec<(Index, u64, u64)>,
+}
+
+/// The most entries one transaction holds. A line that fails runs the entries before it
+/// in its group a second time, so a group is kept short.
+const GROUP_ENTRIES: usize = 256;
+/// A group commits once it has run this long: its clients' answers wait for the commit.
+const GROUP_TIME: Duration = Duration::from_millis(5);
+
+/// Entries applied together by [`StateMachine::apply_group`].
+#[derive(Debug)]
+pub struct Group {
+    /// How many of the entries given were applied (at least one).
+    pub count: usize,
+    /// (index, result) for every command among them.
+    pub results: Vec<(Index, LineResult)>,
+}
+
+/// How one try at a group went.
+enum Attempt {
+    Committed(Group),
+    /// A line failed after others in its group: everything was rolled back. Apply the
+    /// entries before it as a group, then it alone.
+    Retry(usize),
+}
+
+/// One line run inside a group.
+struct Line {
+    result: LineResult,
+    /// The line left the connection unlike a fresh one: the group ends with it, and the
+    /// connection is reopened after the commit.
+    reopen: bool,
+    /// A statement journal outgrew memory and stays open as a file: the group ends.
+    journal_open: bool,
 }
 
 impl StateMachine {
@@ -116,6 +152,7 @@ impl StateMachine {
             page_size: page_size.max(512) as u64,
             page_limit: None,
             last_cost: (0, 0),
+            costs: Vec::new(),
         })
     }
 
@@ -136,31 +173,161 @@ impl StateMachine {
         self.last_cost
     }
 
-    /// Applies a committed entry. Returns the line's result for a command (`None` for a
-    /// no-op). An error caused by the entry rolls the line back and is its result, the same
-    /// on every replica. A failure of this node's storage is returned as `Err`, and the
-    /// entry is not marked applied.
+    /// Applies a committed entry as a transaction of its own. Returns the line's result
+    /// for a command (`None` for a no-op). An error caused by the entry rolls the line
+    /// back and is its result, the same on every replica. A failure of this node's storage
+    /// is returned as `Err`, and the entry is not marked applied.
     pub fn apply(&mut self, entry: &Entry) -> Result<Option<LineResult>, StorageError> {
-        if entry.index != self.applied + 1 {
-            return Err(StorageError(format!(
-                "entry {} applied out of order: the state machine is at index {}",
-                entry.index, self.applied
-            )));
+        let group = self.apply_group(std::slice::from_ref(entry))?;
+        Ok(group.results.into_iter().next().map(|(_, result)| result))
+    }
+
+    /// Applies a prefix of `entries` (at least one) as one SQLite transaction, and returns
+    /// how many it applied with each command's result. The caller applies the rest with
+    /// further calls.
+    ///
+    /// One transaction for many entries writes each changed page to the WAL once, not once
+    /// per entry. Results must not depend on where groups begin and end (replicas group
+    /// differently, and a restart cuts anywhere); what makes that hold:
+    /// - every line starts from the same connection state as alone (the bookkeeping update
+    ///   first, `last_insert_rowid()` reset, its own limits, clock and seed);
+    /// - a line that changes the schema or leaves state behind ends the group, which
+    ///   commits before the connection is reopened; so does a line whose statement
+    ///   journal outgrew memory (see `run_entry`);
+    /// - a line that fails must be rolled back alone, and SQLite may roll back the whole
+    ///   transaction instead (an interrupted write, a full database). So a line that fails
+    ///   after others in its group rolls the group back; the entries before it are applied
+    ///   again as a group, and the failing line then runs first in a transaction of its
+    ///   own, exactly as if it had never been grouped. A deferred foreign key left
+    ///   violated counts as failing: alone, its COMMIT would fail.
+    ///
+    /// `sqlite-sm/tests/differential.rs` applies the same log grouped at random on one
+    /// replica and entry by entry on the other, and compares them.
+    pub fn apply_group(&mut self, entries: &[Entry]) -> Result<Group, StorageError> {
+        let start = self.applied;
+        let mut cap = entries.len().min(GROUP_ENTRIES);
+        loop {
+            match self.try_group(&entries[..cap]) {
+                Ok(Attempt::Committed(group)) => return Ok(group),
+                // Fewer each time, so this ends: at worst with a group of one.
+                Ok(Attempt::Retry(before)) => cap = before,
+                Err(e) => {
+                    // Nothing of the group is applied; the node stops on this error.
+                    self.applied = start;
+                    let _ = self.rollback();
+                    return Err(e);
+                }
+            }
         }
-        let result = match &entry.payload {
-            // A configuration is Raft's business; the state only records its index.
-            Payload::Noop | Payload::Membership(_) => None,
-            Payload::Command(bytes) => Some(match WriteCommand::decode(bytes) {
-                Ok(command) => self.apply_command(entry.index, &command)?,
-                Err(e) => Err(e),
-            }),
-        };
-        if !matches!(result, Some(Ok(_))) {
-            // No-ops, undecodable entries and failed lines still advance the index.
-            self.record_applied_alone(entry.index)?;
+    }
+
+    /// What each line of the last group cost, as (index, progress-handler calls, bytes
+    /// charged to its allocation budget), for the differential test.
+    pub fn group_costs(&self) -> &[(Index, u64, u64)] {
+        &self.costs
+    }
+
+    fn try_group(&mut self, entries: &[Entry]) -> Result<Attempt, StorageError> {
+        let start = self.applied;
+        let began = Instant::now();
+        self.costs.clear();
+        self.internal("BEGIN IMMEDIATE").map_err(|e| self.storage(e, "starting a transaction"))?;
+        let mut results = Vec::new();
+        let mut count = 0;
+        let mut reopen = false;
+        let mut last = false;
+        for (n, entry) in entries.iter().enumerate() {
+            if entry.index != self.applied + 1 {
+                let message = format!(
+                    "entry {} applied out of order: the state machine is at index {}",
+                    entry.index, self.applied
+                );
+                self.rollback()?;
+                self.applied = start;
+                return Err(StorageError(message));
+            }
+            let command = match &entry.payload {
+                // A configuration is Raft's business; the state only records its index.
+                Payload::Noop | Payload::Membership(_) => None,
+                Payload::Command(bytes) => Some(WriteCommand::decode(bytes)),
+            };
+            match command {
+                None => self.record_applied(entry.index)?,
+                // An undecodable entry still advances the index.
+                Some(Err(e)) => {
+                    self.record_applied(entry.index)?;
+                    results.push((entry.index, Err(e)));
+                }
+                Some(Ok(command)) => {
+                    let line = self.run_entry(entry.index, &command)?;
+                    reopen = line.reopen;
+                    // Alone, a line that leaves a deferred foreign key violated fails at
+                    // its COMMIT; so it must be alone.
+                    let failed = match line.result {
+                        Ok(rows) => {
+                            let deferred = deferred_foreign_keys(&self.conn);
+                            if n == 0 || !deferred {
+                                results.push((entry.index, Ok(rows)));
+                                last = deferred || line.journal_open;
+                            }
+                            n > 0 && deferred
+                        }
+                        Err(message) if n == 0 => {
+                            // Exactly as alone: roll it back, record the index by itself.
+                            self.rollback()?;
+                            self.record_applied(entry.index)?;
+                            if reopen {
+                                self.reopen()?;
+                            }
+                            self.applied = entry.index;
+                            let results = vec![(entry.index, Err(message))];
+                            return Ok(Attempt::Committed(Group { count: 1, results }));
+                        }
+                        Err(_) => true,
+                    };
+                    if failed {
+                        self.rollback()?;
+                        self.applied = start;
+                        if reopen {
+                            self.reopen()?;
+                        }
+                        return Ok(Attempt::Retry(n));
+                    }
+                }
+            }
+            self.applied = entry.index;
+            count = n + 1;
+            if last || reopen || began.elapsed() >= GROUP_TIME {
+                break;
+            }
         }
-        self.applied = entry.index;
-        Ok(result)
+        if let Err(e) = self.internal("COMMIT") {
+            // Lines are checked for deferred foreign keys as they go, so only a line alone
+            // can fail here for its own reasons; anything else is this node's storage.
+            let verdict = self.judge(LineError::Sqlite(e))?;
+            self.rollback()?;
+            self.applied = start;
+            if reopen {
+                self.reopen()?;
+            }
+            if count > 1 {
+                return Ok(Attempt::Retry(count - 1));
+            }
+            let Some((index, Ok(_))) = results.first() else {
+                return Err(StorageError(format!("committing applied entries failed: {verdict}")));
+            };
+            let index = *index;
+            self.record_applied(index)?;
+            self.applied = index;
+            return Ok(Attempt::Committed(Group { count: 1, results: vec![(index, Err(verdict))] }));
+        }
+        if reopen {
+            // Even a rolled-back schema change may have reshuffled the in-memory schema,
+            // and virtual tables (FTS5) keep caches whose presence changes how many steps
+            // the next line runs. A replica that just restarted has neither.
+            self.reopen()?;
+        }
+        Ok(Attempt::Committed(Group { count, results }))
     }
 
     /// Makes everything applied so far durable, for log compaction (§7), and returns the
@@ -217,9 +384,15 @@ impl StateMachine {
         self.make_durable()
     }
 
-    fn apply_command(&mut self, index: Index, command: &WriteCommand) -> Result<LineResult, StorageError> {
+    /// Runs one command's line inside the open transaction, under the entry's limits.
+    ///
+    /// A statement's journal (what SQLite keeps to undo the statement alone) is charged to
+    /// the line: memory, or a temporary file once it outgrows 64 KiB. In memory it is
+    /// emptied when the statement ends; a file stays open until the transaction ends, and
+    /// the next line would write into it rather than grow a new one. So such a line ends
+    /// its group, and every line starts with no journal, as alone.
+    fn run_entry(&mut self, index: Index, command: &WriteCommand) -> Result<Line, StorageError> {
         self.begin_line(&command.limits)?;
-        self.internal("BEGIN IMMEDIATE").map_err(|e| self.storage(e, "starting a transaction"))?;
         let outcome = vfs::with_pinned_time(command.time_ms, || self.run_command(index, command));
         // Either kind of line leaves this connection different from a freshly opened one.
         let schema_touched = self.shared.policy.take_schema_touched();
@@ -228,26 +401,19 @@ impl StateMachine {
             Ok(results) => Ok(results),
             Err(error) => Err(self.judge(error)?),
         };
-        let result = match result {
-            Ok(results) => match self.internal("COMMIT") {
-                Ok(()) => Ok(results),
-                // A deferred foreign key fails here, on every replica alike.
-                Err(e) => Err(self.judge(LineError::Sqlite(e))?),
-            },
-            Err(message) => Err(message),
-        };
-        self.last_cost = (self.shared.checks.load(Ordering::Relaxed), mem::charged());
+        let cost = (self.shared.checks.load(Ordering::Relaxed), mem::charged());
+        self.last_cost = cost;
+        self.costs.push((index, cost.0, cost.1));
         mem::end_line();
-        if result.is_err() && !self.conn.is_autocommit() {
-            self.internal("ROLLBACK").map_err(|e| self.storage(e, "rolling back"))?;
+        Ok(Line { result, reopen: schema_touched || left_state, journal_open: vfs::temp_files_open() > 0 })
+    }
+
+    /// Rolls back the open transaction, unless SQLite already did.
+    fn rollback(&mut self) -> Result<(), StorageError> {
+        if self.conn.is_autocommit() {
+            return Ok(());
         }
-        if schema_touched || left_state {
-            // Even a rolled-back schema change may have reshuffled the in-memory schema,
-            // and virtual tables (FTS5) keep caches whose presence changes how many steps
-            // the next line runs. A replica that just restarted has neither.
-            self.reopen()?;
-        }
-        Ok(result)
+        self.internal("ROLLBACK").map_err(|e| self.storage(e, "rolling back"))
     }
 
     /// Runs the line inside the entry's transaction, with the clock already pinned.
@@ -429,7 +595,9 @@ impl StateMachine {
         "the line would make the database larger than allowed (per line, or in total)".to_string()
     }
 
-    fn record_applied_alone(&mut self, index: Index) -> Result<(), StorageError> {
+    /// Records the applied index: inside the group's transaction, or alone after a
+    /// rollback.
+    fn record_applied(&mut self, index: Index) -> Result<(), StorageError> {
         let sql = format!("UPDATE main.{APPLIED_TABLE} SET applied_index = ?1");
         let result = self.shared.policy.internal(|| self.conn.execute(&sql, [index as i64]));
         result.map(|_| ()).map_err(|e| self.storage(e, "recording the applied index"))
@@ -451,6 +619,24 @@ impl StateMachine {
             None => StorageError(format!("{doing}: {e}")),
         }
     }
+}
+
+/// Whether a deferred foreign key constraint is violated in the open transaction: its
+/// COMMIT would then fail.
+fn deferred_foreign_keys(conn: &Connection) -> bool {
+    let (mut current, mut highest) = (0, 0);
+    // SAFETY: the handle is valid while `conn` lives; the out-pointers are locals.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_status(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBSTATUS_DEFERRED_FKS,
+            &mut current,
+            &mut highest,
+            0,
+        )
+    };
+    // Unknown counts as violated: the line then runs alone, where COMMIT decides.
+    rc != rusqlite::ffi::SQLITE_OK || current > 0
 }
 
 /// Which memory cap refused the line, for the client.

@@ -66,6 +66,14 @@ thread_local! {
     /// The pinned time while this thread applies an entry, in Unix milliseconds.
     static PINNED_MS: Cell<Option<i64>> = const { Cell::new(None) };
     static WATCH: RefCell<Watch> = RefCell::new(Watch::default());
+    /// Temporary files this thread's connections hold open.
+    static OPEN_TEMP: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many temporary files this thread's connections hold open. A statement journal
+/// that outgrew memory stays open until its transaction ends.
+pub fn temp_files_open() -> u64 {
+    OPEN_TEMP.with(Cell::get)
 }
 
 /// Starts watching a new line on this thread: forgets earlier failures and sets the
@@ -263,6 +271,9 @@ unsafe extern "C" fn x_open(
     unsafe {
         (*shim).temp = name.is_null() || flags & TEMP_FILES != 0;
         (*shim).size = 0;
+        if (*shim).temp {
+            OPEN_TEMP.with(|n| n.set(n.get() + 1));
+        }
         (*shim).base.pMethods = if with_shm { &METHODS_V3 } else { &METHODS_V1 };
     }
     rc
@@ -320,6 +331,10 @@ fn is_busy(rc: c_int) -> bool {
 }
 
 unsafe extern "C" fn m_close(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: SQLite passes a file our xOpen filled in.
+    if unsafe { (*file.cast::<File>()).temp } {
+        OPEN_TEMP.with(|n| n.set(n.get().saturating_sub(1)));
+    }
     let rc = forward!(file, xClose, ffi::SQLITE_OK);
     if rc != ffi::SQLITE_OK {
         record("close", rc);

@@ -397,6 +397,64 @@ fn a_failing_disk_stops_the_node_and_the_entry_applies_once_it_is_back() {
     assert_eq!(scalar(&sm, "SELECT count(*) FROM t"), Value::Integer(1));
 }
 
+/// Applies `entries` with as many groups as it takes; returns the groups' sizes and every
+/// command's result.
+fn apply_grouped(sm: &mut StateMachine, entries: &[Entry]) -> (Vec<usize>, Vec<(u64, sqlite_sm::LineResult)>) {
+    let (mut sizes, mut results) = (Vec::new(), Vec::new());
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let group = sm.apply_group(rest).expect("no storage failure");
+        sizes.push(group.count);
+        results.extend(group.results);
+        rest = &rest[group.count..];
+    }
+    (sizes, results)
+}
+
+#[test]
+fn a_line_that_fails_inside_a_group_is_rolled_back_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "CREATE TABLE t(x PRIMARY KEY)");
+    let lines = [
+        "INSERT INTO t VALUES (1)",
+        "INSERT INTO t VALUES (2)",
+        "INSERT INTO t VALUES (3); INSERT INTO t VALUES (1)",
+        "INSERT INTO t VALUES (4)",
+        "INSERT INTO t VALUES (5)",
+    ];
+    let entries: Vec<Entry> = lines.iter().enumerate().map(|(i, sql)| write(2 + i as u64, sql)).collect();
+    let (sizes, results) = apply_grouped(&mut sm, &entries);
+    // The two lines before the failing one commit together; it runs alone; the rest group.
+    assert_eq!(sizes, vec![2, 1, 2], "groups");
+    let failed: Vec<u64> = results.iter().filter(|(_, r)| r.is_err()).map(|(i, _)| *i).collect();
+    assert_eq!(failed, vec![4], "{results:?}");
+    assert_eq!(sm.applied_index(), 6);
+    assert_eq!(
+        rows(&query(&sm, "SELECT group_concat(x) FROM t").expect("reads")),
+        vec![vec![Value::Text("1,2,4,5".into())]]
+    );
+}
+
+#[test]
+fn a_disk_failing_during_a_group_applies_none_of_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(&dir, "a.sqlite");
+    ok(&mut sm, "CREATE TABLE t(x)");
+    let entries: Vec<Entry> = (2..=4).map(|i| write(i, "INSERT INTO t VALUES (1)")).collect();
+    sqlite_sm::vfs::inject_write_failures(1000, rusqlite::ffi::SQLITE_IOERR_WRITE);
+    let failed = sm.apply_group(&entries);
+    sqlite_sm::vfs::inject_write_failures(0, 0);
+    assert!(failed.is_err(), "the disk failed: this node must stop");
+    assert_eq!(sm.applied_index(), 1, "nothing of the group counts");
+    drop(sm);
+    let mut sm = open(&dir, "a.sqlite");
+    assert_eq!(sm.applied_index(), 1);
+    let (sizes, _) = apply_grouped(&mut sm, &entries);
+    assert_eq!(sizes, vec![3]);
+    assert_eq!(rows(&query(&sm, "SELECT count(*) FROM t").expect("reads")), vec![vec![Value::Integer(3)]]);
+}
+
 #[test]
 fn shadow_tables_and_the_schema_are_read_only_so_virtual_tables_cannot_be_corrupted() {
     let dir = tempfile::tempdir().expect("tempdir");
