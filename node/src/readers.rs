@@ -1,7 +1,8 @@
 //! Reads off the Raft thread: a few threads, each with its own read-only connection to
 //! the state machine's file, that run reads and stream their rows to the session that
 //! asked, plus one thread that only classifies lines (read or write), so a heavy read can
-//! never hold up a write's classification.
+//! never hold up a write's classification. A line it finds to be a write goes from there
+//! straight to the Raft core: one thread hop fewer than back through the session.
 //!
 //! A read never delays heartbeats, commits or `.status`, and it never waits for a client:
 //! rows go into the session's queue at once. What they may cost is bounded twice: each
@@ -18,13 +19,27 @@ use sqlite_sm::{ClassifyError, Kind, Limits, Output, Reader};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
+use crate::core::Event;
+use crate::protocol::{ErrorCode, Reply, Request};
+
 /// Answers in flight are counted in units of this many bytes.
 const UNIT: u64 = 1024;
 
 /// Work for the classification thread.
 struct Classify {
     sql: String,
-    reply: oneshot::Sender<Result<(Kind, usize), ClassifyError>>,
+    reply: oneshot::Sender<Result<Classified, ClassifyError>>,
+}
+
+/// What classifying a line led to.
+#[derive(Debug)]
+pub enum Classified {
+    /// A read of this many statements, for the session to run.
+    Read(usize),
+    /// A write, handed to the Raft core: its one answer arrives here.
+    Submitted(oneshot::Receiver<Reply>),
+    /// A write the core could not take (overloaded, shutting down): nothing was done.
+    Refused(Reply),
 }
 
 /// Work for a reader thread.
@@ -58,6 +73,7 @@ impl ReadPool {
     /// starts their threads. `answer_bytes` bounds all answers in flight on this node.
     pub fn start(
         path: &std::path::Path,
+        core: SyncSender<Event>,
         count: usize,
         limits: Limits,
         timeout: Duration,
@@ -71,8 +87,18 @@ impl ReadPool {
             .name("classify".into())
             .spawn(move || {
                 let _enter = classifier_span.enter();
-                while let Ok(job) = classify_queue.recv() {
-                    let _ = job.reply.send(classifier.classify_counted(&job.sql));
+                while let Ok(Classify { sql, reply }) = classify_queue.recv() {
+                    let result = classifier.classify_counted(&sql).map(|(kind, statements)| match kind {
+                        Kind::Read => Classified::Read(statements),
+                        Kind::Write => {
+                            let (tx, rx) = oneshot::channel();
+                            match submit_to_core(&core, Request::Write { sql, reply: tx }) {
+                                Ok(()) => Classified::Submitted(rx),
+                                Err(refused) => Classified::Refused(refused),
+                            }
+                        }
+                    });
+                    let _ = reply.send(result);
                 }
             })
             .map_err(|e| format!("cannot start the classifying thread: {e}"))?;
@@ -93,10 +119,10 @@ impl ReadPool {
         Ok(ReadPool { classify, queries })
     }
 
-    /// Whether SQLite judges `sql` a read or a write (and how many statements it holds),
-    /// against the latest committed schema. The outer error means the node could not take
-    /// the job.
-    pub async fn classify(&self, sql: String) -> Result<Result<(Kind, usize), ClassifyError>, &'static str> {
+    /// Whether SQLite judges `sql` a read (and of how many statements) or a write, against
+    /// the latest committed schema; a write is handed to the Raft core at once. The outer
+    /// error means the node could not take the job.
+    pub async fn classify(&self, sql: String) -> Result<Result<Classified, ClassifyError>, &'static str> {
         let (reply, answer) = oneshot::channel();
         submit(&self.classify, Classify { sql, reply })?;
         answer.await.map_err(|_| "the node is shutting down; nothing was done")
@@ -108,6 +134,19 @@ impl ReadPool {
         let (sink, items) = mpsc::unbounded_channel();
         submit(&self.queries, Query { sql, sink })?;
         Ok(items)
+    }
+}
+
+/// Hands a request to the Raft core without waiting: a full queue means overload.
+pub fn submit_to_core(core: &SyncSender<Event>, request: Request) -> Result<(), Reply> {
+    match core.try_send(Event::Client(request)) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => {
+            Err(Reply::error(ErrorCode::Unavailable, "the node is overloaded; nothing was done"))
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            Err(Reply::error(ErrorCode::Unavailable, "the node is shutting down; nothing was done"))
+        }
     }
 }
 

@@ -161,8 +161,10 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
     let restored =
         Restored { hard_state: stored.hard_state, snapshot: stored.snapshot, entries: stored.entries, applied };
     let raft = Node::new(raft_config, restored).map_err(|e| format!("cannot restore the Raft state: {e}"))?;
+    let (core_tx, core_rx) = sync_channel(65_536);
     let readers = ReadPool::start(
         &config.sm_path(index),
+        core_tx.clone(),
         config.client.readers,
         config.line_limits(),
         config.client_timeout(),
@@ -187,7 +189,6 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         .await
         .map_err(|e| format!("cannot listen for peers on {rpc_addr}: {e}"))?;
 
-    let (core_tx, core_rx) = sync_channel(65_536);
     let bridge = core_tx.clone();
     tokio::spawn(async move {
         while let Some((from, msg)) = peer_rx.recv().await {

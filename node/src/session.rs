@@ -10,7 +10,7 @@
 //! session that stays silent is closed, and a client that does not read its answers is
 //! disconnected once its socket stops draining, so answers cannot pile up in memory.
 
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +23,8 @@ use tracing::{debug, warn};
 use crate::core::Event;
 use crate::format::{self, JsonStream};
 use crate::protocol::{AdminCommand, AdminOk, Consistency, ErrorCode, Reply, Request};
-use crate::readers::{ReadItem, ReadPool};
-use sqlite_sm::{Kind, StatementResult};
+use crate::readers::{submit_to_core, Classified, ReadItem, ReadPool};
+use sqlite_sm::StatementResult;
 
 /// The banner's logo.
 const LOGO: &str = r" _ _       _     _              __ _
@@ -380,6 +380,7 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
 /// One line of SQL: classified by SQLite itself, then read here or replicated.
 async fn run_sql(sql: String, state: &State, config: &SessionConfig, out: &mut Out) -> std::io::Result<()> {
     let linearizable = state.consistency == Consistency::Linearizable;
+    // The classifier hands a write to the Raft core itself; only a read needs the line back.
     let classified = match config.readers.classify(sql.clone()).await {
         Err(busy) => return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await,
         Ok(Ok(classified)) => Ok(classified),
@@ -393,18 +394,19 @@ async fn run_sql(sql: String, state: &State, config: &SessionConfig, out: &mut O
             }
             match config.readers.classify(sql.clone()).await {
                 Err(busy) => return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await,
-                Ok(Ok((Kind::Read, statements))) => return read(sql, statements, state, config, out).await,
+                Ok(Ok(Classified::Read(statements))) => return read(sql, statements, state, config, out).await,
                 Ok(result) => result,
             }
         }
     };
     match classified {
         Err(e) => out.put(error(state, ErrorCode::SqlError, e.message()).as_bytes()).await,
-        Ok((Kind::Write, _)) => {
-            let reply = write(config, sql).await;
+        Ok(Classified::Submitted(answer)) => {
+            let reply = outcome(answer).await;
             out.put(render(state, &reply, config.max_result_bytes).as_bytes()).await
         }
-        Ok((Kind::Read, statements)) => {
+        Ok(Classified::Refused(reply)) => out.put(render(state, &reply, u64::MAX).as_bytes()).await,
+        Ok(Classified::Read(statements)) => {
             if linearizable {
                 if let Err(reply) = barrier(config).await {
                     return out.put(render(state, &reply, u64::MAX).as_bytes()).await;
@@ -432,29 +434,17 @@ async fn barrier(config: &SessionConfig) -> Result<(), Reply> {
     rx.await.unwrap_or_else(|_| Err(Reply::error(ErrorCode::Unavailable, "the node is shutting down")))
 }
 
-/// Hands a write to the Raft core and waits for its outcome. The core answers every write
-/// exactly once, so there is no timeout here: a write that takes long to apply is still
-/// answered with its result.
-async fn write(config: &SessionConfig, sql: String) -> Reply {
-    let (tx, rx) = oneshot::channel();
-    if let Err(reply) = send_to_core(config, Request::Write { sql, reply: tx }) {
-        return reply;
-    }
-    rx.await.unwrap_or_else(|_| {
+/// Waits for a submitted write's outcome. The core answers every write exactly once, so
+/// there is no timeout here: a write that takes long to apply is still answered with its
+/// result.
+async fn outcome(answer: oneshot::Receiver<Reply>) -> Reply {
+    answer.await.unwrap_or_else(|_| {
         Reply::error(ErrorCode::OutcomeUnknown, "the node stopped before answering; the write may have been applied")
     })
 }
 
 fn send_to_core(config: &SessionConfig, request: Request) -> Result<(), Reply> {
-    match config.core.try_send(Event::Client(request)) {
-        Ok(()) => Ok(()),
-        Err(TrySendError::Full(_)) => {
-            Err(Reply::error(ErrorCode::Unavailable, "the node is overloaded; nothing was done"))
-        }
-        Err(TrySendError::Disconnected(_)) => {
-            Err(Reply::error(ErrorCode::Unavailable, "the node is shutting down; nothing was done"))
-        }
-    }
+    submit_to_core(&config.core, request)
 }
 
 /// Runs a read on a reader thread. JSON streams rows as they come; a table needs every
