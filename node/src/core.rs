@@ -36,7 +36,7 @@ use transport::Transport;
 use crate::applier::{Applied, Job};
 use crate::forwarding::{Forwarded, Taken};
 use crate::members::Address;
-use crate::protocol::{AdminResult, ErrorCode, PeerMessage, Reply, Request, StatusReport};
+use crate::protocol::{AdminResult, ErrorCode, PeerMessage, Reply, Request, StatusReport, Then};
 use crate::snapshots::{self, Ack, Outgoing, Received, Receiving, Sent};
 use admin::{AdminWaiter, Handover, Pending};
 
@@ -95,7 +95,7 @@ struct Write {
 
 /// A linearizable read waiting for this node to be fresh enough.
 struct Barrier {
-    reply: oneshot::Sender<Result<(), Reply>>,
+    reply: Then,
     deadline: Instant,
 }
 
@@ -377,7 +377,7 @@ impl Core {
             }
             Event::Client(Request::ReadBarrier(reply)) => {
                 if self.stopping.is_some() {
-                    let _ = reply.send(Err(Reply::error(ErrorCode::Unavailable, "the node is shutting down")));
+                    reply.passed(Err(Reply::error(ErrorCode::Unavailable, "the node is shutting down")));
                     return;
                 }
                 let deadline = Instant::now() + self.config.timeout;
@@ -792,7 +792,7 @@ impl Core {
     /// leader changes or this node starts an election, and comes back here.
     fn submit_read(&mut self, barrier: Barrier) {
         if let Some(message) = self.outsider() {
-            let _ = barrier.reply.send(Err(Reply::error(ErrorCode::Unavailable, message)));
+            barrier.reply.passed(Err(Reply::error(ErrorCode::Unavailable, message)));
             return;
         }
         let reachable = match self.raft.status().leader {
@@ -853,7 +853,7 @@ impl Core {
             std::mem::take(&mut self.confirmed).into_iter().partition(|(at, _)| *at <= index);
         self.confirmed = waiting;
         for (_, barrier) in fresh {
-            let _ = barrier.reply.send(Ok(()));
+            barrier.reply.passed(Ok(()));
         }
     }
 
@@ -880,7 +880,7 @@ impl Core {
         for id in expired {
             if let Some(barrier) = self.reads.remove(&id) {
                 let error = Reply::error(ErrorCode::Unavailable, "the leader did not confirm the read in time");
-                let _ = barrier.reply.send(Err(error));
+                barrier.reply.passed(Err(error));
             }
         }
         let (late, waiting): (Vec<_>, Vec<_>) =
@@ -888,7 +888,7 @@ impl Core {
         self.confirmed = waiting;
         for (_, barrier) in late {
             let message = "this node did not apply the writes the read must see in time (it is busy applying)";
-            let _ = barrier.reply.send(Err(Reply::error(ErrorCode::Unavailable, message)));
+            barrier.reply.passed(Err(Reply::error(ErrorCode::Unavailable, message)));
         }
         self.retry_parked(now);
         self.expire_admin(now);
@@ -906,7 +906,7 @@ impl Core {
         for barrier in std::mem::take(&mut self.parked_reads) {
             if barrier.deadline <= now {
                 let error = Reply::error(ErrorCode::Unavailable, "no leader could be reached in time");
-                let _ = barrier.reply.send(Err(error));
+                barrier.reply.passed(Err(error));
             } else {
                 self.submit_read(barrier);
             }
@@ -1010,7 +1010,7 @@ impl Core {
             let Some(barrier) = self.reads.remove(&outcome.id) else { continue };
             match outcome.result {
                 Ok(index) if index <= self.applied => {
-                    let _ = barrier.reply.send(Ok(()));
+                    barrier.reply.passed(Ok(()));
                 }
                 Ok(index) => self.confirmed.push((index, barrier)),
                 Err(_) => self.parked_reads.push(barrier),
@@ -1091,7 +1091,7 @@ impl Core {
             .chain(std::mem::take(&mut self.confirmed).into_iter().map(|(_, r)| r))
             .chain(std::mem::take(&mut self.parked_reads));
         for barrier in reads {
-            let _ = barrier.reply.send(Err(gone()));
+            barrier.reply.passed(Err(gone()));
         }
         self.answer_admin_on_shutdown();
         if self.raft.role() == Role::Leader {

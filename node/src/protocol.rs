@@ -84,6 +84,27 @@ pub struct StatusReport {
     pub last_index: u64,
 }
 
+/// Who learns that a read barrier passed, or why it did not.
+#[derive(Debug)]
+pub enum Then {
+    /// A session waiting to run its read.
+    Session(oneshot::Sender<Result<(), Reply>>),
+    /// A read to start on a reader thread.
+    Query(crate::readers::PendingQuery),
+}
+
+impl Then {
+    /// Tells whoever waits on the barrier.
+    pub fn passed(self, result: Result<(), Reply>) {
+        match self {
+            Then::Session(tx) => {
+                let _ = tx.send(result);
+            }
+            Then::Query(query) => query.start(result),
+        }
+    }
+}
+
 /// What a client session asks of the Raft core.
 #[derive(Debug)]
 pub enum Request {
@@ -96,7 +117,7 @@ pub enum Request {
     },
     /// Answer once this node has applied everything committed before the request arrived
     /// (ReadIndex, §6.4): a read started then is linearizable.
-    ReadBarrier(oneshot::Sender<Result<(), Reply>>),
+    ReadBarrier(Then),
     /// Report the node's status.
     Status(oneshot::Sender<StatusReport>),
     /// A change of the cluster, or a look at it: done by the leader (forwarded there).

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
 use crate::core::Event;
-use crate::protocol::{ErrorCode, Reply, Request};
+use crate::protocol::{ErrorCode, Reply, Request, Then};
 
 /// Answers in flight are counted in units of this many bytes.
 const UNIT: u64 = 1024;
@@ -28,14 +28,22 @@ const UNIT: u64 = 1024;
 /// Work for the classification thread.
 struct Classify {
     sql: String,
+    /// A read must first wait for a barrier (ReadIndex).
+    linearizable: bool,
     reply: oneshot::Sender<Result<Classified, ClassifyError>>,
 }
 
 /// What classifying a line led to.
 #[derive(Debug)]
 pub enum Classified {
-    /// A read of this many statements, for the session to run.
-    Read(usize),
+    /// A read of this many statements, started (at once, or once its barrier passes):
+    /// its outputs arrive here.
+    Read {
+        /// How many statements the line holds.
+        statements: usize,
+        /// The read's outputs, then one `Done` (or a `Refused`).
+        items: mpsc::UnboundedReceiver<ReadItem>,
+    },
     /// A write, handed to the Raft core: its one answer arrives here.
     Submitted(oneshot::Receiver<Reply>),
     /// A write the core could not take (overloaded, shutting down): nothing was done.
@@ -56,6 +64,50 @@ pub enum ReadItem {
     Output(Output, OwnedSemaphorePermit),
     /// The read finished (`Ok`) or stopped with an error.
     Done(Result<(), String>),
+    /// The read never started: no barrier, or no room for it. The only item.
+    Refused(Reply),
+}
+
+/// A read waiting to start on a reader thread once its barrier passes: the Raft core
+/// starts it itself, one thread hop fewer than back through the session.
+pub struct PendingQuery {
+    queries: SyncSender<Query>,
+    job: Query,
+}
+
+impl std::fmt::Debug for PendingQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingQuery").field("sql", &self.job.sql).finish()
+    }
+}
+
+impl PendingQuery {
+    /// Starts the read if its barrier passed; otherwise tells its session why not.
+    pub fn start(self, barrier: Result<(), Reply>) {
+        let refused = match barrier {
+            Ok(()) => match self.queries.try_send(self.job) {
+                Ok(()) => return,
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                    let _ = job.sink.send(ReadItem::Refused(Reply::error(ErrorCode::Unavailable, BUSY)));
+                    return;
+                }
+            },
+            Err(reply) => reply,
+        };
+        let _ = self.job.sink.send(ReadItem::Refused(refused));
+    }
+}
+
+/// Asks the Raft core for a read barrier whose passing starts `query`.
+fn barrier_then_query(core: &SyncSender<Event>, query: PendingQuery) {
+    let refused = match core.try_send(Event::Client(Request::ReadBarrier(Then::Query(query)))) {
+        Ok(()) => return,
+        Err(TrySendError::Full(event)) => (event, "the node is overloaded; nothing was done"),
+        Err(TrySendError::Disconnected(event)) => (event, "the node is shutting down; nothing was done"),
+    };
+    if let (Event::Client(Request::ReadBarrier(then)), message) = refused {
+        then.passed(Err(Reply::error(ErrorCode::Unavailable, message)));
+    }
 }
 
 /// The reader threads and their queues.
@@ -81,15 +133,26 @@ impl ReadPool {
     ) -> Result<ReadPool, String> {
         let span = tracing::Span::current();
         let (classify, classify_queue) = sync_channel::<Classify>(4096);
+        let (queries, queue) = sync_channel::<Query>(1024);
         let classifier = Reader::open(path)?;
         let classifier_span = span.clone();
+        let to_readers = queries.clone();
         std::thread::Builder::new()
             .name("classify".into())
             .spawn(move || {
                 let _enter = classifier_span.enter();
-                while let Ok(Classify { sql, reply }) = classify_queue.recv() {
+                while let Ok(Classify { sql, linearizable, reply }) = classify_queue.recv() {
                     let result = classifier.classify_counted(&sql).map(|(kind, statements)| match kind {
-                        Kind::Read => Classified::Read(statements),
+                        Kind::Read => {
+                            let (sink, items) = mpsc::unbounded_channel();
+                            let query = PendingQuery { queries: to_readers.clone(), job: Query { sql, sink } };
+                            if linearizable {
+                                barrier_then_query(&core, query);
+                            } else {
+                                query.start(Ok(()));
+                            }
+                            Classified::Read { statements, items }
+                        }
                         Kind::Write => {
                             let (tx, rx) = oneshot::channel();
                             match submit_to_core(&core, Request::Write { sql, reply: tx }) {
@@ -102,7 +165,6 @@ impl ReadPool {
                 }
             })
             .map_err(|e| format!("cannot start the classifying thread: {e}"))?;
-        let (queries, queue) = sync_channel::<Query>(1024);
         let queue = Arc::new(Mutex::new(queue));
         let budget = Arc::new(Semaphore::new((answer_bytes / UNIT).clamp(1, Semaphore::MAX_PERMITS as u64) as usize));
         for i in 0..count {
@@ -122,9 +184,13 @@ impl ReadPool {
     /// Whether SQLite judges `sql` a read (and of how many statements) or a write, against
     /// the latest committed schema; a write is handed to the Raft core at once. The outer
     /// error means the node could not take the job.
-    pub async fn classify(&self, sql: String) -> Result<Result<Classified, ClassifyError>, &'static str> {
+    pub async fn classify(
+        &self,
+        sql: String,
+        linearizable: bool,
+    ) -> Result<Result<Classified, ClassifyError>, &'static str> {
         let (reply, answer) = oneshot::channel();
-        submit(&self.classify, Classify { sql, reply })?;
+        submit(&self.classify, Classify { sql, linearizable, reply })?;
         answer.await.map_err(|_| "the node is shutting down; nothing was done")
     }
 

@@ -17,12 +17,12 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, warn};
 
 use crate::core::Event;
 use crate::format::{self, JsonStream};
-use crate::protocol::{AdminCommand, AdminOk, Consistency, ErrorCode, Reply, Request};
+use crate::protocol::{AdminCommand, AdminOk, Consistency, ErrorCode, Reply, Request, Then};
 use crate::readers::{submit_to_core, Classified, ReadItem, ReadPool};
 use sqlite_sm::StatementResult;
 
@@ -377,24 +377,25 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
     Ok(false)
 }
 
-/// One line of SQL: classified by SQLite itself, then read here or replicated.
+/// One line of SQL: classified by SQLite itself, then read or replicated. The classifier
+/// starts the work itself (a write goes to the Raft core, a read to a reader once its
+/// barrier passes), so the session only waits for the outcome.
 async fn run_sql(sql: String, state: &State, config: &SessionConfig, out: &mut Out) -> std::io::Result<()> {
     let linearizable = state.consistency == Consistency::Linearizable;
-    // The classifier hands a write to the Raft core itself; only a read needs the line back.
-    let classified = match config.readers.classify(sql.clone()).await {
+    let classified = match config.readers.classify(sql.clone(), linearizable).await {
         Err(busy) => return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await,
         Ok(Ok(classified)) => Ok(classified),
         Ok(Err(e)) if e.is_final() || !linearizable => Err(e),
         Ok(Err(_)) => {
             // This replica's schema may lag the cluster's (a table created a moment ago
             // through another node). Wait until it has applied everything committed, as
-            // a linearizable read would, and judge the line again.
+            // a linearizable read would, and judge the line again (a read needs no
+            // second barrier).
             if let Err(reply) = barrier(config).await {
                 return out.put(render(state, &reply, u64::MAX).as_bytes()).await;
             }
-            match config.readers.classify(sql.clone()).await {
+            match config.readers.classify(sql, false).await {
                 Err(busy) => return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await,
-                Ok(Ok(Classified::Read(statements))) => return read(sql, statements, state, config, out).await,
                 Ok(result) => result,
             }
         }
@@ -406,14 +407,7 @@ async fn run_sql(sql: String, state: &State, config: &SessionConfig, out: &mut O
             out.put(render(state, &reply, config.max_result_bytes).as_bytes()).await
         }
         Ok(Classified::Refused(reply)) => out.put(render(state, &reply, u64::MAX).as_bytes()).await,
-        Ok(Classified::Read(statements)) => {
-            if linearizable {
-                if let Err(reply) = barrier(config).await {
-                    return out.put(render(state, &reply, u64::MAX).as_bytes()).await;
-                }
-            }
-            read(sql, statements, state, config, out).await
-        }
+        Ok(Classified::Read { statements, items }) => answer_read(items, statements, state, config, out).await,
     }
 }
 
@@ -430,7 +424,7 @@ async fn fresh_read(sql: String, state: &State, config: &SessionConfig, out: &mu
 /// Waits until this node has applied everything committed when the barrier began.
 async fn barrier(config: &SessionConfig) -> Result<(), Reply> {
     let (tx, rx) = oneshot::channel();
-    send_to_core(config, Request::ReadBarrier(tx))?;
+    send_to_core(config, Request::ReadBarrier(Then::Session(tx)))?;
     rx.await.unwrap_or_else(|_| Err(Reply::error(ErrorCode::Unavailable, "the node is shutting down")))
 }
 
@@ -447,8 +441,7 @@ fn send_to_core(config: &SessionConfig, request: Request) -> Result<(), Reply> {
     submit_to_core(&config.core, request)
 }
 
-/// Runs a read on a reader thread. JSON streams rows as they come; a table needs every
-/// row to size its columns, so it collects them (at most the result limit) first.
+/// Runs a read on a reader thread.
 async fn read(
     sql: String,
     statements: usize,
@@ -456,10 +449,22 @@ async fn read(
     config: &SessionConfig,
     out: &mut Out,
 ) -> std::io::Result<()> {
-    let mut items = match config.readers.query(sql) {
-        Ok(items) => items,
-        Err(busy) => return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await,
-    };
+    match config.readers.query(sql) {
+        Ok(items) => answer_read(items, statements, state, config, out).await,
+        Err(busy) => out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await,
+    }
+}
+
+/// Writes a read's answer as its outputs arrive. JSON streams rows as they come; a table
+/// needs every row to size its columns, so it collects them (at most the result limit)
+/// first.
+async fn answer_read(
+    mut items: mpsc::UnboundedReceiver<ReadItem>,
+    statements: usize,
+    state: &State,
+    config: &SessionConfig,
+    out: &mut Out,
+) -> std::io::Result<()> {
     let mut results: Vec<StatementResult> = Vec::new();
     let mut stream = JsonStream::new(statements > 1);
     let mut chunk = Vec::new();
@@ -470,6 +475,8 @@ async fn read(
         let Some(item) = items.recv().await else { break Err("the reader stopped before finishing".to_string()) };
         match item {
             ReadItem::Done(outcome) => break outcome,
+            // Only ever the first and only item: nothing was written yet.
+            ReadItem::Refused(reply) => return out.put(render(state, &reply, u64::MAX).as_bytes()).await,
             ReadItem::Output(output, permit) if state.json => {
                 stream.push(&mut chunk, output);
                 if chunk.len() >= 64 << 10 {
