@@ -1,6 +1,8 @@
 //! The replicated state machine: a SQLite database to which every replica applies the
-//! same committed entries in the same order, each as one transaction that also records
-//! the applied index, so a restart neither skips nor repeats an entry.
+//! same committed entries in the same order, in transactions that also record the
+//! applied index, so a restart neither skips nor repeats an entry. Entries are applied
+//! in groups, one transaction each ([`StateMachine::apply_group`]); each line still
+//! succeeds or fails as a whole, exactly as it would alone.
 //!
 //! Two promises, and how they are kept:
 //!
