@@ -45,8 +45,6 @@ use crate::vfs::{self, VFS_NAME};
 
 /// The table holding the applied index. Clients may read it but never change it.
 pub const APPLIED_TABLE: &str = "_lightraft_applied";
-/// Records the applied index (in [`APPLIED_TABLE`]).
-const RECORD_APPLIED: &str = "UPDATE main._lightraft_applied SET applied_index = ?1";
 
 /// The most schema objects (tables, indexes, views, triggers) a database may hold, and
 /// the most text their definitions may take. A connection loads the whole schema when it
@@ -425,8 +423,7 @@ impl StateMachine {
         // The bookkeeping goes first: besides recording the index, it sets changes() to 1,
         // so every replica starts the line with the same connection state, restarted or not.
         self.shared.policy.internal(|| {
-            // Cached: prepared once per connection, not once per entry.
-            self.conn.prepare_cached(RECORD_APPLIED)?.execute([index as i64])
+            self.conn.execute(&format!("UPDATE main.{APPLIED_TABLE} SET applied_index = ?1"), [index as i64])
         })?;
         // SAFETY: the handle is valid while `self.conn` lives.
         unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(self.conn.handle(), 0) };
@@ -516,7 +513,7 @@ impl StateMachine {
         let pages: i64 = self
             .shared
             .policy
-            .internal(|| self.conn.prepare_cached("PRAGMA main.page_count")?.query_row([], |r| r.get(0)))
+            .internal(|| self.conn.query_row("PRAGMA main.page_count", [], |r| r.get(0)))
             .map_err(|e| self.storage(e, "reading the page count"))?;
         let pages = pages.max(0) as u64;
         let mut limit = pages.saturating_add(limits.max_growth_bytes.div_ceil(self.page_size));
@@ -603,7 +600,8 @@ impl StateMachine {
     /// Records the applied index: inside the group's transaction, or alone after a
     /// rollback.
     fn record_applied(&mut self, index: Index) -> Result<(), StorageError> {
-        let result = self.shared.policy.internal(|| self.conn.prepare_cached(RECORD_APPLIED)?.execute([index as i64]));
+        let sql = format!("UPDATE main.{APPLIED_TABLE} SET applied_index = ?1");
+        let result = self.shared.policy.internal(|| self.conn.execute(&sql, [index as i64]));
         result.map(|_| ()).map_err(|e| self.storage(e, "recording the applied index"))
     }
 
