@@ -97,6 +97,11 @@ pub struct StateMachine {
     last_cost: (u64, u64),
     /// What each line of the last group cost: (index, calls, bytes).
     costs: Vec<(Index, u64, u64)>,
+    /// The schema declares a deferred foreign key: every entry is then a group of its
+    /// own. SQLite counts a transaction's deferred violations in one counter that lives
+    /// until COMMIT and can go below zero on rows that already violate (orphans a DROP
+    /// TABLE left behind), so a line would start from another line's count in a group.
+    deferred_keys: bool,
 }
 
 /// The most entries one transaction holds. A line that fails runs the entries before it
@@ -139,6 +144,7 @@ impl StateMachine {
         let shared = Arc::new(Shared::default());
         let random = SeededRandom::default();
         let conn = connect(path, &shared, &random)?;
+        let deferred_keys = has_deferred_keys(&conn, &shared.policy);
         let applied: i64 = conn
             .query_row(&format!("SELECT applied_index FROM main.{APPLIED_TABLE}"), [], |r| r.get(0))
             .map_err(|e| format!("cannot read the applied index from {}: {e}", path.display()))?;
@@ -155,6 +161,7 @@ impl StateMachine {
             page_limit: None,
             last_cost: (0, 0),
             costs: Vec::new(),
+            deferred_keys,
         })
     }
 
@@ -200,27 +207,42 @@ impl StateMachine {
     ///   transaction instead (an interrupted write, a full database). So a line that fails
     ///   after others in its group rolls the group back; the entries before it are applied
     ///   again as a group, and the failing line then runs first in a transaction of its
-    ///   own, exactly as if it had never been grouped. A deferred foreign key left
-    ///   violated counts as failing: alone, its COMMIT would fail.
+    ///   own, exactly as if it had never been grouped (so a failing line may run twice:
+    ///   the price of grouping, paid only by failing lines). A deferred foreign key left
+    ///   violated counts as failing: alone, its COMMIT would fail;
+    /// - a schema with deferred foreign keys is not grouped at all (see `deferred_keys`);
+    /// - internal statements are prepared afresh for every line (see `run_command`).
     ///
     /// `sqlite-sm/tests/differential.rs` applies the same log grouped at random on one
     /// replica and entry by entry on the other, and compares them.
     pub fn apply_group(&mut self, entries: &[Entry]) -> Result<Group, StorageError> {
         let start = self.applied;
-        let mut cap = entries.len().min(GROUP_ENTRIES);
+        let mut cap = entries.len().min(if self.deferred_keys { 1 } else { GROUP_ENTRIES });
+        let mut retried = false;
         loop {
-            match self.try_group(&entries[..cap]) {
+            match self.try_group(&entries[..cap], retried) {
                 Ok(Attempt::Committed(group)) => return Ok(group),
                 // Fewer each time, so this ends: at worst with a group of one.
-                Ok(Attempt::Retry(before)) => cap = before,
+                Ok(Attempt::Retry(before)) => {
+                    cap = before;
+                    retried = true;
+                }
                 Err(e) => {
-                    // Nothing of the group is applied; the node stops on this error.
-                    self.applied = start;
+                    // The node stops on this error. Whatever is not committed is not
+                    // applied; the database says what is.
                     let _ = self.rollback();
+                    self.applied = self.stored_applied().unwrap_or(start);
                     return Err(e);
                 }
             }
         }
+    }
+
+    /// The applied index the database holds (committed).
+    fn stored_applied(&self) -> Option<Index> {
+        let sql = format!("SELECT applied_index FROM main.{APPLIED_TABLE}");
+        let applied: i64 = self.shared.policy.internal(|| self.conn.query_row(&sql, [], |r| r.get(0))).ok()?;
+        Some(applied.max(0) as Index)
     }
 
     /// What each line of the last group cost, as (index, progress-handler calls, bytes
@@ -229,7 +251,9 @@ impl StateMachine {
         &self.costs
     }
 
-    fn try_group(&mut self, entries: &[Entry]) -> Result<Attempt, StorageError> {
+    /// One try at a group; `retried` (the entries before a line that failed) is applied
+    /// whole, however long it takes, so that line then runs first.
+    fn try_group(&mut self, entries: &[Entry], retried: bool) -> Result<Attempt, StorageError> {
         let start = self.applied;
         let began = Instant::now();
         self.costs.clear();
@@ -299,7 +323,7 @@ impl StateMachine {
             }
             self.applied = entry.index;
             count = n + 1;
-            if last || reopen || began.elapsed() >= GROUP_TIME {
+            if last || reopen || (!retried && began.elapsed() >= GROUP_TIME) {
                 break;
             }
         }
@@ -422,6 +446,9 @@ impl StateMachine {
     fn run_command(&mut self, index: Index, command: &WriteCommand) -> Result<Vec<StatementResult>, LineError> {
         // The bookkeeping goes first: besides recording the index, it sets changes() to 1,
         // so every replica starts the line with the same connection state, restarted or not.
+        // It is prepared afresh every time: SQLite calls the progress handler by a
+        // statement's lifetime step count, so a cached statement would shift where the
+        // line's checks fall, differently on a replica that restarted.
         self.shared.policy.internal(|| {
             self.conn.execute(&format!("UPDATE main.{APPLIED_TABLE} SET applied_index = ?1"), [index as i64])
         })?;
@@ -612,6 +639,8 @@ impl StateMachine {
     fn reopen(&mut self) -> Result<(), StorageError> {
         self.conn = connect(&self.path, &self.shared, &self.random).map_err(StorageError)?;
         self.page_limit = None;
+        // Only a schema change can add or drop one, and it reopens the connection.
+        self.deferred_keys = has_deferred_keys(&self.conn, &self.shared.policy);
         Ok(())
     }
 
@@ -621,6 +650,14 @@ impl StateMachine {
             None => StorageError(format!("{doing}: {e}")),
         }
     }
+}
+
+/// Whether a table may declare a deferred foreign key (`DEFERRABLE INITIALLY DEFERRED`;
+/// `PRAGMA defer_foreign_keys` is refused). The text test can only err towards yes,
+/// which merely stops grouping; so does a failure to look.
+fn has_deferred_keys(conn: &Connection, policy: &Policy) -> bool {
+    let sql = "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND sql LIKE '%deferred%')";
+    policy.internal(|| conn.query_row(sql, [], |r| r.get::<_, bool>(0))).unwrap_or(true)
 }
 
 /// Whether a deferred foreign key constraint is violated in the open transaction: its

@@ -261,12 +261,20 @@ fn run_case(seed: u64, verbose: bool) -> Result<usize, String> {
             limits,
             origin: None,
         };
-        let entry = Entry { index, term: 1, payload: Payload::Command(command.encode()) };
-        history.push(format!(
-            "{index}: {line}{}",
-            if limits == Limits::default() { String::new() } else { format!("   -- {limits:?}") }
-        ));
-        eprintln!("MARK steady {index}");
+        // Now and then an entry that is not a command: it only moves the applied index.
+        let payload = match grammar.rng.below(20) {
+            0 if index > 1 => Payload::Noop,
+            1 if index > 1 => Payload::Membership(Default::default()),
+            _ => Payload::Command(command.encode()),
+        };
+        let entry = Entry { index, term: 1, payload };
+        history.push(match entry.payload {
+            Payload::Command(_) => format!(
+                "{index}: {line}{}",
+                if limits == Limits::default() { String::new() } else { format!("   -- {limits:?}") }
+            ),
+            _ => format!("{index}: (not a command: {:?})", entry.payload),
+        });
         let a: Option<LineResult> = steady.apply(&entry).map_err(|e| format!("seed {seed}: steady replica: {e}"))?;
         if verbose {
             println!("{}\n   => {a:?}", history.last().map_or("", String::as_str));
@@ -285,8 +293,21 @@ fn run_case(seed: u64, verbose: bool) -> Result<usize, String> {
         let mut costs = std::collections::BTreeMap::new();
         let mut groups = Vec::new();
         while !rest.is_empty() {
-            eprintln!("MARK grouped from {}", rest[0].index);
             let group = restarted.apply_group(rest).map_err(|e| format!("seed {seed}: grouped replica: {e}"))?;
+            let span = rest[0].index..rest[0].index + group.count as u64;
+            // Exactly one result (and one cost) per command of the group, none elsewhere.
+            let commands: Vec<u64> = rest[..group.count]
+                .iter()
+                .filter(|e| matches!(e.payload, Payload::Command(_)))
+                .map(|e| e.index)
+                .collect();
+            let answered: Vec<u64> = group.results.iter().map(|(i, _)| *i).collect();
+            let costed: Vec<u64> = restarted.group_costs().iter().map(|&(i, _, _)| i).collect();
+            if answered != commands || costed != commands {
+                return Err(format!(
+                    "seed {seed}: the group {span:?} answered {answered:?} and costed {costed:?}, its commands are {commands:?}"
+                ));
+            }
             costs.extend(restarted.group_costs().iter().map(|&(i, calls, bytes)| (i, (calls, bytes))));
             results.extend(group.results);
             groups.push(format!("{}..={}", rest[0].index, rest[0].index + group.count as u64 - 1));
@@ -309,7 +330,7 @@ fn run_case(seed: u64, verbose: bool) -> Result<usize, String> {
             }
             // The budgets must see the same work, or a line near a limit stops on one only.
             let cost_b = costs.get(&entry.index).copied();
-            if Some(cost_a) != cost_b {
+            if matches!(entry.payload, Payload::Command(_)) && Some(cost_a) != cost_b {
                 return Err(report(format!(
                     "entry {} cost (progress checks, bytes charged) {cost_a:?} on one replica, {cost_b:?} on the other",
                     entry.index

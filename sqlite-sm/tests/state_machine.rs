@@ -437,6 +437,32 @@ fn a_line_that_fails_inside_a_group_is_rolled_back_alone() {
 }
 
 #[test]
+fn a_deferred_foreign_key_count_left_by_one_line_never_reaches_the_next() {
+    // Orphans left behind by a DROP TABLE make the transaction's count of deferred
+    // violations go below zero (line 6); grouped with line 7, line 7's violation would be
+    // cancelled out and it would commit, where alone its COMMIT fails.
+    let lines = [
+        "CREATE TABLE p(a); CREATE UNIQUE INDEX pu ON p(a); CREATE TABLE c(x REFERENCES p(a) DEFERRABLE INITIALLY DEFERRED)",
+        "INSERT INTO p VALUES (5); INSERT INTO c VALUES (5), (5)",
+        "DROP INDEX pu",
+        "DROP TABLE p",
+        "CREATE TABLE p(a PRIMARY KEY)",
+        "INSERT INTO c VALUES (6); INSERT INTO p VALUES (5)",
+        "INSERT INTO c VALUES (7)",
+    ];
+    let entries: Vec<Entry> = lines.iter().enumerate().map(|(i, sql)| write(1 + i as u64, sql)).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut alone = open(&dir, "alone.sqlite");
+    let expected: Vec<(u64, sqlite_sm::LineResult)> =
+        entries.iter().map(|e| (e.index, alone.apply(e).expect("no storage failure").expect("a result"))).collect();
+    let mut grouped = open(&dir, "grouped.sqlite");
+    let (_, results) = apply_grouped(&mut grouped, &entries);
+    assert_eq!(results, expected);
+    let content = "SELECT group_concat(x) FROM (SELECT x FROM c ORDER BY rowid)";
+    assert_eq!(rows(&query(&grouped, content).expect("reads")), rows(&query(&alone, content).expect("reads")));
+}
+
+#[test]
 fn a_disk_failing_during_a_group_applies_none_of_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sm = open(&dir, "a.sqlite");
