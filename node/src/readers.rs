@@ -1,8 +1,10 @@
 //! Reads off the Raft thread: a few threads, each with its own read-only connection to
 //! the state machine's file, that run reads and stream their rows to the session that
 //! asked, plus one thread that only classifies lines (read or write), so a heavy read can
-//! never hold up a write's classification. A line it finds to be a write goes from there
-//! straight to the Raft core: one thread hop fewer than back through the session.
+//! never hold up a write's classification. The classifier also starts the work a line
+//! needs: a write goes from there straight to the Raft core, a read to a reader, or, if
+//! it must be linearizable, to the core, which starts it once its barrier passes. Each
+//! is one thread hop fewer than going back through the session.
 //!
 //! A read never delays heartbeats, commits or `.status`, and it never waits for a client:
 //! rows go into the session's queue at once. What they may cost is bounded twice: each
