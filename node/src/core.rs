@@ -767,6 +767,7 @@ impl Core {
         // Refused at once when the leader is not connected: then it was surely not sent,
         // and waits for a leader we can reach.
         if self.transport.send(leader, forward).is_ok() {
+            debug!("forwarded write {id} to leader {leader} in term {term}");
             self.forwarded.sent(id, leader, term, write, Instant::now());
         } else {
             self.parked.push(write);

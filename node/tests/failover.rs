@@ -32,21 +32,37 @@ fn is_ok(reply: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_forwarded_to_a_leader_that_dies_is_sent_again_and_applied_once() {
-    let mut cluster = Cluster::start_with(3, &patient_clients());
+    // Nodes log each forward, so the test can wait for it rather than guess how long it
+    // takes on a busy machine. A follower gives up on a silent leader after an election
+    // timeout (40 ticks, 2 s, here): the forward must leave before that.
+    let options = Options {
+        raft: Some("tickMs = 50\nelectionTicks = 40\n".into()),
+        log: Some("info,lightraft::core=debug".into()),
+        ..patient_clients()
+    };
+    let mut cluster = Cluster::start_with(3, &options);
     let leader = cluster.leader().await;
     let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
     let mut c = cluster.client(follower).await;
     until_ok(&mut c, "CREATE TABLE t (x)").await;
     until_ok(&mut c, "INSERT INTO t VALUES (0)").await;
+    // A linearizable read through the follower: it has applied the table by now, so the
+    // write below is classified at once, not held waiting for the schema.
+    until_ok(&mut c, "SELECT count(*) FROM t").await;
     let mut reader = cluster.client(other).await;
 
     // The leader freezes: the write reaches its socket but it never proposes it. Then it
     // dies. Only the follower's own log can tell it the write was never committed.
+    let forwarded = format!("to leader {leader} in term");
+    let forwarded_before = cluster.log(follower).matches(&forwarded).count();
     cluster.signal(leader, libc::SIGSTOP);
     let started = Instant::now();
     let write = tokio::spawn(async move { c.request("INSERT INTO t VALUES (1)").await.expect("an answer") });
     let read = tokio::spawn(async move { reader.request("SELECT count(*) FROM t").await.expect("an answer") });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    while cluster.log(follower).matches(&forwarded).count() == forwarded_before {
+        assert!(started.elapsed() < Duration::from_secs(20), "the follower forwarded the write");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     cluster.kill(leader);
 
     let reply = write.await.expect("the write task");

@@ -27,6 +27,8 @@ pub struct Options {
     /// Give node i the peer address 127.0.0.(10 + i), so that a firewall rule on that
     /// address cuts exactly its peer traffic (clients stay on 127.0.0.1).
     pub own_peer_address: bool,
+    /// The nodes' `RUST_LOG` (default `info`).
+    pub log: Option<String>,
 }
 
 /// A running cluster. Dropping it kills every node.
@@ -35,6 +37,8 @@ pub struct Cluster {
     pub nodes: Vec<Option<Child>>,
     pub client_addrs: Vec<SocketAddr>,
     pub rpc_addrs: Vec<SocketAddr>,
+    /// The nodes' `RUST_LOG`.
+    log: String,
 }
 
 /// A port free right now, picked below Linux's ephemeral range (32768 and up). A port the
@@ -90,7 +94,8 @@ impl Cluster {
             config += &format!("\n[limits]\n{limits}");
         }
         std::fs::write(dir.path().join("lightraft.toml"), config).expect("config written");
-        let mut cluster = Cluster { dir, nodes: (0..size).map(|_| None).collect(), client_addrs, rpc_addrs };
+        let log = options.log.clone().unwrap_or_else(|| "info".into());
+        let mut cluster = Cluster { dir, nodes: (0..size).map(|_| None).collect(), client_addrs, rpc_addrs, log };
         for i in 0..size {
             cluster.start_node(i);
         }
@@ -119,7 +124,7 @@ impl Cluster {
             .arg(i.to_string())
             .args(args)
             .current_dir(self.dir.path())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &self.log)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
