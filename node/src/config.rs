@@ -14,7 +14,7 @@
 //! [driver]
 //! name = "sqlite"
 //! pathPrefix = "lighraft"        # node N's database: <dataDir>/<pathPrefix>-N.sqlite
-//! dataDir = "."                  # optional; Raft state: <dataDir>/<cluster name>-N.meta.sqlite
+//! dataDir = "."                  # optional; Raft state: <dataDir>/<cluster name>-N.meta.sqlite, log: ...-N.meta.log.*
 //!
 //! [raft]                         # optional
 //! tickMs = 100                   # one Raft tick

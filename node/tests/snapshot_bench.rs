@@ -57,6 +57,21 @@ fn db_mib(path: &Path) -> f64 {
     (size(path) + size(Path::new(&wal))) as f64 / (1 << 20) as f64
 }
 
+/// The size of node `i`'s Raft state: its meta database, that database's WAL and the
+/// log segments, all named `test-<i>.meta.*`, in MiB.
+fn raft_mib(dir: &Path, i: usize) -> f64 {
+    let prefix = format!("test-{i}.meta.");
+    let bytes: u64 = std::fs::read_dir(dir)
+        .map(|list| {
+            list.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.metadata().map_or(0, |m| m.len()))
+                .sum()
+        })
+        .unwrap_or(0);
+    bytes as f64 / (1 << 20) as f64
+}
+
 /// Clients writing single rows through `node` until `total` writes are acknowledged.
 struct Load {
     done: Arc<AtomicU64>,
@@ -155,9 +170,7 @@ async fn bench_memory_disk_and_restart_as_history_grows() {
             let rate = (now.1 - last.1) as f64 / (now.0 - last.0).as_secs_f64();
             last = now;
             let rss: Vec<u64> = (0..3).map(|i| rss_mib(cluster.pid(i))).collect();
-            let log: Vec<String> = (0..3)
-                .map(|i| format!("{:.1}", db_mib(&cluster.dir.path().join(format!("test-{i}.meta.sqlite")))))
-                .collect();
+            let log: Vec<String> = (0..3).map(|i| format!("{:.1}", raft_mib(cluster.dir.path(), i))).collect();
             let state = db_mib(&cluster.db_path(leader));
             let follower = (leader + 1) % 3;
             let (serving, caught_up) = restart_follower(&mut cluster, follower, leader).await;

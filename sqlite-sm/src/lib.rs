@@ -1,6 +1,7 @@
 //! The SQLite side of lightraft: the replicated state machine ([`StateMachine`]), reads
 //! off the Raft thread ([`Reader`]) and the durable Raft state ([`RaftStore`]), the first
-//! two sharing one database file, the last in a file of its own.
+//! two sharing one database file, the last in files of its own (a small database and
+//! the log's segments).
 //!
 //! Replicas stay identical because every input that SQLite would take from the machine
 //! is fixed by the leader in the log entry ([`command`], [`vfs`], [`random`]), and what
@@ -15,6 +16,7 @@ pub mod policy;
 pub mod raft_store;
 pub mod random;
 pub mod reader;
+pub mod segments;
 pub mod snapshot;
 pub mod state_machine;
 pub mod value;

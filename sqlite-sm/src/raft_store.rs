@@ -1,7 +1,14 @@
 //! Raft's durable state (Figure 2, "Persistent state on all servers": currentTerm,
-//! votedFor, log[]) in a SQLite database of its own, with the log's snapshot point (§7).
-//! Each `Ready` is written as one transaction with `synchronous = FULL`: one fsync per
-//! batch, however many entries.
+//! votedFor, log[]). The log is in append-only segment files ([`crate::segments`]): a
+//! batch of entries costs one write and one fsync. The rest, written rarely, is in a
+//! SQLite database of its own (`synchronous = FULL`): the term and vote, the log's
+//! snapshot point (§7), whose store this is, and how many times the node started.
+//!
+//! A ready that changes both is written in the order of `raft_core::ready`: the term and
+//! vote first, then the log, then the snapshot point. A crash between two of them leaves
+//! a state the node could have been in anyway: a newer term with the old log, or a log
+//! already compacted or reset whose old snapshot point still stands (the store reads
+//! back only the entries after the snapshot point).
 //!
 //! Installing a snapshot changes two databases, this one and the state database, and
 //! no transaction spans both. So the install is first recorded here as pending; then the
@@ -14,12 +21,14 @@ use std::path::Path;
 use raft_core::{Entry, HardState, Index, Membership, Payload, Ready, SnapshotMeta};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::segments::SegmentLog;
 use crate::state_machine::StorageError;
 
 /// The durable Raft state of one node.
 #[derive(Debug)]
 pub struct RaftStore {
     conn: Connection,
+    log: SegmentLog,
 }
 
 impl RaftStore {
@@ -54,6 +63,13 @@ impl RaftStore {
             .optional()
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         match identity {
+            None if SegmentLog::exists(path)? => {
+                return Err(format!(
+                    "{} is new, but Raft log segments of an earlier node are beside it; \
+                     delete both (and the state database) to start this node afresh",
+                    path.display()
+                ))
+            }
             None => {
                 conn.execute("INSERT INTO identity VALUES (0, ?1, ?2)", params![cluster, node as i64])
                     .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -66,7 +82,40 @@ impl RaftStore {
                 ))
             }
         }
-        Ok(RaftStore { conn })
+        let log = SegmentLog::open(path, cluster, node)?;
+        let mut store = RaftStore { conn, log };
+        store.move_log_out_of_sqlite().map_err(|e| format!("cannot move the Raft log of {}: {e}", path.display()))?;
+        Ok(store)
+    }
+
+    /// Stores written before the segment files kept the log in a table: move it over.
+    /// The table is emptied only once the segments hold it durably; a crash before that
+    /// moves it again from scratch (the segments first discard everything, by a reset).
+    fn move_log_out_of_sqlite(&mut self) -> Result<(), String> {
+        let sql = |e: rusqlite::Error| e.to_string();
+        let rows: i64 = self.conn.query_row("SELECT count(*) FROM log", [], |r| r.get(0)).map_err(sql)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let mut stmt = self.conn.prepare("SELECT idx, term, command, membership FROM log ORDER BY idx").map_err(sql)?;
+        let entries = stmt.query_map([], entry_row).and_then(Iterator::collect::<Result<Vec<_>, _>>).map_err(sql)?;
+        drop(stmt);
+        if let Some(first) = entries.first() {
+            self.log.reset(first.index.saturating_sub(1));
+        }
+        self.log.append(&entries);
+        self.log.sync()?;
+        self.conn.execute("DELETE FROM log", []).map_err(sql)?;
+        self.vacuum().map_err(sql)
+    }
+
+    /// Gives deleted rows' pages back to the file system. The pragma frees one page per
+    /// step, so it is stepped to the end.
+    fn vacuum(&self) -> rusqlite::Result<()> {
+        let mut vacuum = self.conn.prepare("PRAGMA incremental_vacuum")?;
+        let mut rows = vacuum.query([])?;
+        while rows.next()?.is_some() {}
+        Ok(())
     }
 
     /// Reads back the term, vote, snapshot point and log.
@@ -82,22 +131,19 @@ impl RaftStore {
             .optional()
             .map_err(|e| format!("cannot read the Raft state: {e}"))?
             .unwrap_or_default();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT idx, term, command, membership FROM log ORDER BY idx")
-            .map_err(|e| e.to_string())?;
-        let entries = stmt
-            .query_map([], |r| {
-                let command: Option<Vec<u8>> = r.get(2)?;
-                let payload = match membership_column(r, 3)? {
-                    Some(membership) => Payload::Membership(membership),
-                    None => command.map_or(Payload::Noop, Payload::Command),
-                };
-                Ok(Entry { index: r.get::<_, i64>(0)? as Index, term: r.get::<_, i64>(1)? as u64, payload })
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("cannot read the Raft log: {e}"))?;
         let (snapshot, pending) = self.snapshot_row().map_err(|e| format!("cannot read the snapshot point: {e}"))?;
+        let mut entries = self.log.entries()?;
+        // The oldest segment kept may still hold entries the snapshot covers.
+        entries.retain(|e| e.index > snapshot.index);
+        // After a crash in the middle of an install, the log may already be reset to the
+        // pending snapshot point (`resume_install` finishes the job).
+        let starts = [Some(snapshot.index + 1), pending.as_ref().map(|p| p.index + 1)];
+        if let Some(first) = entries.first().filter(|e| !starts.contains(&Some(e.index))) {
+            return Err(format!(
+                "the Raft log begins at index {} but the snapshot point is {}: entries are missing",
+                first.index, snapshot.index
+            ));
+        }
         Ok(Stored { hard_state, snapshot, pending_install: pending, entries })
     }
 
@@ -157,9 +203,12 @@ impl RaftStore {
     pub fn resume_install(&mut self, applied: Index) -> Result<Stored, String> {
         let stored = self.load()?;
         let Some(pending) = stored.pending_install else { return Ok(stored) };
+        if applied == pending.index {
+            self.log.reset(pending.index);
+            self.log.sync()?;
+        }
         let tx = self.conn.transaction().map_err(|e| e.to_string())?;
         if applied == pending.index {
-            tx.execute("DELETE FROM log", []).map_err(|e| e.to_string())?;
             tx.execute(
                 "UPDATE snapshot SET idx = ?1, term = ?2, membership = ?3, pending_idx = NULL, pending_term = NULL, pending_membership = NULL",
                 params![pending.index as i64, pending.term as i64, membership_json(&pending.membership)],
@@ -200,67 +249,63 @@ impl RaftStore {
         {
             return Ok(());
         }
-        let fail = |e: rusqlite::Error| StorageError(format!("writing the Raft log failed: {e}"));
-        let tx = self.conn.transaction().map_err(fail)?;
-        if let Some(meta) = install_snapshot {
-            tx.execute("DELETE FROM log", []).map_err(fail)?;
-            tx.execute(
-                "INSERT INTO snapshot (id, idx, term, membership) VALUES (0, ?1, ?2, ?3)
-                 ON CONFLICT(id) DO UPDATE SET idx = ?1, term = ?2, membership = ?3, pending_idx = NULL, pending_term = NULL, pending_membership = NULL",
-                params![meta.index as i64, meta.term as i64, membership_json(&meta.membership)],
-            )
-            .map_err(fail)?;
-        }
-        if let Some(meta) = compacted {
-            tx.execute("DELETE FROM log WHERE idx <= ?1", [meta.index as i64]).map_err(fail)?;
-            tx.execute(
-                "INSERT INTO snapshot (id, idx, term, membership) VALUES (0, ?1, ?2, ?3)
-                 ON CONFLICT(id) DO UPDATE SET idx = ?1, term = ?2, membership = ?3",
-                params![meta.index as i64, meta.term as i64, membership_json(&meta.membership)],
-            )
-            .map_err(fail)?;
-        }
+        let fail = |e: rusqlite::Error| StorageError(format!("writing the Raft state failed: {e}"));
+        // The term and vote first: a log entry never outlives the term it came in.
         if let Some(hs) = hard_state {
-            tx.execute(
-                "INSERT INTO hard_state VALUES (0, ?1, ?2) ON CONFLICT(id) DO UPDATE SET term = ?1, voted_for = ?2",
-                params![hs.term as i64, hs.voted_for.map(|v| v as i64)],
-            )
-            .map_err(fail)?;
+            self.conn
+                .execute(
+                    "INSERT INTO hard_state VALUES (0, ?1, ?2) ON CONFLICT(id) DO UPDATE SET term = ?1, voted_for = ?2",
+                    params![hs.term as i64, hs.voted_for.map(|v| v as i64)],
+                )
+                .map_err(fail)?;
+        }
+        // Then the log, in one write and one fsync.
+        if let Some(meta) = install_snapshot {
+            self.log.reset(meta.index);
         }
         if let Some(from) = truncate_from {
-            tx.execute("DELETE FROM log WHERE idx >= ?1", [*from as i64]).map_err(fail)?;
+            self.log.truncate(*from);
         }
-        {
-            let mut insert = tx
-                .prepare_cached("INSERT OR REPLACE INTO log (idx, term, command, membership) VALUES (?1, ?2, ?3, ?4)")
+        self.log.append(entries);
+        self.log.sync().map_err(StorageError)?;
+        // Then the snapshot point, and only then are the segments it covers deleted.
+        let point = install_snapshot.as_ref().or(compacted.as_ref());
+        if let Some(meta) = point {
+            self.conn
+                .execute(
+                    "INSERT INTO snapshot (id, idx, term, membership) VALUES (0, ?1, ?2, ?3)
+                     ON CONFLICT(id) DO UPDATE SET idx = ?1, term = ?2, membership = ?3,
+                       pending_idx = NULL, pending_term = NULL, pending_membership = NULL",
+                    params![meta.index as i64, meta.term as i64, membership_json(&meta.membership)],
+                )
                 .map_err(fail)?;
-            for e in entries {
-                let (command, membership) = match &e.payload {
-                    Payload::Noop => (None, None),
-                    Payload::Command(bytes) => (Some(bytes.as_slice()), None),
-                    Payload::Membership(m) => (None, Some(membership_json(m))),
-                };
-                insert.execute(params![e.index as i64, e.term as i64, command, membership]).map_err(fail)?;
-            }
-        }
-        tx.commit().map_err(fail)?;
-        if compacted.is_some() || install_snapshot.is_some() {
-            // Give the deleted rows' pages back to the file system. The pragma frees one
-            // page per step, so it is stepped to the end.
-            let mut vacuum = self.conn.prepare("PRAGMA incremental_vacuum").map_err(fail)?;
-            let mut rows = vacuum.query([]).map_err(fail)?;
-            while rows.next().map_err(fail)?.is_some() {}
+            self.log.compact(meta.index).map_err(StorageError)?;
         }
         Ok(())
     }
 
-    /// The size of the store's files (database and WAL), in bytes.
+    /// Where the log's next record goes: the segment file and the offset in it.
+    pub fn log_end(&self) -> Option<(&Path, u64)> {
+        self.log.end()
+    }
+
+    /// The size of the store's files (database, its WAL and the log segments), in bytes.
     pub fn disk_bytes(&self, path: &Path) -> u64 {
         let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
-        size(path) + size(Path::new(&wal))
+        size(path) + size(Path::new(&wal)) + self.log.disk_bytes()
     }
+}
+
+/// An entry as the old log table held it.
+fn entry_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    let command: Option<Vec<u8>> = r.get(2)?;
+    let payload = match membership_column(r, 3)? {
+        Some(membership) => Payload::Membership(membership),
+        None => command.map_or(Payload::Noop, Payload::Command),
+    };
+    Ok(Entry { index: r.get::<_, i64>(0)? as Index, term: r.get::<_, i64>(1)? as u64, payload })
 }
 
 /// Adds `column` (TEXT, empty) to `table` unless it is there already.
