@@ -3,13 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::time::Duration;
 
 use raft_core::{Node, Restored};
 use sqlite_sm::{RaftStore, StateMachine};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tracing::{error, info, warn, Instrument};
 use transport::{Secret, Transport, TransportConfig};
 
@@ -17,6 +16,7 @@ use crate::applier;
 use crate::config::{Config, SECRET_ENV};
 use crate::core::{Core, CoreConfig, Event};
 use crate::members::Address;
+use crate::protocol::PeerMessage;
 use crate::readers::ReadPool;
 use crate::session::{self, SessionConfig};
 
@@ -173,7 +173,6 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
 
     let clients =
         TcpListener::bind(client_addr).await.map_err(|e| format!("cannot listen for clients on {client_addr}: {e}"))?;
-    let (peer_tx, mut peer_rx) = mpsc::channel(65_536);
     let transport_config = TransportConfig {
         cluster: config.cluster.name.clone(),
         secret,
@@ -185,17 +184,10 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         // A peer silent for a whole election timeout is lost to Raft too: redial it.
         peer_timeout: config.tick() * config.raft.election_ticks as u32,
     };
-    let transport = Transport::start(transport_config, peer_tx)
+    let transport = Transport::start(transport_config, PeerInbox(core_tx.clone()))
         .await
         .map_err(|e| format!("cannot listen for peers on {rpc_addr}: {e}"))?;
 
-    let bridge = core_tx.clone();
-    tokio::spawn(async move {
-        while let Some((from, msg)) = peer_rx.recv().await {
-            // A full core queue drops peer messages like a lossy network would.
-            let _ = bridge.try_send(Event::Peer(from, msg));
-        }
-    });
     let applier = applier::start(sm, core_tx.clone())?;
     let core_config = CoreConfig {
         tick: config.tick(),
@@ -255,6 +247,20 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         error!("{e}");
     }
     result
+}
+
+/// Peer messages go straight from the connection's task to the Raft core's queue.
+struct PeerInbox(SyncSender<Event>);
+
+impl transport::Inbox<PeerMessage> for PeerInbox {
+    fn deliver(&self, from: u64, msg: PeerMessage) -> transport::Delivery {
+        match self.0.try_send(Event::Peer(from, msg)) {
+            Ok(()) => transport::Delivery::Taken,
+            // A full core queue drops peer messages like a lossy network would.
+            Err(TrySendError::Full(_)) => transport::Delivery::Dropped,
+            Err(TrySendError::Disconnected(_)) => transport::Delivery::Closed,
+        }
+    }
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM and names it.

@@ -226,11 +226,12 @@ where
     T: Serialize + DeserializeOwned + Send + 'static,
 {
     /// Binds the listener (failing at once if the address is taken), then starts the
-    /// accept loop and one dialer per peer. Received messages arrive on `inbound` as
-    /// (sender, message); the sender is the authenticated peer.
-    pub async fn start(config: TransportConfig, inbound: mpsc::Sender<(NodeId, T)>) -> io::Result<Transport<T>> {
+    /// accept loop and one dialer per peer. Received messages are handed to `inbound`
+    /// with their sender, the authenticated peer.
+    pub async fn start(config: TransportConfig, inbound: impl Inbox<T>) -> io::Result<Transport<T>> {
         let listener = TcpListener::bind(config.listen).await?;
         let admission = Arc::new(RwLock::new(Admission { peers: config.peers.clone(), open: false }));
+        let inbound: Arc<dyn Inbox<T>> = Arc::new(inbound);
         tokio::spawn(accept_loop(listener, config.clone(), admission.clone(), inbound).in_current_span());
         let shared = Shared {
             runtime: tokio::runtime::Handle::current(),
@@ -304,6 +305,34 @@ impl Throttle {
     }
 }
 
+/// Where received messages go: the node's own queue, handed each message directly by
+/// the task reading the connection (no task in between, so no extra wakeup).
+pub trait Inbox<T>: Send + Sync + 'static {
+    /// Hands over one message from `from`, without waiting.
+    fn deliver(&self, from: NodeId, msg: T) -> Delivery;
+}
+
+/// What became of a delivered message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The node has it.
+    Taken,
+    /// The inbox was full: the message is dropped, like a lost packet.
+    Dropped,
+    /// The node is gone: the connection closes.
+    Closed,
+}
+
+impl<T: Send + 'static> Inbox<T> for mpsc::Sender<(NodeId, T)> {
+    fn deliver(&self, from: NodeId, msg: T) -> Delivery {
+        match self.try_send((from, msg)) {
+            Ok(()) => Delivery::Taken,
+            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Dropped,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+        }
+    }
+}
+
 /// Connections in their handshake: (id, the sender whose drop ends it), oldest first.
 type Handshaking = VecDeque<(u64, oneshot::Sender<()>)>;
 
@@ -311,7 +340,7 @@ type Handshaking = VecDeque<(u64, oneshot::Sender<()>)>;
 struct Inbound<T> {
     config: TransportConfig,
     admission: Arc<RwLock<Admission>>,
-    queue: mpsc::Sender<(NodeId, T)>,
+    inbox: Arc<dyn Inbox<T>>,
     /// Connections in their handshake, oldest first; dropping one's sender ends it. The
     /// second queue holds those from configured peers' addresses.
     handshaking: [Mutex<Handshaking>; 2],
@@ -326,14 +355,14 @@ async fn accept_loop<T>(
     listener: TcpListener,
     config: TransportConfig,
     admission: Arc<RwLock<Admission>>,
-    queue: mpsc::Sender<(NodeId, T)>,
+    inbox: Arc<dyn Inbox<T>>,
 ) where
     T: DeserializeOwned + Send + 'static,
 {
     let shared = Arc::new(Inbound {
         config,
         admission,
-        queue,
+        inbox,
         handshaking: [Mutex::new(VecDeque::new()), Mutex::new(VecDeque::new())],
         newest: Mutex::new(BTreeMap::new()),
         throttle: Throttle::default(),
@@ -438,7 +467,7 @@ async fn accept<T>(mut stream: TcpStream, shared: &Inbound<T>) -> Result<(TcpStr
 /// that its dialer can tell a live connection from a dead one.
 async fn serve_peer<T>(stream: TcpStream, addr: SocketAddr, from: NodeId, shared: &Inbound<T>)
 where
-    T: DeserializeOwned,
+    T: DeserializeOwned + 'static,
 {
     let mut replaced = {
         let mut newest = shared.newest.lock().unwrap_or_else(|e| e.into_inner());
@@ -462,9 +491,9 @@ where
                 return info!("closed connection from node {from} ({addr}): it is no longer a peer");
             }
             match serde_json::from_slice::<T>(&frame) {
-                // A full inbound queue means the node is overloaded: drop, like a lost packet.
+                // A full inbox means the node is overloaded: drop, like a lost packet.
                 Ok(msg) => {
-                    if shared.queue.try_send((from, msg)).is_err() && shared.queue.is_closed() {
+                    if shared.inbox.deliver(from, msg) == Delivery::Closed {
                         return;
                     }
                 }
