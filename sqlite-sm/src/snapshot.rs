@@ -38,6 +38,8 @@ pub fn copy(state: &Path, dest: &Path) -> Result<Index, String> {
 /// Checks a received snapshot before it may replace the state: the file is a sound
 /// SQLite database (`PRAGMA integrity_check`) recording `expected` as its applied index.
 pub fn verify(path: &Path, expected: Index) -> Result<(), String> {
+    // SQLite must not start before its memory watch is in place (see `vfs::register`).
+    crate::vfs::register()?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| format!("cannot open the snapshot: {e}"))?;
     let verdict: String = conn
