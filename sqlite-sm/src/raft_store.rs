@@ -50,7 +50,8 @@ impl RaftStore {
              CREATE TABLE IF NOT EXISTS hard_state (id INTEGER PRIMARY KEY CHECK (id = 0), term INTEGER NOT NULL, voted_for INTEGER);
              CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, command BLOB);
              CREATE TABLE IF NOT EXISTS incarnation (id INTEGER PRIMARY KEY CHECK (id = 0), count INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 0), idx INTEGER NOT NULL, term INTEGER NOT NULL, pending_idx INTEGER, pending_term INTEGER);",
+             CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 0), idx INTEGER NOT NULL, term INTEGER NOT NULL, pending_idx INTEGER, pending_term INTEGER);
+             CREATE TABLE IF NOT EXISTS log_in_segments (id INTEGER PRIMARY KEY CHECK (id = 0));",
         )
         .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
         // Configurations (§4) are stored as JSON beside the entry or snapshot point; stores
@@ -82,9 +83,26 @@ impl RaftStore {
                 ))
             }
         }
+        // Once the log lives in segments, segments missing means the log was lost.
+        let in_segments = conn
+            .query_row("SELECT count(*) FROM log_in_segments", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            > 0;
+        if in_segments && !SegmentLog::exists(path)? {
+            return Err(format!(
+                "the Raft log segments beside {} are missing; the node will not start without its log",
+                path.display()
+            ));
+        }
         let log = SegmentLog::open(path, cluster, node)?;
         let mut store = RaftStore { conn, log };
         store.move_log_out_of_sqlite().map_err(|e| format!("cannot move the Raft log of {}: {e}", path.display()))?;
+        if !in_segments {
+            store
+                .conn
+                .execute("INSERT OR IGNORE INTO log_in_segments VALUES (0)", [])
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
         Ok(store)
     }
 
@@ -137,7 +155,7 @@ impl RaftStore {
         entries.retain(|e| e.index > snapshot.index);
         // After a crash in the middle of an install, the log may already be reset to the
         // pending snapshot point (`resume_install` finishes the job).
-        let starts = [Some(snapshot.index + 1), pending.as_ref().map(|p| p.index + 1)];
+        let starts = [Some(snapshot.index.saturating_add(1)), pending.as_ref().map(|p| p.index.saturating_add(1))];
         if let Some(first) = entries.first().filter(|e| !starts.contains(&Some(e.index))) {
             return Err(format!(
                 "the Raft log begins at index {} but the snapshot point is {}: entries are missing",

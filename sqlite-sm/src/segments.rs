@@ -3,17 +3,22 @@
 //! of etcd's WAL); a B-tree would rewrite whole pages per batch instead.
 //!
 //! A segment is `<stem>.log.<sequence>`, beside the store's SQLite file. Records are
-//! `[length u32][crc32 u32][body]`, little-endian, the checksum over the body. The body's
-//! first byte names it:
+//! `[length u32][crc32 of the length u32][crc32 of the body u32][body]`, little-endian.
+//! The body's first byte names it:
 //! - a header, first in every segment: the cluster and node the log belongs to;
 //! - an entry;
 //! - a truncation: entries from this index on are gone (§5.3, a conflicting suffix);
 //! - a reset: the whole log is gone and restarts after this index (a snapshot install, §7).
 //!
 //! Replaying the records in order gives the log. A crash in the middle of a write leaves
-//! a torn record at the end of the last segment (the write was never synced, so nothing
-//! after it was acknowledged): restart cuts the segment back to its last whole record.
-//! Damage anywhere else is not a torn write, and the node refuses to start.
+//! a torn record at the end of the last segment: the write was never synced, so nothing
+//! in it was acknowledged, and restart zeroes it. A torn record is told from damage as
+//! etcd's WAL does: a disk writes whole sectors, and a sector of the torn write that never
+//! reached the disk still holds the zeroes the segment was filled with, so some part of
+//! the record that lies within one sector is all zeroes (the length has a checksum of its
+//! own, so a damaged length cannot pass for one pointing elsewhere). A record that does not
+//! check and shows no such zeroes, or a torn one in any segment but the last, is damage:
+//! the node refuses to start rather than drop entries it may have acknowledged.
 //!
 //! Compaction (§7) deletes whole segments, oldest first, once every entry still live in
 //! them is at or below the snapshot point; the store drops the few entries below the
@@ -32,6 +37,12 @@ use raft_core::{Entry, Index, Membership, Payload};
 /// also commit the file's new size and block map, which costs a journal commit on ext4
 /// (measured here: 145 µs against 200 to 240 µs when appending).
 pub const SEGMENT_BYTES: u64 = 4 << 20;
+
+/// Bytes before a record's body.
+const RECORD_HEADER: usize = 12;
+
+/// The unit a disk writes whole (see the module docs).
+const SECTOR: usize = 512;
 
 const HEADER: u8 = 1;
 const ENTRY: u8 = 2;
@@ -89,15 +100,33 @@ impl SegmentLog {
         let prefix = store_path.with_extension("");
         let mut sequences = sequences(&prefix)?;
         // A segment begun just before a crash may lack a whole header, and then holds
-        // nothing: the segment before it was synced whole before it was begun.
+        // nothing else: the segment before it was synced whole before it was begun.
+        let header_len = RECORD_HEADER + 9 + cluster.len();
         while let Some(&sequence) = sequences.last() {
             let path = segment_path(&prefix, sequence);
             let data = fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            if decode(&data).is_some_and(|body| body[0] == HEADER) {
+            if matches!(read_record(&data, 0), Read::Record(body) if body[0] == HEADER) {
                 break;
             }
-            fs::remove_file(&path).map_err(|e| format!("cannot remove the unfinished {}: {e}", path.display()))?;
+            if data.iter().skip(header_len).any(|&b| b != 0) {
+                return Err(format!("{} has no header; the node will not start on a damaged Raft log", path.display()));
+            }
+            fs::remove_file(&path)
+                .and_then(|()| sync_dir(&prefix))
+                .map_err(|e| format!("cannot remove the unfinished {}: {e}", path.display()))?;
             sequences.pop();
+        }
+        // What the last segment holds may have reached only the page cache before a
+        // crash of the process: make it durable before anything is read from it (and
+        // acknowledged again as durable).
+        if let Some(&sequence) = sequences.last() {
+            let path = segment_path(&prefix, sequence);
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| sync_dir(&prefix))
+                .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
         }
         let segments = sequences
             .iter()
@@ -217,7 +246,11 @@ impl SegmentLog {
         }
         self.size += pending.len() as u64;
         if self.size >= SEGMENT_BYTES {
-            let next = self.segments.last().map_or(1, |s| s.sequence + 1);
+            let next = self.segments.last().map_or(Some(1), |s| s.sequence.checked_add(1));
+            let Some(next) = next else {
+                self.failed = true;
+                return Err("the Raft log has run out of segment numbers".into());
+            };
             self.start_segment(next).inspect_err(|_| self.failed = true)?;
         }
         Ok(())
@@ -231,6 +264,9 @@ impl SegmentLog {
             let segment = self.segments.remove(0);
             fs::remove_file(&segment.path).map_err(|e| format!("cannot delete {}: {e}", segment.path.display()))?;
             deleted += 1;
+        }
+        if deleted > 0 {
+            sync_dir(&self.prefix).map_err(|e| format!("cannot sync the Raft log's directory: {e}"))?;
         }
         Ok(deleted)
     }
@@ -255,12 +291,11 @@ impl SegmentLog {
         body.extend_from_slice(&self.node.to_le_bytes());
         body.extend_from_slice(self.cluster.as_bytes());
         let mut header = Vec::new();
-        encode(&mut header, &body);
+        encode(&mut header, &body)
+            .map_err(|()| format!("cannot create {}: the cluster name is too long", path.display()))?;
         let zeroes = vec![0u8; SEGMENT_BYTES.saturating_sub(header.len() as u64) as usize];
         file.write_all(&header).and_then(|()| file.write_all(&zeroes)).and_then(|()| file.sync_all()).map_err(fail)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(fail)?;
-        }
+        sync_dir(&self.prefix).map_err(fail)?;
         self.segments.push(Segment { sequence, path, live_max: 0 });
         self.file = Some(file);
         self.size = header.len() as u64;
@@ -268,7 +303,10 @@ impl SegmentLog {
     }
 
     fn push(&mut self, body: &[u8]) {
-        encode(&mut self.pending, body);
+        if encode(&mut self.pending, body).is_err() {
+            // Larger than a record can be (4 GiB): refuse the batch at `sync`.
+            self.failed = true;
+        }
     }
 
     /// Reads every segment in order and rebuilds the log.
@@ -289,21 +327,21 @@ impl SegmentLog {
             let mut at = 0;
             let mut first = true;
             while at < data.len() {
-                let Some(body) = decode(&data[at..]) else {
-                    // Zeroes to the end are the unused part of the segment. Anything
-                    // else is a torn write in the last segment (cleared by `open`).
-                    if n + 1 < count && data[at..].iter().any(|&b| b != 0) {
-                        return Err(damaged(at, "a record that does not check"));
-                    }
-                    break;
+                let body = match read_record(&data, at) {
+                    Read::Record(body) => body,
+                    Read::End => break,
+                    // Cleared by `open`.
+                    Read::Torn if n + 1 == count => break,
+                    Read::Torn => return Err(damaged(at, "a torn record before the last segment")),
+                    Read::Damaged(what) => return Err(damaged(at, what)),
                 };
-                let record_end = at + 8 + body.len();
+                let record_end = at + RECORD_HEADER + body.len();
                 match (first, body[0]) {
                     (true, HEADER) => self.check_header(&body[1..]).map_err(|e| format!("{name}: {e}"))?,
                     (true, _) => return Err(damaged(at, "no header")),
                     (false, ENTRY) => {
                         let entry = decode_entry(body).ok_or_else(|| damaged(at, "an unreadable entry"))?;
-                        let wanted = entries.last().map(|e| e.index + 1).or(expect);
+                        let wanted = entries.last().map(|e| e.index.saturating_add(1)).or(expect);
                         if wanted.is_some_and(|w| w != entry.index) {
                             return Err(damaged(at, &format!("entry {} where {wanted:?} was due", entry.index)));
                         }
@@ -323,12 +361,15 @@ impl SegmentLog {
                         let index = index_of(body).ok_or_else(|| damaged(at, "an unreadable reset"))?;
                         entries.clear();
                         live.clear();
-                        expect = Some(index + 1);
+                        expect = Some(index.saturating_add(1));
                     }
                     (false, _) => return Err(damaged(at, "an unknown record")),
                 }
                 first = false;
                 at = record_end;
+            }
+            if first {
+                return Err(damaged(0, "no header"));
             }
             if n + 1 == count {
                 valid_len = at as u64;
@@ -364,10 +405,7 @@ fn segment_path(prefix: &Path, sequence: u64) -> PathBuf {
 
 /// The sequence numbers of the segments `<prefix>.log.<sequence>` on disk, in order.
 fn sequences(prefix: &Path) -> Result<Vec<u64>, String> {
-    let dir = match prefix.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = dir_of(prefix);
     let stem = prefix.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let marker = format!("{stem}.log.");
     let listing = fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
@@ -390,20 +428,77 @@ fn payload_len(payload: &Payload) -> usize {
     }
 }
 
-/// Appends one record for `body` to `out`.
-fn encode(out: &mut Vec<u8>, body: &[u8]) {
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+/// Appends one record for `body` to `out`; a body of 4 GiB or more cannot be one.
+fn encode(out: &mut Vec<u8>, body: &[u8]) -> Result<(), ()> {
+    let len = u32::try_from(body.len()).map_err(|_| ())?.to_le_bytes();
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&crc32(&len).to_le_bytes());
     out.extend_from_slice(&crc32(body).to_le_bytes());
     out.extend_from_slice(body);
+    Ok(())
 }
 
-/// The body of the record at the start of `data`, if a whole one is there and checks.
-/// Zeroes (a file extended but not written) are not a record: a body is never empty.
-fn decode(data: &[u8]) -> Option<&[u8]> {
-    let len = u32::from_le_bytes(data.get(..4)?.try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(data.get(4..8)?.try_into().ok()?);
-    let body = data.get(8..8usize.checked_add(len)?)?;
-    (len > 0 && crc32(body) == crc).then_some(body)
+/// What is at a position in a segment.
+enum Read<'a> {
+    /// A whole record that checks: its body (never empty).
+    Record(&'a [u8]),
+    /// Zeroes to the end: the unused rest of the segment.
+    End,
+    /// A record a crash tore (see the module docs).
+    Torn,
+    /// Damage.
+    Damaged(&'static str),
+}
+
+/// Reads the record at `data[at..]`.
+fn read_record(data: &[u8], at: usize) -> Read<'_> {
+    let rest = data.get(at..).unwrap_or_default();
+    let Some(head) = rest.get(..RECORD_HEADER) else {
+        // Cut by the end of the file: a crash while the file grew.
+        return if rest.iter().all(|&b| b == 0) { Read::End } else { Read::Torn };
+    };
+    let word = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    if crc32(&head[..4]) != word(4) {
+        if rest.iter().all(|&b| b == 0) {
+            return Read::End;
+        }
+        return torn_or(data, at, at + RECORD_HEADER, "a record length that does not check");
+    }
+    let end = at + RECORD_HEADER + word(0) as usize;
+    let Some(body) = data.get(at + RECORD_HEADER..end) else { return Read::Torn };
+    if body.is_empty() {
+        return Read::Damaged("an empty record");
+    }
+    if crc32(body) != word(8) {
+        return torn_or(data, at, end, "a record that does not check");
+    }
+    Read::Record(body)
+}
+
+/// A record in `data[start..end]` that does not check is torn if some part of it that
+/// lies within one sector is all zeroes (see the module docs), and damaged if not.
+fn torn_or(data: &[u8], start: usize, end: usize, damage: &'static str) -> Read<'static> {
+    let mut from = start;
+    while from < end {
+        let to = ((from / SECTOR + 1) * SECTOR).min(end);
+        if data[from..to].iter().all(|&b| b == 0) {
+            return Read::Torn;
+        }
+        from = to;
+    }
+    Read::Damaged(damage)
+}
+
+/// Syncs the directory holding `prefix`, so that files created or deleted there stay so.
+fn sync_dir(prefix: &Path) -> std::io::Result<()> {
+    File::open(dir_of(prefix))?.sync_all()
+}
+
+fn dir_of(prefix: &Path) -> PathBuf {
+    match prefix.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 fn index_of(body: &[u8]) -> Option<Index> {

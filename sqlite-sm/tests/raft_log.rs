@@ -1,7 +1,7 @@
 //! The Raft log's segment files under crashes and damage: a restart recovers exactly
 //! the records written whole before the damage, and never starts on a log it cannot trust.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use raft_core::{Entry, Payload, Ready, SnapshotMeta};
@@ -66,7 +66,7 @@ fn random_ready(rng: &mut Rng, log: &[Entry], term: &mut u64) -> Ready {
 }
 
 #[test]
-fn a_torn_or_damaged_tail_is_cut_back_to_exactly_the_whole_records_before_it() {
+fn a_torn_tail_is_cleared_back_to_exactly_the_whole_records_before_it_and_damage_is_refused() {
     let seeds: u64 = std::env::var("LIGHTRAFT_LOG_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
     for seed in 1..=seeds {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
@@ -96,24 +96,50 @@ fn a_torn_or_damaged_tail_is_cut_back_to_exactly_the_whole_records_before_it() {
         }
         let written = tail.last().map_or(durable_end, |t| t.0);
         let segment = segments(dir.path()).pop().expect("a segment");
-        let at = durable_end + rng.below(written - durable_end);
-        let truncated = rng.below(2) == 0;
-        if truncated {
-            OpenOptions::new().write(true).open(&segment).and_then(|f| f.set_len(at)).expect("truncate");
-        } else {
-            let mut bytes = fs::read(&segment).expect("read");
-            bytes[at as usize] ^= 1 << rng.below(8);
-            fs::write(&segment, bytes).expect("damage");
+        let mut bytes = fs::read(&segment).expect("read");
+        let original = bytes.clone();
+        let mut at = durable_end + rng.below(written - durable_end);
+        let mode = rng.below(3);
+        match mode {
+            // The crash came while the file grew: it ends early.
+            0 => bytes.truncate(at as usize),
+            // A sector of a write (here: one record) never reached the disk: from the
+            // write's start, the segment's zeroes are still there; the sector's bytes
+            // before it are the earlier, synced ones.
+            1 => {
+                let write_start = tail.iter().map(|t| t.0).filter(|&end| end <= at).max().unwrap_or(durable_end);
+                let from = write_start.max(at / 512 * 512);
+                let to = ((at / 512 + 1) * 512).min(written);
+                bytes[from as usize..to as usize].fill(0);
+            }
+            // A bit went bad in a synced record: damage, not a torn write.
+            _ => {
+                let zero_bits: Vec<u64> = (0..8).filter(|b| original[at as usize] & (1 << b) == 0).collect::<Vec<_>>();
+                match zero_bits.get(rng.below(zero_bits.len() as u64) as usize) {
+                    Some(bit) => bytes[at as usize] |= 1 << bit,
+                    None => bytes[at as usize] = 0xFE,
+                }
+            }
         }
-        // Whole records before the damage survive; the rest are gone.
+        fs::write(&segment, &bytes).expect("damage");
+        let what = ["cut", "zeroed a sector's part", "set a bit"][mode as usize];
+        let context = format!("seed {seed} (LIGHTRAFT_LOG_SEEDS replays 1..=N): {what} at byte {at} of {written}");
+        if mode == 2 {
+            let err = RaftStore::open(&path, "c", 1).expect_err(&context);
+            assert!(err.contains("damaged"), "{context}: {err}");
+            assert_eq!(fs::read(&segment).expect("read"), bytes, "{context}: the damaged log is left as it was");
+            continue;
+        }
+        // Whole records before the first changed byte survive; the rest are gone.
+        if let Some(first_changed) = original.iter().zip(&bytes).position(|(a, b)| a != b) {
+            at = first_changed as u64;
+        }
         let expected = tail.iter().rev().find(|(record_end, _)| *record_end <= at).map(|(_, l)| l.clone());
         let expected = expected.unwrap_or_else(|| {
             let mut before = log.clone();
             before.truncate(before.len() - tail.len());
             before
         });
-        let what = if truncated { "cut" } else { "flipped a bit" };
-        let context = format!("seed {seed} (LIGHTRAFT_LOG_SEEDS replays 1..=N): {what} at byte {at} of {written}");
         let mut store = RaftStore::open(&path, "c", 1).unwrap_or_else(|e| panic!("{context}: {e}"));
         let recovered = store.load().unwrap_or_else(|e| panic!("{context}: {e}")).entries;
         let indexes = |log: &[Entry]| log.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>();
@@ -176,7 +202,7 @@ fn damage_before_the_last_segment_stops_the_node_and_compaction_deletes_old_segm
 }
 
 #[test]
-fn a_segment_begun_just_before_a_crash_is_discarded() {
+fn a_segment_begun_just_before_a_crash_is_discarded_but_one_with_records_is_not() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("meta.sqlite");
     let entries: Vec<Entry> = (1..=3).map(|i| entry(i, 1, 5)).collect();
@@ -190,6 +216,15 @@ fn a_segment_begun_just_before_a_crash_is_discarded() {
     assert_eq!(store.load().expect("loads").entries, entries);
     assert_eq!(segments(dir.path()).len(), 1);
     store.persist(&Ready { entries: vec![entry(4, 1, 5)], ..Ready::default() }).expect("appends");
+    drop(store);
+    // A last segment whose header went bad but which holds records is damage.
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let mut bytes = fs::read(&segment).expect("read");
+    bytes[14] ^= 0x01;
+    fs::write(&segment, &bytes).expect("damage");
+    let err = RaftStore::open(&path, "c", 1).expect_err("refused");
+    assert!(err.contains("no header"), "{err}");
+    assert_eq!(fs::read(&segment).expect("read"), bytes, "the damaged segment is left as it was");
 }
 
 #[test]
@@ -204,6 +239,15 @@ fn a_log_without_its_store_or_of_another_node_is_refused() {
     fs::remove_file(&path).expect("delete");
     let err = RaftStore::open(&path, "c", 1).expect_err("refused");
     assert!(err.contains("delete both"), "{err}");
+    // The log lost, its database kept: the acknowledged entries are gone, so no start.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("meta.sqlite");
+    RaftStore::open(&path, "c", 1).expect("opens");
+    for segment in segments(dir.path()) {
+        fs::remove_file(segment).expect("delete");
+    }
+    let err = RaftStore::open(&path, "c", 1).expect_err("refused");
+    assert!(err.contains("segments beside") && err.contains("missing"), "{err}");
     // Another node's log in place of this node's.
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("meta.sqlite");
@@ -224,6 +268,7 @@ fn a_log_kept_in_the_old_table_moves_to_segments() {
     }
     // As a store written before segments existed holds it.
     let conn = rusqlite::Connection::open(&path).expect("opens");
+    conn.execute("DELETE FROM log_in_segments", []).expect("unmark");
     for i in 4..=6 {
         conn.execute("INSERT INTO log (idx, term, command) VALUES (?1, 2, ?2)", rusqlite::params![i, vec![i as u8]])
             .expect("insert");
