@@ -287,18 +287,25 @@ impl RaftStore {
         self.log.append(entries);
         self.log.sync().map_err(StorageError)?;
         // Then the snapshot point, and only then are the segments it covers deleted.
-        let point = install_snapshot.as_ref().or(compacted.as_ref());
-        if let Some(meta) = point {
-            self.conn
-                .execute(
-                    "INSERT INTO snapshot (id, idx, term, membership) VALUES (0, ?1, ?2, ?3)
-                     ON CONFLICT(id) DO UPDATE SET idx = ?1, term = ?2, membership = ?3,
-                       pending_idx = NULL, pending_term = NULL, pending_membership = NULL",
-                    params![meta.index as i64, meta.term as i64, membership_json(&meta.membership)],
-                )
-                .map_err(fail)?;
-            self.log.compact(meta.index).map_err(StorageError)?;
-        }
+        // An install also ends the pending install it finishes.
+        let (point, sql) = match (install_snapshot, compacted) {
+            (Some(meta), _) => (
+                meta,
+                "INSERT INTO snapshot (id, idx, term, membership) VALUES (0, ?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET idx = ?1, term = ?2, membership = ?3,
+                   pending_idx = NULL, pending_term = NULL, pending_membership = NULL",
+            ),
+            (None, Some(meta)) => (
+                meta,
+                "INSERT INTO snapshot (id, idx, term, membership) VALUES (0, ?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET idx = ?1, term = ?2, membership = ?3",
+            ),
+            (None, None) => return Ok(()),
+        };
+        self.conn
+            .execute(sql, params![point.index as i64, point.term as i64, membership_json(&point.membership)])
+            .map_err(fail)?;
+        self.log.compact(point.index).map_err(StorageError)?;
         Ok(())
     }
 

@@ -94,7 +94,7 @@ struct Replayed {
 
 impl SegmentLog {
     /// Opens the log whose segments sit beside `store_path` (a file named `<stem>.<ext>`),
-    /// cutting a torn tail left by a crash, and checks that it belongs to `node` of
+    /// clearing a torn tail left by a crash, and checks that it belongs to `node` of
     /// `cluster`. Creates the first segment if there is none.
     pub fn open(store_path: &Path, cluster: &str, node: u64) -> Result<SegmentLog, String> {
         let prefix = store_path.with_extension("");
