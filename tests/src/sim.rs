@@ -225,6 +225,18 @@ pub fn run(params: &Params) -> Result<Report, Box<Failure>> {
     }
 }
 
+/// Runs one simulation keeping its whole narrated trace, passing or not: for a learner
+/// who wants to watch a run from the first tick to the last.
+pub fn run_traced(params: &Params) -> (Result<Report, Box<Failure>>, String) {
+    let mut sim = Sim::new(params);
+    sim.cluster.event_limit = usize::MAX;
+    let result = match sim.run() {
+        Ok(report) => Ok(report),
+        Err(violation) => Err(Box::new(Failure { params: params.clone(), violation, trace: String::new() })),
+    };
+    (result, sim.cluster.trace())
+}
+
 struct Sim<'a> {
     params: &'a Params,
     cluster: Cluster,

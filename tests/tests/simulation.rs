@@ -3,6 +3,9 @@
 //! - `cargo test -p lightraft-tests --test simulation` runs the default seeds.
 //! - `LIGHTRAFT_SIM_SEEDS=<n>` runs n seeds instead; `LIGHTRAFT_SIM_FIRST=<s>` starts at s.
 //! - `LIGHTRAFT_SEED=<seed>` replays exactly one seed, printing its summary.
+//! - `LIGHTRAFT_SIM_TRACE=1` with `LIGHTRAFT_SEED` prints that run's whole narrated trace,
+//!   every message, persist, role change and check, whether it passes or fails (add
+//!   `-- --nocapture` to see it).
 //!
 //! A failure prints the seed, the violated property, the replay command and a trace.
 
@@ -72,6 +75,15 @@ fn elections_settle_quickly_on_the_whole(reports: &[Report]) {
 
 #[test]
 fn simulated_clusters_stay_safe_under_faults_and_recover_once_healed() {
+    if let (Some(seed), Ok(_)) = (env_u64("LIGHTRAFT_SEED"), std::env::var("LIGHTRAFT_SIM_TRACE")) {
+        let (result, trace) = sim::run_traced(&Params::from_seed(seed));
+        println!("{trace}");
+        match result {
+            Ok(report) => println!("seed {seed} passed: {report:?}"),
+            Err(failure) => panic!("{failure}"),
+        }
+        return;
+    }
     let seeds: Vec<u64> = match env_u64("LIGHTRAFT_SEED") {
         Some(seed) => vec![seed],
         None => {
