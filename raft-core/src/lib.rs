@@ -57,6 +57,7 @@
 pub mod check_quorum;
 pub mod config;
 pub mod election;
+pub mod invariants;
 pub mod log;
 pub mod membership;
 pub mod message;

@@ -159,6 +159,15 @@ impl Node {
             snapshot.membership = Membership::initial(&config.voters);
         }
         let log = Log::restore(snapshot, restored.entries)?;
+        if log.last_term() > restored.hard_state.term {
+            // Entries come from leaders of terms this node has seen, and the term is made
+            // durable before the entries (ready.rs, step 2).
+            return Err(format!(
+                "the log ends in term {} but the durable term is {}; this node's Raft state is damaged",
+                log.last_term(),
+                restored.hard_state.term
+            ));
+        }
         if restored.applied < log.snapshot().index {
             return Err(format!(
                 "applied index {} is below the snapshot point {}: the state machine lacks compacted entries",
@@ -324,6 +333,7 @@ impl Node {
             self.ready.status_change = Some(soft);
             self.last_soft_state = soft;
         }
+        debug_assert_eq!(self.check_invariants(), Ok(()));
         std::mem::take(&mut self.ready)
     }
 

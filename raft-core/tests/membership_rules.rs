@@ -3,8 +3,8 @@
 mod common;
 
 use raft_core::{
-    AppendResult, ChangeError, Config, Entry, Membership, MembershipChange, Message, MessageKind, Node, Payload,
-    ProposalOutcome, Restored, Role, TransferError,
+    AppendResult, ChangeError, Config, Entry, HardState, Membership, MembershipChange, Message, MessageKind, Node,
+    Payload, ProposalOutcome, Restored, Role, TransferError,
 };
 
 use common::{drive, elect, msg};
@@ -160,23 +160,25 @@ fn a_learner_far_behind_is_not_promoted() {
 
 #[test]
 fn only_voters_votes_win_an_election() {
-    // Node 4 is a learner of {1, 2, 3}; node 1 campaigns and only node 4 grants.
+    // Node 4 is a learner of {1, 2, 3}; node 1 (in term 1, which wrote the entry)
+    // campaigns for term 2 and only node 4 grants.
     let learner = Membership { voters: [1, 2, 3].into(), learners: [4].into(), ..Membership::default() };
     let entries = vec![Entry { index: 1, term: 1, payload: Payload::Membership(learner) }];
-    let restored = Restored { entries, ..Restored::default() };
+    let hard_state = HardState { term: 1, voted_for: None };
+    let restored = Restored { hard_state, entries, ..Restored::default() };
     let mut node = Node::new(Config::new(1, vec![1, 2, 3]), restored).expect("valid");
     node.campaign();
     let ready = drive(&mut node);
     assert!(sent(&ready).iter().all(|m| m.to != 4), "a learner is not asked to vote");
-    node.step(msg(4, 1, 1, MessageKind::PreVoteResp { granted: true }));
+    node.step(msg(4, 1, 2, MessageKind::PreVoteResp { granted: true }));
     drive(&mut node);
     assert_eq!(node.role(), Role::PreCandidate, "a learner's grant does not count");
-    node.step(msg(3, 1, 1, MessageKind::PreVoteResp { granted: true }));
+    node.step(msg(3, 1, 2, MessageKind::PreVoteResp { granted: true }));
     drive(&mut node);
-    node.step(msg(4, 1, 1, MessageKind::VoteResp { granted: true }));
+    node.step(msg(4, 1, 2, MessageKind::VoteResp { granted: true }));
     drive(&mut node);
     assert_eq!(node.role(), Role::Candidate, "nor does its vote");
-    node.step(msg(2, 1, 1, MessageKind::VoteResp { granted: true }));
+    node.step(msg(2, 1, 2, MessageKind::VoteResp { granted: true }));
     drive(&mut node);
     assert_eq!(node.role(), Role::Leader);
 }
@@ -186,8 +188,11 @@ fn learners_and_servers_outside_the_configuration_never_campaign() {
     // A learner, and a server that joins later and knows only the initial configuration.
     let learner = Membership { voters: [1, 2, 3].into(), learners: [4].into(), ..Membership::default() };
     let entries = vec![Entry { index: 1, term: 1, payload: Payload::Membership(learner) }];
-    let mut as_learner =
-        Node::new(Config::new(4, vec![1, 2, 3]), Restored { entries, ..Restored::default() }).expect("valid");
+    let mut as_learner = Node::new(
+        Config::new(4, vec![1, 2, 3]),
+        Restored { hard_state: HardState { term: 1, voted_for: None }, entries, ..Restored::default() },
+    )
+    .expect("valid");
     let mut newcomer = Node::new(Config::new(5, vec![1, 2, 3]), Restored::default()).expect("valid");
     for node in [&mut as_learner, &mut newcomer] {
         for _ in 0..100 {

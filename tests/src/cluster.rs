@@ -981,6 +981,7 @@ impl Cluster {
         // Borrow the nodes and the checker separately.
         let Cluster { nodes, checker, .. } = self;
         let Some(raft) = nodes.get(&id).and_then(|n| n.raft.as_ref()) else { return Ok(()) };
+        raft.check_invariants().map_err(|e| format!("n{id}: {e}"))?;
         let status = raft.status();
         let leaders: Vec<(NodeId, Term, &raft_core::Log)> = nodes
             .iter()
