@@ -5,6 +5,8 @@
 # the first failing seed and the property that caught it.
 # Usage: tests/teeth/run.sh [seeds per bug, default 2000] [only bugs whose name contains this]
 # TEETH_LIST=<file> reads the bugs from another file in the same format.
+# TEETH_EXACT=1 takes the name as exact; TEETH_SHOW=1 prints the whole failure (the
+# property, the replay command and the trace), as tests/teeth/exercise.sh does.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 seeds=${1:-2000}
@@ -13,6 +15,15 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/teeth}
 status=0
+# The whole failure: for the simulation, its first failing seed in full (property, replay
+# command, trace); for any other test, everything it printed.
+show() {
+  if grep -q 'The first in full:' <<<"$1"; then
+    sed -n '/The first in full:/,/^stack backtrace:/p' <<<"$1" | grep -v '^stack backtrace:'
+  else
+    printf '%s\n' "$1"
+  fi
+}
 python3 - "${TEETH_LIST:-$root/tests/teeth/mutations.txt}" > "$scratch/list" <<'PY'
 import sys
 blocks, cur = [], {}
@@ -27,7 +38,12 @@ for b in blocks:
     print('\t'.join([b['name'], b['file'], b['from'], b['to'], b.get('test', '')]))
 PY
 while IFS=$'\t' read -r name file from to test; do
-  [[ -z "$only" || "$name" == *"$only"* ]] || continue
+  if [ -n "${TEETH_EXACT:-}" ]; then
+    [[ "${name%% (*}" == "$only" ]] || continue
+  else
+    [[ -z "$only" || "$name" == *"$only"* ]] || continue
+  fi
+  found=1
   rm -rf "$scratch/ws" && mkdir "$scratch/ws"
   (cd "$root" && git ls-files -co --exclude-standard | tar -cf - -T -) | tar -xf - -C "$scratch/ws"
   python3 - "$scratch/ws/$file" "$from" "$to" <<'PY'
@@ -47,12 +63,14 @@ PY
       caught=$(grep -m1 -A2 'panicked at' <<<"$out" | tr '\n' ' ' || true)
     fi
     if [ -n "$caught" ]; then echo "CAUGHT  $name: $caught"; else echo "MISSED  $name"; status=1; fi
+    [ -z "${TEETH_SHOW:-}" ] || show "$out"
     continue
   fi
   out=$(cd "$scratch/ws" && LIGHTRAFT_SIM_SEEDS=$seeds cargo test --release -q -p lightraft-tests --test simulation 2>&1 || true)
   caught=$(grep -m1 '^simulation seed' <<<"$out" || true)
   if [ -n "$caught" ]; then
     echo "CAUGHT  $name: ${caught#simulation }"
+    [ -z "${TEETH_SHOW:-}" ] || show "$out"
     continue
   fi
   # Rare interleavings are also staged by hand in the golden scenarios, which run the
@@ -61,9 +79,14 @@ PY
   caught=$(grep -m1 -oE "scenario [a-z0-9_]+: command '[a-z]+' failed at line [0-9]+: [^\"]*" <<<"$out" || true)
   if [ -n "$caught" ]; then
     echo "CAUGHT  $name: not in $seeds random seeds, but by $caught"
+    [ -z "${TEETH_SHOW:-}" ] || show "$out"
   else
     echo "MISSED  $name (no failure in $seeds seeds nor in the scenarios)"
     status=1
   fi
 done < "$scratch/list"
+if [ -z "${found:-}" ]; then
+  echo "no deliberate bug matches ${only:-anything} in ${TEETH_LIST:-tests/teeth/mutations.txt}" >&2
+  exit 2
+fi
 exit $status
