@@ -38,6 +38,7 @@ use crate::forwarding::{Forwarded, Taken};
 use crate::members::Address;
 use crate::protocol::{AdminResult, ErrorCode, PeerMessage, Reply, Request, StatusReport, Then};
 use crate::snapshots::{self, Ack, Outgoing, Received, Receiving, Sent};
+use crate::trace::Tracers;
 use admin::{AdminWaiter, Handover, Pending};
 
 /// An input to the core.
@@ -217,6 +218,8 @@ pub struct Core {
     admin_forwarded: HashMap<u64, (NodeId, oneshot::Sender<AdminResult>, Instant)>,
     /// When each peer was last heard from, for `.cluster`.
     last_heard: HashMap<NodeId, Instant>,
+    /// Sessions watching this node's Raft events (`.trace on`).
+    tracers: Tracers,
 }
 
 impl Core {
@@ -256,6 +259,7 @@ impl Core {
             handover: None,
             admin_forwarded: HashMap::new(),
             last_heard: HashMap::new(),
+            tracers: Tracers::default(),
             id: raft.id(),
             forwarded: Forwarded::new(raft.id()),
             taken: Taken::default(),
@@ -345,6 +349,7 @@ impl Core {
             Event::Peer(from, PeerMessage::Raft(msg)) => {
                 // The transport proved who `from` is; the message must agree.
                 if msg.from == from {
+                    self.tracers.emit(|| format!("recv {msg}"));
                     self.raft.step(msg);
                 } else {
                     warn!("node {from} sent a Raft message claiming to be from node {}; dropped", msg.from);
@@ -366,6 +371,17 @@ impl Core {
             },
             Event::Client(Request::Status(reply)) => {
                 let _ = reply.send(self.status());
+            }
+            Event::Client(Request::Trace(tx)) => {
+                self.tracers.add(tx);
+                let s = self.raft.status();
+                let leader = s.leader.map_or("none".to_string(), |l| format!("n{l}"));
+                self.tracers.emit(|| {
+                    format!(
+                        "n{} is {} term={} leader={leader} last={} commit={} applied={}",
+                        s.id, s.role, s.term, s.last_index, s.commit_index, self.applied
+                    )
+                });
             }
             Event::Client(Request::Write { sql, reply }) => {
                 if self.stopping.is_some() {
@@ -837,6 +853,10 @@ impl Core {
 
     /// The apply thread reached `index`: answer the writes and reads waiting for it.
     fn applied(&mut self, index: Index, results: Vec<(Index, LineResult)>) {
+        if index > self.applied {
+            let id = self.id;
+            self.tracers.emit(|| format!("n{id} applied up to {index}"));
+        }
         self.applied = self.applied.max(index);
         for (at, result) in results {
             if let Some(write) = self.committed.remove(&at).or_else(|| self.forwarded.applied(at)) {
@@ -924,6 +944,7 @@ impl Core {
             }
             // 1. A leader's appends and heartbeats leave before its own write (§10.2.1).
             for msg in &ready.messages {
+                self.tracers.emit(|| format!("send {msg}"));
                 self.send(msg.to, PeerMessage::Raft(msg.clone()));
             }
             self.start_snapshots(&ready);
@@ -935,11 +956,13 @@ impl Core {
             if ready.install_snapshot.is_some() {
                 failpoint("install-done");
             }
+            self.trace_persisted(&ready);
             if let Some(meta) = ready.compacted.clone() {
                 debug!("log compacted up to {}@{} on disk", meta.index, meta.term);
             }
             // 3. Messages that promise durable state.
             for msg in &ready.persisted_messages {
+                self.tracers.emit(|| format!("send {msg}"));
                 self.send(msg.to, PeerMessage::Raft(msg.clone()));
             }
             // 4. Apply, in order, on the apply thread. Results come back as events.
@@ -1006,8 +1029,41 @@ impl Core {
         }
     }
 
+    /// Tells `.trace` watchers what step 2 of `ready` made durable, and what committed.
+    fn trace_persisted(&mut self, ready: &Ready) {
+        let id = self.id;
+        if let Some(hs) = ready.hard_state {
+            let vote = hs.voted_for.map_or("none".to_string(), |v| format!("n{v}"));
+            self.tracers.emit(|| format!("n{id} persist term={} vote={vote}", hs.term));
+        }
+        if let Some(meta) = &ready.install_snapshot {
+            self.tracers.emit(|| format!("n{id} persist install snapshot {}@{}", meta.index, meta.term));
+        }
+        if let Some(meta) = &ready.compacted {
+            self.tracers.emit(|| format!("n{id} persist compact to {}@{}", meta.index, meta.term));
+        }
+        if let Some(from) = ready.truncate_from {
+            self.tracers.emit(|| format!("n{id} persist truncate {from}.."));
+        }
+        let range = |first: &raft_core::Entry, last: &raft_core::Entry| match first.index == last.index {
+            true => format!("{}@{}", first.index, first.term),
+            false => format!("{}@{}..{}@{}", first.index, first.term, last.index, last.term),
+        };
+        if let (Some(first), Some(last)) = (ready.entries.first(), ready.entries.last()) {
+            self.tracers.emit(|| format!("n{id} persist append {}", range(first, last)));
+        }
+        if let (Some(first), Some(last)) = (ready.committed.first(), ready.committed.last()) {
+            self.tracers.emit(|| format!("n{id} committed {}, to apply", range(first, last)));
+        }
+    }
+
     fn answer_reads(&mut self, ready: &Ready) {
         for outcome in &ready.reads {
+            let id = self.id;
+            self.tracers.emit(|| match outcome.result {
+                Ok(index) => format!("n{id} read {} confirmed at index {index}", outcome.id),
+                Err(e) => format!("n{id} read {} failed: {e:?}", outcome.id),
+            });
             let Some(barrier) = self.reads.remove(&outcome.id) else { continue };
             match outcome.result {
                 Ok(index) if index <= self.applied => {
@@ -1021,6 +1077,11 @@ impl Core {
 
     fn log_status(&mut self, ready: &Ready) {
         let Some(s) = ready.status_change else { return };
+        let id = self.id;
+        self.tracers.emit(|| {
+            let leader = s.leader.map_or("none".to_string(), |l| format!("n{l}"));
+            format!("n{id} is {} term={} leader={leader}", s.role, s.term)
+        });
         self.transfer_progress(&s);
         match (s.role, s.leader) {
             (Role::Leader, _) => info!("became leader of term {}", s.term),

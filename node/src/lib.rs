@@ -25,4 +25,5 @@ pub mod readers;
 pub mod server;
 pub mod session;
 pub mod snapshots;
+pub mod trace;
 pub mod up;

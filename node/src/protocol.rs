@@ -120,6 +120,8 @@ pub enum Request {
     ReadBarrier(Then),
     /// Report the node's status.
     Status(oneshot::Sender<StatusReport>),
+    /// Stream this node's Raft events, one line each, until the receiver is dropped.
+    Trace(tokio::sync::mpsc::Sender<String>),
     /// A change of the cluster, or a look at it: done by the leader (forwarded there).
     Admin {
         /// What to do.

@@ -53,6 +53,9 @@ on one line run as one transaction (all applied or none).
   .transfer NODE                 hand leadership to voter NODE
   .tables                        list tables
   .schema [TABLE]                show CREATE statements
+  .trace on|off                  stream this node's Raft events as they happen: role
+                                 changes, messages sent and received, disk writes,
+                                 commits, applies, reads (the notation of the scenarios)
   .help                          this text
   .quit                          close the session";
 
@@ -199,6 +202,8 @@ impl Out {
 struct State {
     json: bool,
     consistency: Consistency,
+    /// This node's Raft events, while `.trace on`.
+    trace: Option<mpsc::Receiver<String>>,
 }
 
 async fn session(stream: TcpStream, config: &SessionConfig) -> std::io::Result<()> {
@@ -208,9 +213,36 @@ async fn session(stream: TcpStream, config: &SessionConfig) -> std::io::Result<(
     let mut out = Out { writer: BufWriter::with_capacity(64 << 10, write), timeout: config.write_timeout };
     out.put(format!("{LOGO}Connected to node {}\n{PROMPT}", config.node).as_bytes()).await?;
     out.flush().await?;
-    let mut state = State { json: false, consistency: Consistency::Linearizable };
+    let mut state = State { json: false, consistency: Consistency::Linearizable, trace: None };
     loop {
-        let line = match tokio::time::timeout(config.idle_timeout, read_line(&mut reader, config.max_line)).await {
+        // While tracing, events are written as they come, between the client's lines.
+        // (Waiting for input with `fill_buf` takes nothing from the reader, so stopping
+        // that wait for an event loses no byte.) A session that watches needs not type:
+        // the idle timeout does not apply to it.
+        if let Some(trace) = state.trace.as_mut() {
+            tokio::select! {
+                event = trace.recv() => {
+                    match event {
+                        Some(line) => {
+                            let text = if state.json {
+                                serde_json::json!({ "trace": line }).to_string() + "\n"
+                            } else {
+                                format!("trace: {line}\n")
+                            };
+                            out.put(text.as_bytes()).await?;
+                            out.flush().await?;
+                        }
+                        None => state.trace = None,
+                    }
+                    continue;
+                }
+                ready = reader.fill_buf() => {
+                    ready?;
+                }
+            }
+        }
+        let wait = if state.trace.is_some() { Duration::MAX } else { config.idle_timeout };
+        let line = match tokio::time::timeout(wait, read_line(&mut reader, config.max_line)).await {
             Ok(line) => line?,
             Err(_) => {
                 let message = format!("closing the session: nothing was received for {:?}", config.idle_timeout);
@@ -324,6 +356,21 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
             state.consistency = Consistency::Local;
             ok(state, "consistency", "local")
         }
+        (".trace", ["on"]) => {
+            let (tx, rx) = mpsc::channel(crate::trace::QUEUE);
+            if config.core.try_send(Event::Client(Request::Trace(tx))).is_err() {
+                error(state, ErrorCode::Unavailable, "the node is busy or shutting down")
+            } else {
+                state.trace = Some(rx);
+                ok(state, "tracing", "on")
+            }
+        }
+        (".trace", ["off"]) => {
+            // Dropping the receiver tells the core to stop sending.
+            state.trace = None;
+            ok(state, "tracing", "off")
+        }
+        (".trace", []) => ok(state, "tracing", if state.trace.is_some() { "on" } else { "off" }),
         (".status", []) => {
             let (tx, rx) = oneshot::channel();
             if config.core.try_send(Event::Client(Request::Status(tx))).is_err() {

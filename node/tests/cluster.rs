@@ -260,3 +260,86 @@ async fn a_table_created_through_one_node_is_usable_at_once_through_the_others()
     let missing = clients[1].request("SELECT * FROM nowhere").await.expect("answer");
     assert_eq!(missing["code"], json!("sql_error"), "{missing}");
 }
+
+/// Reads lines from a raw session until one contains `want`, or panics after 10 s.
+/// Returns every line read.
+async fn lines_until(
+    reader: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    want: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, reader.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                let found = line.contains(want);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            other => panic!("no line with {want:?} within 10 s ({other:?}); read:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_on_streams_this_nodes_raft_events_off_stops_them_and_a_watcher_that_never_reads_stalls_nothing() {
+    use tokio::io::AsyncBufReadExt;
+    let cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    // A watcher on the leader that never reads a byte of what it asked for.
+    let mut lazy = TcpStream::connect(cluster.client_addrs[leader]).await.expect("connect");
+    lazy.write_all(b".trace on\n").await.expect("write");
+    // A watcher on a follower, in JSON mode.
+    let stream = TcpStream::connect(cluster.client_addrs[follower]).await.expect("connect");
+    let (read, mut write) = stream.into_split();
+    let mut watch = tokio::io::BufReader::new(read).lines();
+    write.write_all(b".mode json\n.trace on\n").await.expect("write");
+    let first = lines_until(&mut watch, r#"{"tracing":"on"}"#).await;
+    assert!(first.iter().any(|l| l.contains(r#"{"mode":"json"}"#)), "{first:?}");
+    // The first event says where the node stands.
+    let status = lines_until(&mut watch, "\"trace\"").await;
+    let status = status.last().cloned().unwrap_or_default();
+    assert!(
+        status.contains(&format!("n{follower} is follower")) && status.contains(&format!("leader=n{leader}")),
+        "{status}"
+    );
+
+    let mut client = cluster.client(leader).await;
+    until_ok(&mut client, "CREATE TABLE t (x INTEGER)").await;
+    // The follower's part in one write: the append arrives, is made durable, is
+    // acknowledged, and the entry commits and is applied.
+    let started = Instant::now();
+    for i in 0..300 {
+        let reply = client.request(&format!("INSERT INTO t VALUES ({i})")).await.expect("answer");
+        assert!(reply.get("error").is_none(), "{reply}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "300 writes took {:?} with a stalled watcher",
+        started.elapsed()
+    );
+    let events = lines_until(&mut watch, "applied up to").await;
+    let text = events.join("\n");
+    for want in [
+        format!("recv {leader}->{follower} t"),
+        format!("n{follower} persist append"),
+        format!("send {follower}->{leader} t"),
+        "AppendResp ok match=".to_string(),
+    ] {
+        assert!(text.contains(&want), "no {want:?} in the trace:\n{text}");
+    }
+    // Off: the reply, then nothing more, though the cluster keeps working (heartbeats
+    // alone would show every tick).
+    write.write_all(b".trace off\n").await.expect("write");
+    lines_until(&mut watch, r#"{"tracing":"off"}"#).await;
+    until_ok(&mut client, "INSERT INTO t VALUES (1000)").await;
+    match tokio::time::timeout(Duration::from_millis(800), watch.next_line()).await {
+        Err(_) => {}
+        Ok(line) => panic!("a trace line after .trace off: {line:?}"),
+    }
+    drop(lazy);
+}

@@ -1,0 +1,55 @@
+//! `.trace on`: this node's Raft events as they happen, one readable line each, for a
+//! learner who watches a live cluster while killing and restarting nodes. The lines use
+//! the notation of the golden scenarios (`send 1->2 t3 Append prev=5@2 commit=5 [6@3]`).
+//!
+//! The Raft thread never waits for a watcher: each has a bounded queue, a line that does
+//! not fit is dropped and counted, and the count leads the watcher's next line. With no
+//! watcher, tracing costs one check per event: lines are only formatted for someone.
+
+use tokio::sync::mpsc;
+
+/// Lines queued per watcher before new ones are dropped.
+pub const QUEUE: usize = 1024;
+
+struct Watcher {
+    tx: mpsc::Sender<String>,
+    dropped: u64,
+}
+
+/// The sessions watching this node's Raft events.
+#[derive(Default)]
+pub struct Tracers {
+    watchers: Vec<Watcher>,
+}
+
+impl Tracers {
+    /// Adds a watcher; it stops watching when it drops its receiver.
+    pub fn add(&mut self, tx: mpsc::Sender<String>) {
+        self.watchers.push(Watcher { tx, dropped: 0 });
+    }
+
+    /// Sends the line `line()` to every watcher (formatting it only if there is one).
+    pub fn emit(&mut self, line: impl FnOnce() -> String) {
+        if self.watchers.is_empty() {
+            return;
+        }
+        let line = line();
+        self.watchers.retain_mut(|w| {
+            let text = match w.dropped {
+                0 => line.clone(),
+                n => format!("({n} lines dropped: the session read too slowly) {line}"),
+            };
+            match w.tx.try_send(text) {
+                Ok(()) => {
+                    w.dropped = 0;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    w.dropped += 1;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+}
