@@ -11,6 +11,10 @@ use tokio::sync::mpsc;
 /// Lines queued per watcher before new ones are dropped.
 pub const QUEUE: usize = 1024;
 
+/// Sessions that may watch at once: each costs the Raft thread a copy of every line, so
+/// clients cannot slow it down by opening many.
+pub const MAX_WATCHERS: usize = 8;
+
 struct Watcher {
     tx: mpsc::Sender<String>,
     dropped: u64,
@@ -23,8 +27,14 @@ pub struct Tracers {
 }
 
 impl Tracers {
-    /// Adds a watcher; it stops watching when it drops its receiver.
+    /// Adds a watcher; it stops watching when it drops its receiver. Beyond
+    /// [`MAX_WATCHERS`] the watcher is told so and closed at once.
     pub fn add(&mut self, tx: mpsc::Sender<String>) {
+        self.watchers.retain(|w| !w.tx.is_closed());
+        if self.watchers.len() >= MAX_WATCHERS {
+            let _ = tx.try_send(format!("refused: {MAX_WATCHERS} sessions are already tracing this node"));
+            return;
+        }
         self.watchers.push(Watcher { tx, dropped: 0 });
     }
 

@@ -341,5 +341,19 @@ async fn trace_on_streams_this_nodes_raft_events_off_stops_them_and_a_watcher_th
         Err(_) => {}
         Ok(line) => panic!("a trace line after .trace off: {line:?}"),
     }
+    // At most eight sessions trace one node (the first watcher above stopped); the
+    // ninth is told so.
+    let mut more = Vec::new();
+    for _ in 0..8 {
+        let mut s = TcpStream::connect(cluster.client_addrs[follower]).await.expect("connect");
+        s.write_all(b".trace on\n").await.expect("write");
+        more.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ninth = TcpStream::connect(cluster.client_addrs[follower]).await.expect("connect");
+    let (read, mut write) = ninth.into_split();
+    let mut ninth = tokio::io::BufReader::new(read).lines();
+    write.write_all(b".mode json\n.trace on\n").await.expect("write");
+    lines_until(&mut ninth, "sessions are already tracing this node").await;
     drop(lazy);
 }
