@@ -38,7 +38,7 @@ use crate::forwarding::{Forwarded, Taken};
 use crate::members::Address;
 use crate::protocol::{AdminResult, ErrorCode, PeerMessage, Reply, Request, StatusReport, Then};
 use crate::snapshots::{self, Ack, Outgoing, Received, Receiving, Sent};
-use crate::trace::Tracers;
+use crate::trace::{self, Tracers};
 use admin::{AdminWaiter, Handover, Pending};
 
 /// An input to the core.
@@ -349,7 +349,7 @@ impl Core {
             Event::Peer(from, PeerMessage::Raft(msg)) => {
                 // The transport proved who `from` is; the message must agree.
                 if msg.from == from {
-                    self.tracers.emit(|| format!("recv {msg}"));
+                    self.tracers.emit(|| format!("recv {}", trace::message(&msg)));
                     self.raft.step(msg);
                 } else {
                     warn!("node {from} sent a Raft message claiming to be from node {}; dropped", msg.from);
@@ -373,15 +373,15 @@ impl Core {
                 let _ = reply.send(self.status());
             }
             Event::Client(Request::Trace(tx)) => {
-                self.tracers.add(tx);
+                // The new watcher's first line says where the node stands (or why it
+                // may not watch); the others are not told.
                 let s = self.raft.status();
                 let leader = s.leader.map_or("none".to_string(), |l| format!("n{l}"));
-                self.tracers.emit(|| {
-                    format!(
-                        "n{} is {} term={} leader={leader} last={} commit={} applied={}",
-                        s.id, s.role, s.term, s.last_index, s.commit_index, self.applied
-                    )
-                });
+                let first = format!(
+                    "n{} is {} term={} leader={leader} last={} commit={} applied={}",
+                    s.id, s.role, s.term, s.last_index, s.commit_index, self.applied
+                );
+                self.tracers.add(tx, first);
             }
             Event::Client(Request::Write { sql, reply }) => {
                 if self.stopping.is_some() {
@@ -944,7 +944,7 @@ impl Core {
             }
             // 1. A leader's appends and heartbeats leave before its own write (§10.2.1).
             for msg in &ready.messages {
-                self.tracers.emit(|| format!("send {msg}"));
+                self.tracers.emit(|| format!("send {}", trace::message(msg)));
                 self.send(msg.to, PeerMessage::Raft(msg.clone()));
             }
             self.start_snapshots(&ready);
@@ -962,7 +962,7 @@ impl Core {
             }
             // 3. Messages that promise durable state.
             for msg in &ready.persisted_messages {
-                self.tracers.emit(|| format!("send {msg}"));
+                self.tracers.emit(|| format!("send {}", trace::message(msg)));
                 self.send(msg.to, PeerMessage::Raft(msg.clone()));
             }
             // 4. Apply, in order, on the apply thread. Results come back as events.

@@ -217,8 +217,9 @@ async fn session(stream: TcpStream, config: &SessionConfig) -> std::io::Result<(
     loop {
         // While tracing, events are written as they come, between the client's lines.
         // (Waiting for input with `fill_buf` takes nothing from the reader, so stopping
-        // that wait for an event loses no byte.) A session that watches needs not type:
-        // the idle timeout does not apply to it.
+        // that wait for an event loses no byte.) A session that watches need not type:
+        // the idle timeout applies only once a line has begun. A watcher that went away
+        // is found out by the write timeout: events (heartbeats at least) keep coming.
         if let Some(trace) = state.trace.as_mut() {
             tokio::select! {
                 event = trace.recv() => {
@@ -241,8 +242,9 @@ async fn session(stream: TcpStream, config: &SessionConfig) -> std::io::Result<(
                 }
             }
         }
-        let wait = if state.trace.is_some() { Duration::MAX } else { config.idle_timeout };
-        let line = match tokio::time::timeout(wait, read_line(&mut reader, config.max_line)).await {
+        // Once the first byte is there, the rest of the line must come within the idle
+        // timeout, tracing or not: a partial line cannot hold the session open.
+        let line = match tokio::time::timeout(config.idle_timeout, read_line(&mut reader, config.max_line)).await {
             Ok(line) => line?,
             Err(_) => {
                 let message = format!("closing the session: nothing was received for {:?}", config.idle_timeout);
@@ -357,12 +359,26 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
             ok(state, "consistency", "local")
         }
         (".trace", ["on"]) => {
-            let (tx, rx) = mpsc::channel(crate::trace::QUEUE);
+            let (tx, mut rx) = mpsc::channel(crate::trace::QUEUE);
             if config.core.try_send(Event::Client(Request::Trace(tx))).is_err() {
                 error(state, ErrorCode::Unavailable, "the node is busy or shutting down")
             } else {
-                state.trace = Some(rx);
-                ok(state, "tracing", "on")
+                // The core's first line says whether this session may watch.
+                match tokio::time::timeout(config.write_timeout, rx.recv()).await {
+                    Ok(Some(first)) if first.starts_with(crate::trace::REFUSED) => {
+                        error(state, ErrorCode::Unavailable, first.trim_start_matches(crate::trace::REFUSED).trim())
+                    }
+                    Ok(Some(first)) => {
+                        state.trace = Some(rx);
+                        let first = if state.json {
+                            serde_json::json!({ "trace": first }).to_string() + "\n"
+                        } else {
+                            format!("trace: {first}\n")
+                        };
+                        ok(state, "tracing", "on") + &first
+                    }
+                    _ => error(state, ErrorCode::Unavailable, "the node is busy or shutting down"),
+                }
             }
         }
         (".trace", ["off"]) => {

@@ -11,6 +11,34 @@ use tokio::sync::mpsc;
 /// Lines queued per watcher before new ones are dropped.
 pub const QUEUE: usize = 1024;
 
+/// How a refused watcher's only line begins.
+pub const REFUSED: &str = "refused:";
+
+/// An append shows at most this many entries; more are summed up as a range, so a line
+/// stays short however large the batch (a catch-up append can carry thousands).
+const ENTRIES_SHOWN: usize = 8;
+
+/// A message in the scenarios' notation, with a long append shortened to its range.
+pub fn message(msg: &raft_core::Message) -> String {
+    match &msg.kind {
+        raft_core::MessageKind::Append { prev_index, prev_term, entries, commit } if entries.len() > ENTRIES_SHOWN => {
+            let (first, last) = (&entries[0], &entries[entries.len() - 1]);
+            format!(
+                "{}->{} t{} Append prev={prev_index}@{prev_term} commit={commit} [{}@{} .. {}@{}] ({} entries)",
+                msg.from,
+                msg.to,
+                msg.term,
+                first.index,
+                first.term,
+                last.index,
+                last.term,
+                entries.len()
+            )
+        }
+        _ => msg.to_string(),
+    }
+}
+
 /// Sessions that may watch at once: each costs the Raft thread a copy of every line, so
 /// clients cannot slow it down by opening many.
 pub const MAX_WATCHERS: usize = 8;
@@ -27,15 +55,18 @@ pub struct Tracers {
 }
 
 impl Tracers {
-    /// Adds a watcher; it stops watching when it drops its receiver. Beyond
-    /// [`MAX_WATCHERS`] the watcher is told so and closed at once.
-    pub fn add(&mut self, tx: mpsc::Sender<String>) {
+    /// Adds a watcher, whose first line is `first`; it stops watching when it drops its
+    /// receiver. Beyond [`MAX_WATCHERS`] the watcher gets a line starting with
+    /// [`REFUSED`] instead, and is closed at once.
+    pub fn add(&mut self, tx: mpsc::Sender<String>, first: String) {
         self.watchers.retain(|w| !w.tx.is_closed());
         if self.watchers.len() >= MAX_WATCHERS {
-            let _ = tx.try_send(format!("refused: {MAX_WATCHERS} sessions are already tracing this node"));
+            let _ = tx.try_send(format!("{REFUSED} {MAX_WATCHERS} sessions are already tracing this node"));
             return;
         }
-        self.watchers.push(Watcher { tx, dropped: 0 });
+        if tx.try_send(first).is_ok() {
+            self.watchers.push(Watcher { tx, dropped: 0 });
+        }
     }
 
     /// Sends the line `line()` to every watcher (formatting it only if there is one).

@@ -354,6 +354,8 @@ async fn trace_on_streams_this_nodes_raft_events_off_stops_them_and_a_watcher_th
     let (read, mut write) = ninth.into_split();
     let mut ninth = tokio::io::BufReader::new(read).lines();
     write.write_all(b".mode json\n.trace on\n").await.expect("write");
-    lines_until(&mut ninth, "sessions are already tracing this node").await;
+    let refused = lines_until(&mut ninth, "sessions are already tracing this node").await;
+    assert!(refused.last().is_some_and(|l| l.contains("\"error\"")), "{refused:?}");
+    assert!(!refused.iter().any(|l| l.contains(r#"{"tracing":"on"}"#)), "{refused:?}");
     drop(lazy);
 }

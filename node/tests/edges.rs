@@ -435,8 +435,28 @@ async fn connections_are_capped_idle_ones_closed_and_peers_keep_working() {
         assert!(Instant::now() < deadline, "the full node never applied the write");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A session watching `.trace` may sit silent, but a line it began must end within
+    // the idle timeout, or the session is closed like any other.
+    let mut watcher = TcpStream::connect(cluster.client_addrs[leader]).await.expect("connect");
+    watcher.write_all(b".trace on\n").await.expect("write");
+    let mut partial = TcpStream::connect(cluster.client_addrs[leader]).await.expect("connect");
+    partial.write_all(b".trace on\nSELECT").await.expect("write");
     // Idle sessions are closed, which frees their slots.
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut text = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), partial.read_to_string(&mut text)).await;
+    assert!(text.contains("nothing was received"), "a half line kept a tracing session open: {text:?}");
+    watcher.write_all(b".trace\n").await.expect("the silent watcher is still served");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&seen).contains("tracing is on") {
+        let mut chunk = [0u8; 4096];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, watcher.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&chunk[..n]),
+            other => panic!("the silent watcher was closed or stalled ({other:?}): {}", String::from_utf8_lossy(&seen)),
+        }
+    }
     let closed = held[1].request("SELECT 1").await;
     assert!(
         closed.is_err()
