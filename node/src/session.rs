@@ -225,12 +225,7 @@ async fn session(stream: TcpStream, config: &SessionConfig) -> std::io::Result<(
                 event = trace.recv() => {
                     match event {
                         Some(line) => {
-                            let text = if state.json {
-                                serde_json::json!({ "trace": line }).to_string() + "\n"
-                            } else {
-                                format!("trace: {line}\n")
-                            };
-                            out.put(text.as_bytes()).await?;
+                            out.put(trace_line(&state, &line).as_bytes()).await?;
                             out.flush().await?;
                         }
                         None => state.trace = None,
@@ -295,6 +290,15 @@ fn render(state: &State, reply: &Reply, max_bytes: u64) -> String {
         format::json(reply)
     } else {
         format::table(reply, max_bytes)
+    }
+}
+
+/// One `.trace` event as the session shows it.
+fn trace_line(state: &State, line: &str) -> String {
+    if state.json {
+        serde_json::json!({ "trace": line }).to_string() + "\n"
+    } else {
+        format!("trace: {line}\n")
     }
 }
 
@@ -370,12 +374,7 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
                     }
                     Ok(Some(first)) => {
                         state.trace = Some(rx);
-                        let first = if state.json {
-                            serde_json::json!({ "trace": first }).to_string() + "\n"
-                        } else {
-                            format!("trace: {first}\n")
-                        };
-                        ok(state, "tracing", "on") + &first
+                        ok(state, "tracing", "on") + &trace_line(state, &first)
                     }
                     _ => error(state, ErrorCode::Unavailable, "the node is busy or shutting down"),
                 }

@@ -43,6 +43,21 @@ async fn send_json<T: serde::Serialize>(stream: &mut TcpStream, value: &T) -> st
 }
 
 /// Reads until the node closes the connection; panics if it stays open.
+/// Reads from a raw session until `want` has arrived; panics with `failure` and what was
+/// read if the session closes or 10 s pass first.
+async fn read_until(stream: &mut TcpStream, want: &str, failure: &str) {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&seen).contains(want) {
+        let mut buf = [0u8; 4096];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            other => panic!("{failure} ({other:?}): {}", String::from_utf8_lossy(&seen)),
+        }
+    }
+}
+
 async fn assert_closed(mut stream: TcpStream, what: &str) {
     let mut buf = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -341,16 +356,7 @@ async fn wide_tables_and_clients_that_never_read_cost_bounded_memory() {
     // One 1 MB cell padded into 3000 rows would be 3 GB of table.
     let mut table = TcpStream::connect(cluster.client_addrs[leader]).await.expect("connect");
     table.write_all(b"SELECT * FROM t\n").await.expect("write");
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !String::from_utf8_lossy(&seen).contains("once its columns are padded") {
-        let mut buf = [0u8; 4096];
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, table.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
-            _ => panic!("no clear error for a table too wide: {}", String::from_utf8_lossy(&seen)),
-        }
-    }
+    read_until(&mut table, "once its columns are padded", "no clear error for a table too wide").await;
     // Fifty clients ask for 4 MB each and never read a byte of it.
     until_ok(&mut c, "CREATE TABLE big (x)").await;
     for _ in 0..4 {
@@ -447,16 +453,7 @@ async fn connections_are_capped_idle_ones_closed_and_peers_keep_working() {
     let _ = tokio::time::timeout(Duration::from_secs(5), partial.read_to_string(&mut text)).await;
     assert!(text.contains("nothing was received"), "a half line kept a tracing session open: {text:?}");
     watcher.write_all(b".trace\n").await.expect("the silent watcher is still served");
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !String::from_utf8_lossy(&seen).contains("tracing is on") {
-        let mut chunk = [0u8; 4096];
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, watcher.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&chunk[..n]),
-            other => panic!("the silent watcher was closed or stalled ({other:?}): {}", String::from_utf8_lossy(&seen)),
-        }
-    }
+    read_until(&mut watcher, "tracing is on", "the silent watcher was closed or stalled").await;
     let closed = held[1].request("SELECT 1").await;
     assert!(
         closed.is_err()
