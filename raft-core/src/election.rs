@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 
 use crate::message::MessageKind;
 use crate::node::{LeaderState, Node, RoleState};
-use crate::progress::Progress;
 use crate::quorum::{vote_result, VoteResult};
 use crate::types::{Index, NodeId, Payload, Term, MAX_TERM};
 
@@ -92,11 +91,8 @@ impl Node {
     /// its own term: committing it commits every earlier entry too (§5.4.2, §8), and until
     /// then the leader does not know its commit index (which ReadIndex relies on, §6.4).
     fn become_leader(&mut self) {
-        let last_index = self.log.last_index();
-        // Learners receive the log too (§4.2.1).
-        let progress = self.other_members().into_iter().map(|p| (p, Progress::new(last_index))).collect();
         self.role = RoleState::Leader(Box::new(LeaderState {
-            progress,
+            progress: BTreeMap::new(),
             heartbeat_elapsed: 0,
             broadcast_pending: true,
             commit_sent: self.commit_index,
@@ -107,7 +103,8 @@ impl Node {
         }));
         self.leader = Some(self.id());
         self.election_elapsed = 0;
-        // A member that an uncommitted change removes still gets the log (see `membership`).
+        // Every other member gets the log: learners too (§4.2.1), and a member that an
+        // uncommitted change removes (see `membership`).
         self.sync_progress();
         self.append_as_leader(Payload::Noop);
     }

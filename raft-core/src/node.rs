@@ -139,6 +139,9 @@ pub struct Node {
     /// What the driver was last told, to report only changes.
     last_hard_state: HardState,
     last_soft_state: SoftState,
+    /// The term and vote the driver has made durable (`advance`); until they equal
+    /// `last_hard_state`, no message may leave early (§10.2.1, see `ready`).
+    durable_hard_state: HardState,
 }
 
 impl Node {
@@ -201,6 +204,7 @@ impl Node {
             ready: Ready::default(),
             last_hard_state: hard,
             last_soft_state: soft,
+            durable_hard_state: hard,
             config,
         };
         node.reset_election_timer();
@@ -320,11 +324,15 @@ impl Node {
         if hard != self.last_hard_state {
             self.ready.hard_state = Some(hard);
             self.last_hard_state = hard;
-            // No message leaves before the term it carries is durable. A leader's messages
-            // normally may (§10.2.1): its term was durable before anyone voted for it. A
-            // sole voter elects itself in the ready that starts its term; were its appends
-            // to reach a learner and the node crash before the term is durable, it could
-            // lead that term again with different entries at the same indexes.
+        }
+        // No message leaves before the term it carries is durable. A leader's messages
+        // normally may (§10.2.1): its term was durable before anyone voted for it. A sole
+        // voter elects itself in the ready that starts its term, and a driver may take
+        // further readies before that write is done; were its appends to reach a learner
+        // and the node crash before the term is durable, it could lead that term again
+        // with different entries at the same indexes. So until the term is durable, every
+        // message waits for its ready's disk write, which follows the earlier ones.
+        if self.last_hard_state != self.durable_hard_state {
             let early = std::mem::take(&mut self.ready.messages);
             self.ready.persisted_messages.splice(0..0, early);
         }
@@ -340,6 +348,9 @@ impl Node {
     /// Tells the node that a ready's durable work (step 2) is done. A leader may now count
     /// its own copy of those entries towards a quorum (§10.2.1).
     pub fn advance(&mut self, ready: &Ready) {
+        if let Some(hard) = ready.hard_state {
+            self.durable_hard_state = hard;
+        }
         if let Some(last) = ready.entries.last() {
             // Only if the entry is still in the log: a later truncation may have removed it.
             if self.log.matches(last.index, last.term) {

@@ -49,6 +49,14 @@ pub(crate) struct FollowerRead {
     pub elapsed: Ticks,
 }
 
+impl FollowerRead {
+    /// §6.4.1: the follower serves the read once it has committed the leader's read
+    /// index; its state machine then holds every write acknowledged before the read began.
+    fn servable(&self, commit: Index) -> bool {
+        self.index.is_some_and(|i| i <= commit)
+    }
+}
+
 impl Node {
     /// Starts a linearizable read on whatever role this node has.
     pub(crate) fn request_read(&mut self, id: ReadId) {
@@ -119,7 +127,7 @@ impl Node {
                 let confirmed = self.confirmed_read_round();
                 leader.reads.iter().any(|r| confirmed.is_some_and(|c| r.round <= c))
             }
-            _ => self.follower_reads.iter().any(|r| r.index.is_some_and(|i| i <= self.commit_index)),
+            _ => self.follower_reads.iter().any(|r| r.servable(self.commit_index)),
         }
     }
 
@@ -140,8 +148,7 @@ impl Node {
                 }
             }
         }
-        let (done, waiting): (Vec<FollowerRead>, _) =
-            self.follower_reads.drain(..).partition(|r| r.index.is_some_and(|i| i <= commit));
+        let (done, waiting): (Vec<FollowerRead>, _) = self.follower_reads.drain(..).partition(|r| r.servable(commit));
         self.follower_reads = waiting;
         for read in done {
             self.ready.reads.push(ReadOutcome { id: read.id, result: Ok(read.index.unwrap_or(commit)) });

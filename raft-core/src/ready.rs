@@ -14,8 +14,10 @@
 //!    log or the new state and empty log, never a mix.
 //! 3. Send `persisted_messages`: votes and acknowledgements promise something about
 //!    durable state, so they must not leave before step 2 (Figure 2, "Persistent state").
-//!    A ready that changes `hard_state` puts all its messages here: no message leaves
-//!    before the term it carries is durable (a sole voter elects itself in one ready).
+//!    No message leaves before the term it carries is durable: a ready that changes
+//!    `hard_state`, and every later one until `advance` has been called for it, puts all
+//!    its messages here (a sole voter elects itself in one ready, and a driver may take
+//!    the next readies before that write is done).
 //! 4. Apply `committed` entries to the state machine, in order. This step may finish
 //!    later, on another thread (a long write then delays nobody's heartbeat), provided
 //!    entries are applied in order and step 5 waits for it.

@@ -18,6 +18,11 @@
 //!   it does not exist yet); `remove N id=M`: leader N removes M (§4); `retire M`: the
 //!   operator shuts M down for good
 //! - `partition N...`: cut the named nodes off from the others; `heal` removes all cuts
+//! - `drop [from=N] [to=M]`: the messages now in flight from N to M (any node where not
+//!   given) are lost; `hold [from=N] [to=M]` keeps them back until `release`, which puts
+//!   them in flight behind everything sent meanwhile (a delayed, reordered message)
+//! - `wait [units=U]`: simulated time moves on U units (the simulator ticks every 10; see `faults
+//!   slowdisk`), and every disk write due by then completes
 //! - `crash N [persisted=bool sent=K applied=K]`, `restart N`: with the keys, node N
 //!   crashes part-way through its oldest ready whose disk write is still in progress
 //!   (see `faults slowdisk`)
@@ -41,11 +46,22 @@ use std::error::Error;
 use std::fmt::Write as _;
 
 use goldenscript::{Argument, Command, Context};
-use lightraft_tests::cluster::{fmt_entry, Cluster, Faults, Partial};
+use lightraft_tests::cluster::{fmt_entry, Cluster, Faults, InFlight, Partial};
 use raft_core::{MembershipChange, NodeId};
 
 struct Runner {
     cluster: Option<Cluster>,
+    /// Messages taken off the network by `hold`, until `release`.
+    held: Vec<InFlight>,
+}
+
+/// Takes the messages in flight from `from` to `to` (0: any node) off the network.
+fn take_in_flight(cluster: &mut Cluster, command: &Command) -> Result<Vec<InFlight>, Box<dyn Error>> {
+    let (from, to) = (key(command, "from", 0u64)?, key(command, "to", 0u64)?);
+    let (taken, kept) =
+        cluster.network.drain(..).partition(|m| (from == 0 || m.msg.from == from) && (to == 0 || m.msg.to == to));
+    cluster.network = kept;
+    Ok(taken)
 }
 
 fn nodes(command: &Command) -> Result<Vec<NodeId>, Box<dyn Error>> {
@@ -164,6 +180,29 @@ impl goldenscript::Runner for Runner {
                 }
                 let rest: Vec<NodeId> = cluster.ids().into_iter().filter(|id| !group.contains(id)).collect();
                 cluster.say(format!("partition {group:?} | {rest:?}"));
+            }
+            "drop" => {
+                for m in take_in_flight(cluster, command)? {
+                    cluster.say(format!("lost {}", m.msg));
+                }
+            }
+            "hold" => {
+                for m in take_in_flight(cluster, command)? {
+                    cluster.say(format!("held {}", m.msg));
+                    self.held.push(m);
+                }
+            }
+            "release" => {
+                // Behind whatever is in flight now: a held message arrives late.
+                for m in self.held.drain(..) {
+                    cluster.say(format!("released {}", m.msg));
+                    cluster.network.push(m);
+                }
+            }
+            "wait" => {
+                cluster.now += key(command, "units", 1u64)?;
+                cluster.say(format!("time is now {}", cluster.now));
+                cluster.process_all()?;
             }
             "heal" => {
                 cluster.blocked.clear();
@@ -344,7 +383,7 @@ fn scenarios() {
     for path in &paths {
         let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            goldenscript::run(&mut Runner { cluster: None }, path)
+            goldenscript::run(&mut Runner { cluster: None, held: Vec::new() }, path)
         }));
         match outcome {
             Ok(Ok(())) => {}
