@@ -1,6 +1,16 @@
-//! How replies look to a person (`.mode table`) and to a script (`.mode json`).
+//! How replies look to a person (`.mode table`, `box`, `csv`, `line`) and to a script
+//! (`.mode json`).
+//!
+//! What a person's terminal shows cannot hurt them: control characters in values, column
+//! names and error messages (which could move the cursor, clear the screen or break a
+//! table's lines) and the bidirectional overrides (which reorder what follows) are shown
+//! as escapes, and columns are padded by display width, so wide characters (CJK, emoji)
+//! keep a table aligned. JSON and CSV carry the values exactly.
+
+use std::borrow::Cow;
 
 use sqlite_sm::{results_to_json, Output, StatementResult, Value};
+use unicode_width::UnicodeWidthStr;
 
 use crate::protocol::{ClusterReport, ErrorCode, Reply, StatusReport};
 
@@ -8,98 +18,273 @@ use crate::protocol::{ClusterReport, ErrorCode, Reply, StatusReport};
 const RED: &str = "\x1b[31m";
 const RESET: &str = "\x1b[0m";
 
-/// A reply as aligned ASCII tables and `N rows affected` lines. Every cell is padded to
-/// its column's widest, so one wide cell widens every row: a table whose padded size
-/// would exceed `max_bytes` is refused rather than built.
-pub fn table(reply: &Reply, max_bytes: u64) -> String {
-    match reply {
-        Reply::Error { code, message } => error_table(*code, message),
-        Reply::Results(results) => {
-            let mut out = String::new();
-            for result in results {
-                match result {
-                    StatementResult::Rows { columns, rows } => {
-                        let size = padded_size(columns, rows);
-                        if size > max_bytes {
-                            let message = format!(
-                                "the table would be {size} bytes once its columns are padded (the limit is {max_bytes}); use .mode json, fewer rows or narrower columns"
-                            );
-                            out.push_str(&error_table(ErrorCode::SqlError, &message));
-                            continue;
-                        }
-                        let cells: Vec<Vec<String>> =
-                            rows.iter().map(|r| r.iter().map(|v| v.display()).collect()).collect();
-                        out.push_str(&ascii_table(columns, &cells));
-                    }
-                    StatementResult::Changes { rows_affected, .. } => {
-                        let noun = if *rows_affected == 1 { "row" } else { "rows" };
-                        out.push_str(&format!("{rows_affected} {noun} affected\n"));
-                    }
-                }
-            }
-            out
+/// How a session shows results: `.mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Aligned ASCII tables (the default).
+    Table,
+    /// Aligned tables drawn with box characters.
+    Box,
+    /// Comma-separated values (RFC 4180).
+    Csv,
+    /// One `column = value` line per value, a blank line between rows.
+    Line,
+    /// One JSON line per request.
+    Json,
+}
+
+impl Mode {
+    /// The mode named `name`, as `.mode` takes it.
+    pub fn parse(name: &str) -> Option<Mode> {
+        Some(match name {
+            "table" => Mode::Table,
+            "box" => Mode::Box,
+            "csv" => Mode::Csv,
+            "line" => Mode::Line,
+            "json" => Mode::Json,
+            _ => return None,
+        })
+    }
+
+    /// Its name, as `.mode` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Table => "table",
+            Mode::Box => "box",
+            Mode::Csv => "csv",
+            Mode::Line => "line",
+            Mode::Json => "json",
         }
     }
 }
 
-/// The bytes an ASCII table of these rows would take, computed without building it.
-fn padded_size(columns: &[String], rows: &[Vec<Value>]) -> u64 {
-    let mut widths: Vec<u64> = columns.iter().map(|c| c.chars().count() as u64).collect();
-    for row in rows {
-        for (w, value) in widths.iter_mut().zip(row) {
-            *w = (*w).max(display_width(value));
+/// `.mode` and `.headers` together: how rows look as text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Style {
+    pub mode: Mode,
+    /// Show the column names (tables, boxes and CSV; `line` always names each value).
+    pub headers: bool,
+}
+
+impl Default for Style {
+    fn default() -> Style {
+        Style { mode: Mode::Table, headers: true }
+    }
+}
+
+/// A reply as aligned ASCII tables and `N rows affected` lines (the default style).
+pub fn table(reply: &Reply, max_bytes: u64) -> String {
+    text(reply, Style::default(), max_bytes)
+}
+
+/// A reply as text in `style` (any mode but JSON). Every cell of a table is padded to
+/// its column's widest, so one wide cell widens every row: a table whose padded size
+/// would exceed `max_bytes` is refused rather than built.
+pub fn text(reply: &Reply, style: Style, max_bytes: u64) -> String {
+    let results = match reply {
+        Reply::Error { code, message } => return error_table(*code, message),
+        Reply::Results(results) => results,
+    };
+    let mut out = String::new();
+    for result in results {
+        match result {
+            StatementResult::Rows { columns, rows } => {
+                let border = if style.mode == Mode::Box { '│'.len_utf8() } else { 1 };
+                let size = padded_size(columns, rows, border as u64);
+                if matches!(style.mode, Mode::Table | Mode::Box) && size > max_bytes {
+                    let message = format!(
+                        "the table would be {size} bytes once its columns are padded (the limit is {max_bytes}); use .mode json, csv or line, fewer rows or narrower columns"
+                    );
+                    out.push_str(&error_table(ErrorCode::SqlError, &message));
+                    continue;
+                }
+                if style.mode == Mode::Csv {
+                    out.push_str(&csv(columns, rows, style.headers));
+                    continue;
+                }
+                let columns: Vec<String> = columns.iter().map(|c| escape(c).into_owned()).collect();
+                let cells: Vec<Vec<String>> =
+                    rows.iter().map(|r| r.iter().map(|v| escape(&v.display()).into_owned()).collect()).collect();
+                out.push_str(&match style.mode {
+                    Mode::Line => line_mode(&columns, &cells),
+                    Mode::Box => drawn_table(&columns, &cells, style.headers, &BOX),
+                    _ => drawn_table(&columns, &cells, style.headers, &ASCII),
+                });
+            }
+            StatementResult::Changes { rows_affected, .. } => {
+                let noun = if *rows_affected == 1 { "row" } else { "rows" };
+                out.push_str(&format!("{rows_affected} {noun} affected\n"));
+            }
         }
     }
-    let line: u64 = widths.iter().map(|w| w + 3).sum::<u64>() + 2;
+    out
+}
+
+/// `text` as a terminal may show it: control characters and bidirectional overrides
+/// become visible escapes (`\n`, `\t`, `\u{1b}`).
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(hurts) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if hurts(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Whether a terminal showing `c` could be made to do something (control characters) or
+/// to show what follows in another order (bidirectional marks and overrides).
+fn hurts(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// How many columns of a terminal `text` takes.
+fn width(text: &str) -> usize {
+    UnicodeWidthStr::width(text)
+}
+
+/// The bytes a table of these rows would take, computed without building it. A cell's
+/// escaped bytes bound its width too (a character two columns wide takes three or four
+/// bytes), so each column is at most its widest cell's bytes, plus the borders.
+fn padded_size(columns: &[String], rows: &[Vec<Value>], border: u64) -> u64 {
+    let mut widths: Vec<u64> = columns.iter().map(|c| cell_size(c)).collect();
+    for row in rows {
+        for (w, value) in widths.iter_mut().zip(row) {
+            *w = (*w).max(value_size(value));
+        }
+    }
+    let line: u64 = widths.iter().map(|w| w + 2 + border).sum::<u64>() + border + 1;
     line.saturating_mul(rows.len() as u64 + 4)
 }
 
-/// How wide a value's cell is, without formatting a large one.
-fn display_width(value: &Value) -> u64 {
+/// A bound on the bytes a cell of `text` takes once escaped (`\u{10ffff}` is ten).
+fn cell_size(text: &str) -> u64 {
+    text.chars().map(|c| if hurts(c) { 10 } else { c.len_utf8() as u64 }).sum()
+}
+
+/// [`cell_size`] of a value, without formatting a large one.
+fn value_size(value: &Value) -> u64 {
     match value {
-        Value::Text(t) if t.len() > 64 => t.chars().count() as u64,
+        Value::Text(t) => cell_size(t),
         Value::Blob(b) => 3 + 2 * b.len() as u64,
-        other => other.display().chars().count() as u64,
+        other => other.display().len() as u64,
     }
 }
 
-/// An error line, in red.
+/// An error line, in red: `ERROR (code): message`.
 pub fn error_table(code: ErrorCode, message: &str) -> String {
-    let label = match code {
-        ErrorCode::SqlError => "ERROR".to_string(),
-        other => format!("ERROR ({})", other.as_str()),
-    };
-    format!("{RED}{label}: {message}{RESET}\n")
+    format!("{RED}ERROR ({}): {}{RESET}\n", code.as_str(), escape(message))
 }
+
+/// The characters that draw a table.
+struct Frame {
+    /// Left, middle and right corners of the top, header and bottom rules.
+    top: [char; 3],
+    middle: [char; 3],
+    bottom: [char; 3],
+    horizontal: char,
+    vertical: char,
+}
+
+const ASCII: Frame = Frame { top: ['+'; 3], middle: ['+'; 3], bottom: ['+'; 3], horizontal: '-', vertical: '|' };
+const BOX: Frame =
+    Frame {
+        top: ['┌', '┬', '┐'], middle: ['├', '┼', '┤'], bottom: ['└', '┴', '┘'], horizontal: '─', vertical: '│'
+    };
 
 /// A table with a header row, columns padded to their widest cell.
 pub fn ascii_table(columns: &[String], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
+    drawn_table(columns, rows, true, &ASCII)
+}
+
+fn drawn_table(columns: &[String], rows: &[Vec<String>], headers: bool, frame: &Frame) -> String {
+    let mut widths: Vec<usize> = columns.iter().map(|c| if headers { width(c) } else { 0 }).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(width(cell));
         }
     }
-    let rule: String = widths.iter().map(|w| format!("+{}", "-".repeat(w + 2))).collect::<String>() + "+\n";
+    let rule = |[left, mid, right]: [char; 3]| -> String {
+        let parts: Vec<String> = widths.iter().map(|w| frame.horizontal.to_string().repeat(w + 2)).collect();
+        format!("{left}{}{right}\n", parts.join(&mid.to_string()))
+    };
     let line = |cells: &[String]| -> String {
         let mut s = String::new();
         for (w, cell) in widths.iter().zip(cells) {
-            let pad = w - cell.chars().count();
-            s.push_str(&format!("| {cell}{} ", " ".repeat(pad)));
+            let pad = w.saturating_sub(width(cell));
+            s.push_str(&format!("{} {cell}{} ", frame.vertical, " ".repeat(pad)));
         }
-        s + "|\n"
+        format!("{s}{}\n", frame.vertical)
     };
-    let mut out = rule.clone();
-    out.push_str(&line(columns));
-    out.push_str(&rule);
+    let mut out = rule(frame.top);
+    if headers {
+        out.push_str(&line(columns));
+        if !rows.is_empty() {
+            out.push_str(&rule(frame.middle));
+        }
+    }
     for row in rows {
         out.push_str(&line(row));
     }
-    if !rows.is_empty() {
-        out.push_str(&rule);
+    if headers || !rows.is_empty() {
+        out.push_str(&rule(frame.bottom));
     }
     let noun = if rows.len() == 1 { "row" } else { "rows" };
     out.push_str(&format!("({} {noun})\n", rows.len()));
+    out
+}
+
+/// sqlite3's `.mode line`: each value on its own line after its column's name.
+fn line_mode(columns: &[String], rows: &[Vec<String>]) -> String {
+    let name_width = columns.iter().map(|c| width(c)).max().unwrap_or(0);
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        for (column, cell) in columns.iter().zip(row) {
+            let pad = " ".repeat(name_width.saturating_sub(width(column)));
+            out.push_str(&format!("{pad}{column} = {cell}\n"));
+        }
+    }
+    out
+}
+
+/// RFC 4180 CSV: a field holding a comma, quote or line break is quoted, quotes doubled;
+/// NULL is an empty field, a BLOB its `x'..'` hex.
+fn csv(columns: &[String], rows: &[Vec<Value>], headers: bool) -> String {
+    fn field(text: &str) -> Cow<'_, str> {
+        if text.contains([',', '"', '\n', '\r']) {
+            Cow::Owned(format!("\"{}\"", text.replace('"', "\"\"")))
+        } else {
+            Cow::Borrowed(text)
+        }
+    }
+    let mut out = String::new();
+    if headers {
+        let names: Vec<Cow<'_, str>> = columns.iter().map(|c| field(c)).collect();
+        out.push_str(&names.join(","));
+        out.push_str("\r\n");
+    }
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .map(|v| match v {
+                Value::Null => String::new(),
+                other => field(&other.display()).into_owned(),
+            })
+            .collect();
+        out.push_str(&cells.join(","));
+        out.push_str("\r\n");
+    }
     out
 }
 
@@ -293,7 +478,7 @@ mod tests {
         assert!(both.starts_with("{\"results\":[{"), "{both}");
         let err = json(&Reply::error(ErrorCode::OutcomeUnknown, "lost"));
         assert_eq!(err, "{\"code\":\"outcome_unknown\",\"error\":\"lost\"}\n");
-        assert!(table(&Reply::error(ErrorCode::SqlError, "bad"), u64::MAX).contains("\x1b[31mERROR: bad"));
+        assert!(table(&Reply::error(ErrorCode::SqlError, "bad"), u64::MAX).contains("\x1b[31mERROR (sql_error): bad"));
     }
 
     fn streamed(multi: bool, outputs: Vec<Output>, error: Option<&str>) -> serde_json::Value {

@@ -24,6 +24,7 @@ pub mod protocol;
 pub mod readers;
 pub mod server;
 pub mod session;
+mod shell;
 pub mod snapshots;
 pub mod trace;
 pub mod up;

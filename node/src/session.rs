@@ -1,10 +1,13 @@
 //! The client session: what a person (or a script) typing into `nc` sees.
 //!
-//! One line is one request. SQL is classified by SQLite on a reader thread: reads run on
-//! a reader (after a ReadIndex barrier if linearizable) and stream their rows back;
-//! writes go to the Raft core. Lines starting with `.` are shell commands, as in the
-//! sqlite3 shell. Whatever arrives (an over-long line, invalid UTF-8, binary garbage)
-//! gets a clear error, and the session goes on.
+//! One request is one line, or, in the text modes, as many lines as a statement takes:
+//! a line that stops inside a statement, a string or a comment waits for the next with
+//! the continuation prompt, as in the sqlite3 shell (JSON mode keeps one line, one
+//! request). SQL is classified by SQLite on a reader thread: reads run on a reader
+//! (after a ReadIndex barrier if linearizable) and stream their rows back; writes go to
+//! the Raft core. Lines starting with `.` are shell commands ([`crate::shell`]).
+//! Whatever arrives (an over-long line, invalid UTF-8, a NUL byte, binary garbage) gets
+//! a clear error, and the session goes on.
 //!
 //! A session costs the node little and never for long: connections are capped, a
 //! session that stays silent is closed, and a client that does not read its answers is
@@ -12,7 +15,7 @@
 
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -21,9 +24,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, warn};
 
 use crate::core::Event;
-use crate::format::{self, JsonStream};
+use crate::format::{self, JsonStream, Mode, Style};
 use crate::protocol::{AdminCommand, AdminOk, Consistency, ErrorCode, Reply, Request, Then};
 use crate::readers::{submit_to_core, Classified, ReadItem, ReadPool};
+use crate::shell;
 use sqlite_sm::StatementResult;
 
 /// The banner's logo.
@@ -38,22 +42,32 @@ const LOGO: &str = r" _ _       _     _              __ _
 /// The prompt, as in the original.
 pub const PROMPT: &str = "lightraft=# ";
 
+/// The prompt while a statement continues on the next line (psql's style).
+pub const CONTINUATION: &str = "lightraft-# ";
+
 const HELP: &str = "\
-Each line is one request. SQL runs on the cluster; several statements separated by ;
-on one line run as one transaction (all applied or none).
-  .mode table|json               output as tables (default) or one JSON line per request
-  .consistency linearizable|local
-                                 reads see every acknowledged write (default), or this
-                                 node's copy at once, possibly stale
+SQL runs on the cluster; several statements in one request run as one transaction (all
+applied or none). A statement may span lines: until it ends (with ;, outside any string,
+comment or trigger body) the prompt is lightraft-#. In JSON mode each line is a request.
+  .mode [table|box|csv|line|json]
+                                 show or set how results look (default table; json is
+                                 one JSON line per request)
+  .headers [on|off]              show or set whether tables and CSV name their columns
+  .timer [on|off]                show or set whether each request's time is shown
+  .consistency [linearizable|local]
+                                 show or set what reads see: every acknowledged write
+                                 (default), or this node's copy at once, possibly stale
+  .tables [PATTERN]              list tables (LIKE pattern, e.g. us%)
+  .schema [PATTERN]              the CREATE statements of matching tables, as SQL
+  .indexes [TABLE]               list indexes, of TABLE only if given
+  .dump [TABLE]                  the database (or one table) as SQL that rebuilds it
   .status                        this node's role, term, leader, commit and applied index
   .cluster                       the members: role, addresses, replication lag (asks the leader)
   .add NODE RPC_IP:PORT CLIENT_IP:PORT
                                  add node NODE as a learner; it votes once caught up
   .remove NODE                   remove node NODE (the leader too) from the cluster
   .transfer NODE                 hand leadership to voter NODE
-  .tables                        list tables
-  .schema [TABLE]                show CREATE statements
-  .trace on|off                  stream this node's Raft events as they happen: role
+  .trace [on|off]                stream this node's Raft events as they happen: role
                                  changes, messages sent and received, disk writes,
                                  commits, applies, reads (the notation of the scenarios)
   .help                          this text
@@ -199,11 +213,21 @@ impl Out {
 }
 
 /// A session's settings.
-struct State {
-    json: bool,
-    consistency: Consistency,
+pub(crate) struct State {
+    pub(crate) style: Style,
+    /// Show each request's time (`.timer`).
+    timer: bool,
+    pub(crate) consistency: Consistency,
     /// This node's Raft events, while `.trace on`.
     trace: Option<mpsc::Receiver<String>>,
+    /// The lines of a statement not yet ended.
+    pending: String,
+}
+
+impl State {
+    pub(crate) fn json(&self) -> bool {
+        self.style.mode == Mode::Json
+    }
 }
 
 async fn session(stream: TcpStream, config: &SessionConfig) -> std::io::Result<()> {
@@ -213,7 +237,13 @@ async fn session(stream: TcpStream, config: &SessionConfig) -> std::io::Result<(
     let mut out = Out { writer: BufWriter::with_capacity(64 << 10, write), timeout: config.write_timeout };
     out.put(format!("{LOGO}Connected to node {}\n{PROMPT}", config.node).as_bytes()).await?;
     out.flush().await?;
-    let mut state = State { json: false, consistency: Consistency::Linearizable, trace: None };
+    let mut state = State {
+        style: Style::default(),
+        timer: false,
+        consistency: Consistency::Linearizable,
+        trace: None,
+        pending: String::new(),
+    };
     loop {
         // While tracing, events are written as they come, between the client's lines.
         // (Waiting for input with `fill_buf` takes nothing from the reader, so stopping
@@ -257,52 +287,87 @@ async fn session(stream: TcpStream, config: &SessionConfig) -> std::io::Result<(
             }
             Line::Bytes(bytes) => match String::from_utf8(bytes) {
                 Err(_) => {
+                    state.pending.clear();
                     let message = "the line is not valid UTF-8 and was ignored";
                     out.put(error(&state, ErrorCode::BadRequest, message).as_bytes()).await?;
                     false
                 }
-                Ok(text) => {
-                    let text = text.trim();
-                    if text.is_empty() {
-                        false
-                    } else if text.starts_with('.') {
-                        dot_command(text, &mut state, config, &mut out).await?
-                    } else {
-                        run_sql(text.to_string(), &state, config, &mut out).await?;
-                        false
-                    }
-                }
+                Ok(text) => take_line(text, &mut state, config, &mut out).await?,
             },
         };
         if quit {
             out.flush().await?;
             return out.writer.shutdown().await;
         }
-        if !state.json {
-            out.put(PROMPT.as_bytes()).await?;
+        if !state.json() {
+            let prompt = if state.pending.is_empty() { PROMPT } else { CONTINUATION };
+            out.put(prompt.as_bytes()).await?;
         }
         out.flush().await?;
     }
 }
 
-fn render(state: &State, reply: &Reply, max_bytes: u64) -> String {
-    if state.json {
+/// One line of text from the client: a shell command, or SQL to run once its statement
+/// has ended. Returns whether to close the session.
+async fn take_line(text: String, state: &mut State, config: &SessionConfig, out: &mut Out) -> std::io::Result<bool> {
+    if state.pending.is_empty() && text.trim_start().starts_with('.') {
+        return dot_command(text.trim(), state, config, out).await;
+    }
+    if text.contains('\0') {
+        // SQLite would stop reading at the NUL and silently drop what follows it.
+        state.pending.clear();
+        let message = "the line holds a NUL byte, and SQL ends there; nothing was run";
+        out.put(error(state, ErrorCode::BadRequest, message).as_bytes()).await?;
+        return Ok(false);
+    }
+    let sql = if state.pending.is_empty() { text } else { std::mem::take(&mut state.pending) + "\n" + &text };
+    if sql.len() > config.max_line {
+        let message =
+            format!("the statement is longer than {} bytes (the longest line) and was discarded", config.max_line);
+        return out.put(error(state, ErrorCode::BadRequest, &message).as_bytes()).await.map(|_| false);
+    }
+    // JSON mode stays one line, one request: a script gets exactly one answer per line.
+    let multiline = !state.json();
+    if multiline && sqlite_sm::text::ends_inside_a_token(&sql) {
+        state.pending = sql;
+        return Ok(false);
+    }
+    if multiline && sqlite_sm::text::is_blank(&sql) {
+        // Comments and semicolons alone, as sqlite3 accepts them: nothing to do.
+        return Ok(false);
+    }
+    if sql.trim().is_empty() {
+        return Ok(false);
+    }
+    let started = Instant::now();
+    if let Ran::Incomplete = run_sql(sql.clone(), state, config, out, multiline).await? {
+        state.pending = sql;
+        return Ok(false);
+    }
+    if state.timer && !state.json() {
+        out.put(format!("Run Time: real {:.3}\n", started.elapsed().as_secs_f64()).as_bytes()).await?;
+    }
+    Ok(false)
+}
+
+pub(crate) fn render(state: &State, reply: &Reply, max_bytes: u64) -> String {
+    if state.json() {
         format::json(reply)
     } else {
-        format::table(reply, max_bytes)
+        format::text(reply, state.style, max_bytes)
     }
 }
 
 /// One `.trace` event as the session shows it.
 fn trace_line(state: &State, line: &str) -> String {
-    if state.json {
+    if state.json() {
         serde_json::json!({ "trace": line }).to_string() + "\n"
     } else {
         format!("trace: {line}\n")
     }
 }
 
-fn error(state: &State, code: ErrorCode, message: &str) -> String {
+pub(crate) fn error(state: &State, code: ErrorCode, message: &str) -> String {
     render(state, &Reply::error(code, message), u64::MAX)
 }
 
@@ -313,9 +378,9 @@ async fn admin(command: AdminCommand, state: &State, config: &SessionConfig) -> 
         return error(state, ErrorCode::Unavailable, "the node is busy or shutting down");
     }
     match rx.await {
-        Ok(Ok(AdminOk::Done(message))) if state.json => serde_json::json!({ "done": message }).to_string() + "\n",
+        Ok(Ok(AdminOk::Done(message))) if state.json() => serde_json::json!({ "done": message }).to_string() + "\n",
         Ok(Ok(AdminOk::Done(message))) => format!("{message}\n"),
-        Ok(Ok(AdminOk::Cluster(report))) => format::cluster(&report, state.json),
+        Ok(Ok(AdminOk::Cluster(report))) => format::cluster(&report, state.json()),
         Ok(Err((code, message))) => error(state, code, &message),
         Err(_) => error(state, ErrorCode::Unavailable, "the node is shutting down"),
     }
@@ -327,7 +392,7 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
     let command = words.next().unwrap_or_default();
     let args: Vec<&str> = words.collect();
     let ok = |state: &State, key: &str, value: &str| {
-        if state.json {
+        if state.json() {
             serde_json::json!({ key: value }).to_string() + "\n"
         } else {
             format!("{key} is {value}\n")
@@ -335,25 +400,36 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
     };
     let output = match (command, args.as_slice()) {
         (".quit" | ".exit", []) => {
-            let bye = if state.json { "{\"bye\":true}\n" } else { "bye\n" };
+            let bye = if state.json() { "{\"bye\":true}\n" } else { "bye\n" };
             out.put(bye.as_bytes()).await?;
             return Ok(true);
         }
         (".help", []) => {
-            if state.json {
+            if state.json() {
                 serde_json::json!({ "help": HELP }).to_string() + "\n"
             } else {
                 format!("{HELP}\n")
             }
         }
-        (".mode", ["json"]) => {
-            state.json = true;
-            ok(state, "mode", "json")
+        (".mode", []) => ok(state, "mode", state.style.mode.name()),
+        (".mode", [name]) => match Mode::parse(name) {
+            Some(mode) => {
+                state.style.mode = mode;
+                ok(state, "mode", mode.name())
+            }
+            None => error(state, ErrorCode::BadRequest, &format!("no mode {name:?}: table, box, csv, line or json")),
+        },
+        (".headers", []) => ok(state, "headers", on_off(state.style.headers)),
+        (".headers", [value @ ("on" | "off")]) => {
+            state.style.headers = *value == "on";
+            ok(state, "headers", value)
         }
-        (".mode", ["table"]) => {
-            state.json = false;
-            ok(state, "mode", "table")
+        (".timer", []) => ok(state, "timer", on_off(state.timer)),
+        (".timer", [value @ ("on" | "off")]) => {
+            state.timer = *value == "on";
+            ok(state, "timer", value)
         }
+        (".consistency", []) => ok(state, "consistency", consistency_name(state.consistency)),
         (".consistency", ["linearizable"]) => {
             state.consistency = Consistency::Linearizable;
             ok(state, "consistency", "linearizable")
@@ -385,14 +461,14 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
             state.trace = None;
             ok(state, "tracing", "off")
         }
-        (".trace", []) => ok(state, "tracing", if state.trace.is_some() { "on" } else { "off" }),
+        (".trace", []) => ok(state, "tracing", on_off(state.trace.is_some())),
         (".status", []) => {
             let (tx, rx) = oneshot::channel();
             if config.core.try_send(Event::Client(Request::Status(tx))).is_err() {
                 error(state, ErrorCode::Unavailable, "the node is busy or shutting down")
             } else {
                 match rx.await {
-                    Ok(report) => format::status(&report, state.json),
+                    Ok(report) => format::status(&report, state.json()),
                     Err(_) => error(state, ErrorCode::Unavailable, "the node is shutting down"),
                 }
             }
@@ -413,23 +489,10 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
             Ok(node) => admin(AdminCommand::Transfer { node }, state, config).await,
             Err(_) => error(state, ErrorCode::BadRequest, &format!("{node:?} is not a node index")),
         },
-        (".tables", []) => {
-            let sql = format!(
-                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> '{}' ORDER BY name",
-                sqlite_sm::APPLIED_TABLE
-            );
-            fresh_read(sql, state, config, out).await?;
-            return Ok(false);
-        }
-        (".schema", [] | [_]) => {
-            let filter = args.first().map_or(String::new(), |t| format!(" AND tbl_name = '{}'", t.replace('\'', "''")));
-            let sql = format!(
-                "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' AND tbl_name <> '{}'{filter} ORDER BY tbl_name, type DESC, name",
-                sqlite_sm::APPLIED_TABLE
-            );
-            fresh_read(sql, state, config, out).await?;
-            return Ok(false);
-        }
+        (".tables", [] | [_]) => shell::tables(args.first().copied(), state, config).await,
+        (".schema", [] | [_]) => shell::schema(args.first().copied(), state, config).await,
+        (".indexes" | ".indices", [] | [_]) => shell::indexes(args.first().copied(), state, config).await,
+        (".dump", [] | [_]) => shell::dump(args.first().copied(), state, config).await,
         _ => {
             let message = format!("unknown command or wrong arguments: {text} (try .help)");
             error(state, ErrorCode::BadRequest, &message)
@@ -439,13 +502,46 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
     Ok(false)
 }
 
-/// One line of SQL: classified by SQLite itself, then read or replicated. The classifier
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+fn consistency_name(consistency: Consistency) -> &'static str {
+    match consistency {
+        Consistency::Linearizable => "linearizable",
+        Consistency::Local => "local",
+    }
+}
+
+/// What became of SQL handed to [`run_sql`].
+enum Ran {
+    /// It ran (or failed), and its answer was written.
+    Answered,
+    /// It stops in the middle of a statement, and nothing ran: read on.
+    Incomplete,
+}
+
+/// A request of SQL: classified by SQLite itself, then read or replicated. The classifier
 /// starts the work itself (a write goes to the Raft core, a read to a reader once its
-/// barrier passes), so the session only waits for the outcome.
-async fn run_sql(sql: String, state: &State, config: &SessionConfig, out: &mut Out) -> std::io::Result<()> {
+/// barrier passes), so the session only waits for the outcome. With `wait_if_incomplete`,
+/// SQL that stops mid-statement is not an error but [`Ran::Incomplete`].
+async fn run_sql(
+    sql: String,
+    state: &State,
+    config: &SessionConfig,
+    out: &mut Out,
+    wait_if_incomplete: bool,
+) -> std::io::Result<Ran> {
     let linearizable = state.consistency == Consistency::Linearizable;
     let classified = match config.readers.classify(sql.clone(), linearizable).await {
-        Err(busy) => return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await,
+        Err(busy) => {
+            return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await.map(|_| Ran::Answered)
+        }
+        Ok(Err(e)) if e.is_incomplete() && wait_if_incomplete => return Ok(Ran::Incomplete),
         Ok(Ok(classified)) => Ok(classified),
         Ok(Err(e)) if e.is_final() || !linearizable => Err(e),
         Ok(Err(_)) => {
@@ -454,33 +550,46 @@ async fn run_sql(sql: String, state: &State, config: &SessionConfig, out: &mut O
             // a linearizable read would, and judge the line again (a read needs no
             // second barrier).
             if let Err(reply) = barrier(config).await {
-                return out.put(render(state, &reply, u64::MAX).as_bytes()).await;
+                return out.put(render(state, &reply, u64::MAX).as_bytes()).await.map(|_| Ran::Answered);
             }
             match config.readers.classify(sql, false).await {
-                Err(busy) => return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await,
+                Err(busy) => {
+                    return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await.map(|_| Ran::Answered)
+                }
                 Ok(result) => result,
             }
         }
     };
     match classified {
-        Err(e) => out.put(error(state, ErrorCode::SqlError, e.message()).as_bytes()).await,
+        Err(e) => out.put(error(state, ErrorCode::SqlError, e.message()).as_bytes()).await?,
         Ok(Classified::Submitted(answer)) => {
             let reply = outcome(answer).await;
-            out.put(render(state, &reply, config.max_result_bytes).as_bytes()).await
+            out.put(render(state, &reply, config.max_result_bytes).as_bytes()).await?
         }
-        Ok(Classified::Refused(reply)) => out.put(render(state, &reply, u64::MAX).as_bytes()).await,
-        Ok(Classified::Read { statements, items }) => answer_read(items, statements, state, config, out).await,
+        Ok(Classified::Refused(reply)) => out.put(render(state, &reply, u64::MAX).as_bytes()).await?,
+        Ok(Classified::Read { statements, items }) => answer_read(items, statements, state, config, out).await?,
     }
+    Ok(Ran::Answered)
 }
 
-/// A read of one statement at the session's consistency (for the shell's own commands).
-async fn fresh_read(sql: String, state: &State, config: &SessionConfig, out: &mut Out) -> std::io::Result<()> {
+/// The results of a read at the session's consistency, for the shell's own commands: a
+/// line of one or more statements, all in one read transaction. At most the result
+/// limit, like any read.
+pub(crate) async fn collect(sql: String, state: &State, config: &SessionConfig) -> Result<Vec<StatementResult>, Reply> {
     if state.consistency == Consistency::Linearizable {
-        if let Err(reply) = barrier(config).await {
-            return out.put(render(state, &reply, u64::MAX).as_bytes()).await;
+        barrier(config).await?;
+    }
+    let mut items = config.readers.query(sql).map_err(|busy| Reply::error(ErrorCode::Unavailable, busy))?;
+    let mut results = Vec::new();
+    loop {
+        match items.recv().await {
+            Some(ReadItem::Output(output, _permit)) => output.collect_into(&mut results),
+            Some(ReadItem::Done(Ok(()))) => return Ok(results),
+            Some(ReadItem::Done(Err(e))) => return Err(Reply::error(ErrorCode::SqlError, &e)),
+            Some(ReadItem::Refused(reply)) => return Err(reply),
+            None => return Err(Reply::error(ErrorCode::Unavailable, "the reader stopped before finishing")),
         }
     }
-    read(sql, 1, state, config, out).await
 }
 
 /// Waits until this node has applied everything committed when the barrier began.
@@ -501,20 +610,6 @@ async fn outcome(answer: oneshot::Receiver<Reply>) -> Reply {
 
 fn send_to_core(config: &SessionConfig, request: Request) -> Result<(), Reply> {
     submit_to_core(&config.core, request)
-}
-
-/// Runs a read on a reader thread.
-async fn read(
-    sql: String,
-    statements: usize,
-    state: &State,
-    config: &SessionConfig,
-    out: &mut Out,
-) -> std::io::Result<()> {
-    match config.readers.query(sql) {
-        Ok(items) => answer_read(items, statements, state, config, out).await,
-        Err(busy) => out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await,
-    }
 }
 
 /// Writes a read's answer as its outputs arrive. JSON streams rows as they come; a table
@@ -539,7 +634,7 @@ async fn answer_read(
             ReadItem::Done(outcome) => break outcome,
             // Only ever the first and only item: nothing was written yet.
             ReadItem::Refused(reply) => return out.put(render(state, &reply, u64::MAX).as_bytes()).await,
-            ReadItem::Output(output, permit) if state.json => {
+            ReadItem::Output(output, permit) if state.json() => {
                 stream.push(&mut chunk, output);
                 if chunk.len() >= 64 << 10 {
                     out.put(&chunk).await?;
@@ -553,14 +648,14 @@ async fn answer_read(
             }
         }
     };
-    if state.json {
+    if state.json() {
         stream.finish(&mut chunk, outcome.as_ref().err().map(|e| (ErrorCode::SqlError, e.as_str())));
         return out.put(&chunk).await;
     }
     let mut text = if results.is_empty() {
         String::new()
     } else {
-        format::table(&Reply::Results(results), config.max_result_bytes)
+        format::text(&Reply::Results(results), state.style, config.max_result_bytes)
     };
     if let Err(e) = outcome {
         text.push_str(&format::error_table(ErrorCode::SqlError, &e));

@@ -19,6 +19,7 @@ pub mod reader;
 pub mod segments;
 pub mod snapshot;
 pub mod state_machine;
+pub mod text;
 pub mod value;
 pub mod vfs;
 

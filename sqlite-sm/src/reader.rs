@@ -40,6 +40,7 @@ pub enum Kind {
 pub struct ClassifyError {
     message: String,
     is_final: bool,
+    incomplete: bool,
 }
 
 impl ClassifyError {
@@ -53,6 +54,12 @@ impl ClassifyError {
     /// lagging (say, a table another node just created).
     pub fn is_final(&self) -> bool {
         self.is_final
+    }
+
+    /// True if the line stops in the middle of a statement (SQLite's "incomplete
+    /// input"): a shell can read on and try the longer text.
+    pub fn is_incomplete(&self) -> bool {
+        self.incomplete
     }
 }
 
@@ -127,7 +134,7 @@ impl Reader {
                 Ok(Some(stmt)) => {
                     statements += 1;
                     if let Some(reason) = unreplicable(&stmt) {
-                        return Err(ClassifyError { message: reason.to_string(), is_final: true });
+                        return Err(ClassifyError { message: reason.to_string(), is_final: true, incomplete: false });
                     }
                     if !stmt.readonly() {
                         kind = Some(Kind::Write);
@@ -140,18 +147,23 @@ impl Reader {
                     let refusal = self.shared.policy.take_refusal();
                     let refused =
                         refusal.is_some() || e.sqlite_error_code() == Some(ErrorCode::AuthorizationForStatementDenied);
+                    // A statement cut short is so whatever runs before it.
+                    let incomplete = !refused && e.to_string().contains("incomplete input");
                     // A refusal is final; other errors may be cured by an earlier write.
-                    if matches!(kind, Some(Kind::Write)) && !refused {
+                    if matches!(kind, Some(Kind::Write)) && !refused && !incomplete {
                         return Ok((Kind::Write, statements + 1));
                     }
                     let is_final = refused || is_syntax_error(&e);
                     let message = refusal.unwrap_or_else(|| error_message(&self.shared.policy, &e));
-                    return Err(ClassifyError { message, is_final });
+                    return Err(ClassifyError { message, is_final, incomplete });
                 }
             }
         }
-        let kind =
-            kind.ok_or_else(|| ClassifyError { message: "the line holds no SQL statement".into(), is_final: true })?;
+        let kind = kind.ok_or_else(|| ClassifyError {
+            message: "the line holds no SQL statement".into(),
+            is_final: true,
+            incomplete: false,
+        })?;
         Ok((kind, statements))
     }
 

@@ -39,7 +39,8 @@ impl Value {
             // NaN and infinities have no JSON number; SQLite turns NaN into NULL anyway.
             Value::Real(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into),
             Value::Text(t) => t.clone().into(),
-            Value::Blob(b) => hex(b).into(),
+            // An object, so that a BLOB is never mistaken for text that looks like hex.
+            Value::Blob(b) => serde_json::json!({ "blob": hex(b) }),
         }
     }
 
@@ -60,7 +61,7 @@ impl Value {
                     .sum();
                 8 + t.len() as u64 + escaped
             }
-            Value::Blob(b) => 8 + 2 * b.len() as u64,
+            Value::Blob(b) => 16 + 2 * b.len() as u64,
         }
     }
 

@@ -1,0 +1,163 @@
+//! The session as a person at `nc` meets it, end to end over TCP: statements over several
+//! lines, the dot commands, output that cannot hurt the terminal, and `.dump` replayed
+//! into a fresh cluster.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{count, until_ok, Cluster};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends `input` to node `i` in the default (table) mode, ends with `.quit`, and returns
+/// everything the session wrote after its banner.
+async fn transcript(cluster: &Cluster, i: usize, input: &str) -> String {
+    let mut stream = TcpStream::connect(cluster.client_addrs[i]).await.expect("connect");
+    stream.write_all(format!("{input}\n.quit\n").as_bytes()).await.expect("send");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut buf = [0u8; 8192];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            other => panic!("the session did not finish ({other:?}): {}", String::from_utf8_lossy(&out)),
+        }
+    }
+    let text = String::from_utf8(out).expect("UTF-8");
+    let start = text.find("Connected to node").expect("banner");
+    text[start..].to_string()
+}
+
+/// A one-node cluster whose leader is ready for writes.
+async fn one_node() -> Cluster {
+    let cluster = Cluster::start(1);
+    cluster.leader().await;
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_over_several_lines_runs_once_when_it_ends() {
+    let cluster = one_node().await;
+    let input = "CREATE TABLE t (\n  x INTEGER,\n  y TEXT\n);\n-- a comment alone\n;;\n\
+                 INSERT INTO t VALUES (1, 'a\nb'),\n  (2, 'c');\n/* a block\ncomment */\n\
+                 CREATE TRIGGER tr AFTER INSERT ON t BEGIN\n  SELECT 1;\nEND;\nSELECT count(*) FROM t;";
+    let out = transcript(&cluster, 0, input).await;
+    assert!(!out.contains("ERROR"), "{out}");
+    // Each continued line gets the continuation prompt, and each statement one answer.
+    assert_eq!(out.matches("lightraft-# ").count(), 3 + 2 + 1 + 2, "{out}");
+    assert_eq!(out.matches("rows affected").count() + out.matches("row affected").count(), 3, "{out}");
+    assert!(out.contains("| 2        |"), "{out}");
+    // The string kept its line break.
+    let mut c = cluster.client(0).await;
+    assert_eq!(count(&until_ok(&mut c, "SELECT count(*) FROM t WHERE y = 'a' || char(10) || 'b'").await), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_mode_stays_one_line_one_request_and_refuses_a_cut_statement() {
+    let cluster = one_node().await;
+    let mut c = cluster.client(0).await;
+    let reply = c.request("CREATE TABLE t (").await.expect("reply");
+    assert_eq!(reply["error"], "incomplete input", "{reply}");
+    // Nothing ran, even after a complete statement in the same line.
+    let reply = c.request("CREATE TABLE a (x); INSERT INTO a VALUES (").await.expect("reply");
+    assert_eq!(reply["error"], "incomplete input", "{reply}");
+    let reply = c.request("SELECT count(*) FROM sqlite_schema WHERE name = 'a'").await.expect("reply");
+    assert_eq!(count(&reply), 0, "{reply}");
+    // A BLOB is told from text that looks like hex.
+    let reply = c.request("SELECT x'00ff', '00ff'").await.expect("reply");
+    assert_eq!(reply["rows"][0], serde_json::json!([{"blob": "00ff"}, "00ff"]), "{reply}");
+    // SQLite would stop at a NUL byte and drop the rest silently: refused instead.
+    let reply = c.send_raw(b"SELECT 1;\0 CREATE TABLE hidden (x)").await.expect("reply");
+    assert!(reply["error"].as_str().is_some_and(|e| e.contains("NUL")), "{reply}");
+    let reply = c.request("SELECT count(*) FROM sqlite_schema WHERE name = 'hidden'").await.expect("reply");
+    assert_eq!(count(&reply), 0, "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_commands_show_and_change_the_settings() {
+    let cluster = one_node().await;
+    let input = "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);\nCREATE INDEX users_name ON users(name);\n\
+                 CREATE TABLE orders (id, user);\nINSERT INTO users (name) VALUES ('ada'), ('grace');\n\
+                 .mode\n.consistency\n.headers\n.timer\n.mode box\nSELECT name FROM users ORDER BY id;\n\
+                 .headers off\n.mode csv\nSELECT id, name FROM users ORDER BY id;\n.mode line\n\
+                 SELECT id, name FROM users WHERE id = 1;\n.mode table\n.headers on\n.timer on\nSELECT 1;\n\
+                 .timer off\n.schema us%\n.tables\n.tables o%\n.indexes users\n.mode nonsense\n.help";
+    let out = transcript(&cluster, 0, input).await;
+    for expected in [
+        "mode is table",
+        "consistency is linearizable",
+        "headers is on",
+        "timer is off",
+        "│ name  │\n├───────┤\n│ ada   │",
+        "1,ada\r\n2,grace\r\n",
+        "  id = 1\nname = ada\n",
+        "Run Time: real ",
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);\nCREATE INDEX users_name ON users(name);\n",
+        "orders  users\n",
+        "lightraft=# orders\n",
+        "lightraft=# users_name\n",
+        "ERROR (bad_request): no mode \"nonsense\"",
+        ".dump [TABLE]",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(!out.contains("id,name"), "headers off: {out}");
+    assert!(!out.contains("_lightraft_applied"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_cannot_move_the_cursor_or_break_the_table() {
+    let cluster = one_node().await;
+    let input = "CREATE TABLE t (x);\n\
+                 INSERT INTO t VALUES (char(27) || '[2J'), ('漢字'), (char(8238) || 'evil'), ('a' || char(10) || 'b');\n\
+                 SELECT x AS \"col\" FROM t ORDER BY rowid;\nSELECT 1 AS \"a\x1b[31mb\";";
+    let out = transcript(&cluster, 0, input).await;
+    assert!(!out.contains("\x1b[2J") && !out.contains('\u{202e}'), "raw escapes reached the terminal: {out:?}");
+    assert!(!out.contains("a\x1b[31mb"), "a column name reached the terminal raw: {out:?}");
+    // Every row of the table has the same display width: 漢字 takes four columns.
+    for expected in ["| \\u{1b}[2J    |", "| 漢字         |", "| \\u{202e}evil |", "| a\\nb         |"] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_replays_into_an_empty_cluster_to_the_same_content() {
+    let source = one_node().await;
+    let mut c = source.client(0).await;
+    for line in [
+        "CREATE TABLE kinds (id INTEGER PRIMARY KEY, t TEXT, r REAL, b BLOB, n, g AS (id * 2))",
+        "CREATE TABLE \"odd \"\"name\" (x)",
+        "CREATE INDEX kinds_t ON kinds(t)",
+        "CREATE VIEW v AS SELECT id FROM kinds",
+        "CREATE TRIGGER tr AFTER INSERT ON kinds BEGIN INSERT INTO \"odd \"\"name\" VALUES (new.id); END",
+        "INSERT INTO kinds (t, r, b, n) VALUES ('it''s', 0.1, x'00ff', NULL), ('a' || char(0) || 'b', 1e300, zeroblob(3), 7)",
+        "INSERT INTO kinds (t, r, b, n) VALUES ('line' || char(10) || 'break', -1.5, NULL, 'text'), ('漢字', 1e-300, x'', 2.5)",
+        "CREATE VIRTUAL TABLE ft USING fts5(body)",
+        "INSERT INTO ft VALUES ('hello world'), ('more text')",
+    ] {
+        until_ok(&mut c, line).await;
+    }
+    let out = transcript(&source, 0, ".dump").await;
+    let text = out.split_once("lightraft=# ").map(|(_, rest)| rest).expect("a prompt");
+    let text = text.rsplit_once("lightraft=# ").map(|(dump, _)| dump).expect("the closing prompt");
+    assert!(text.starts_with("-- lightraft .dump"), "{text}");
+
+    let target = one_node().await;
+    let replayed = transcript(&target, 0, text).await;
+    assert!(!replayed.contains("ERROR"), "the dump did not replay cleanly:\n{replayed}");
+    // Compared through each cluster's own sessions: the rows of every table (a virtual
+    // table's through itself: its shadow tables' layout depends on how the rows were
+    // batched) and the schema.
+    let mut t = target.client(0).await;
+    for query in [
+        "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE 'ft_%' ORDER BY name",
+        "SELECT * FROM kinds ORDER BY rowid",
+        "SELECT * FROM \"odd \"\"name\" ORDER BY rowid",
+        "SELECT rowid, * FROM ft ORDER BY rowid",
+    ] {
+        assert_eq!(until_ok(&mut c, query).await, until_ok(&mut t, query).await, "{query}");
+    }
+}
