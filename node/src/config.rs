@@ -241,8 +241,10 @@ impl Config {
     /// Reads and checks a configuration file. Errors are one sentence, naming the file.
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        let config: Config = toml::from_str(&text)
-            .map_err(|e| format!("config {} is malformed: {}", path.display(), e.message().trim()))?;
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            let place = e.span().map_or(String::new(), |span| format!(" at {}", place(&text, span.start)));
+            format!("config {} is malformed{place}: {}", path.display(), e.message().trim())
+        })?;
         config.validate().map_err(|e| format!("config {}: {e}", path.display()))?;
         Ok(config)
     }
@@ -396,6 +398,24 @@ impl Config {
     }
 }
 
+/// Where byte `offset` of a config file is, for an error: its line, and which
+/// `[[nodes]]` entry (node index) holds it, if any.
+fn place(text: &str, offset: usize) -> String {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let mut nodes = 0;
+    let mut in_nodes = false;
+    for header in before.lines().map(str::trim).filter(|l| l.starts_with('[')) {
+        in_nodes = header.starts_with("[[nodes]]");
+        nodes += usize::from(in_nodes);
+    }
+    if in_nodes {
+        format!("line {line}, in the [[nodes]] entry of node {}", nodes - 1)
+    } else {
+        format!("line {line}")
+    }
+}
+
 fn resolve(host: &str, port: u16, index: usize, what: &str) -> Result<SocketAddr, String> {
     (host, port)
         .to_socket_addrs()
@@ -431,9 +451,8 @@ mod tests {
     #[test]
     fn mistakes_are_named() {
         assert!(parse("[cluster]\nname=\"x\"").unwrap_err().contains("malformed"));
-        assert!(parse(&ORIGINAL.replace("clientBindPort = 6453", "clientBindPort = \"x\""))
-            .unwrap_err()
-            .contains("malformed"));
+        let wrong = parse(&ORIGINAL.replace("clientBindPort = 6454", "clientBindPort = \"x\"")).unwrap_err();
+        assert!(wrong.contains("malformed at line 12, in the [[nodes]] entry of node 1"), "{wrong}");
         assert!(parse(&ORIGINAL.replace("name = \"sqlite\"", "name = \"mysql\""))
             .unwrap_err()
             .contains("not supported"));

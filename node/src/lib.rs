@@ -12,6 +12,7 @@
 //! - [`up`] runs a whole local cluster in one command; [`bench`] is the benchmark.
 
 pub mod applier;
+pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod config;

@@ -50,6 +50,19 @@ enum Command {
         #[arg(long)]
         spread: bool,
     },
+    /// Write a consistent copy of one node's data to FILE while the cluster serves: a
+    /// SQLite database, or with --sql the SQL that rebuilds it in a new cluster. Run it on
+    /// that node's machine.
+    Backup {
+        /// The node whose data to copy (its index in the config).
+        #[arg(long)]
+        node: usize,
+        /// Write SQL (as `.dump` does) instead of a database file.
+        #[arg(long)]
+        sql: bool,
+        /// The file to create; it must not exist yet.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,9 +75,12 @@ fn main() -> ExitCode {
         (Some(Command::Bench { clients, seconds, spread }), _) => {
             bench::run(&BenchArgs { config: cli.config.clone(), clients: *clients, seconds: *seconds, spread: *spread })
         }
+        (Some(Command::Backup { node, sql, file }), _) => Config::load(&cli.config)
+            .and_then(|config| lightraft::backup::run(&config, *node, file, *sql))
+            .map(|done| println!("{done}")),
         (None, Some(index)) => run_node(&cli, index),
         (None, None) => {
-            Err("Usage: lightraft <node index> [--config FILE] | lightraft up | lightraft bench (see --help)".into())
+            Err("Usage: lightraft <node index> [--config FILE] | lightraft up | lightraft bench | lightraft backup (see --help)".into())
         }
     };
     match result {
@@ -122,5 +138,7 @@ fn run_node(cli: &Cli, index: &str) -> Result<(), String> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only for a person at a terminal, not in a log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }

@@ -119,15 +119,7 @@ struct Object {
 /// The schema and every row are read in one read transaction, so the dump is one
 /// consistent state; it is bounded by the result limit like any read.
 pub(crate) async fn dump(table: Option<&str>, state: &State, config: &SessionConfig) -> String {
-    let catalog = format!(
-        "SELECT s.type, s.name, s.sql, coalesce(t.type = 'shadow', 0) FROM sqlite_schema s \
-         LEFT JOIN pragma_table_list t ON t.schema = 'main' AND t.name = s.name \
-         WHERE s.sql IS NOT NULL AND {}{} ORDER BY s.rowid; \
-         SELECT s.name, c.name FROM sqlite_schema s JOIN pragma_table_xinfo(s.name) c \
-         WHERE s.type = 'table' AND c.hidden = 0 ORDER BY s.rowid, c.cid",
-        user_objects("s.name"),
-        matching("s.tbl_name", table)
-    );
+    let catalog = dump_catalog(table).join("; ");
     // Read the schema, then the schema again with every table's rows: if a change
     // committed in between, the two differ, and it is read once more.
     for _ in 0..3 {
@@ -135,13 +127,8 @@ pub(crate) async fn dump(table: Option<&str>, state: &State, config: &SessionCon
             Ok(results) => results,
             Err(reply) => return render(state, &reply, u64::MAX),
         };
-        let (objects, columns) = catalog_of(&first);
-        let tables: Vec<&Object> = objects.iter().filter(|o| o.kind == "table" && !o.shadow).collect();
-        let mut sql = catalog.clone();
-        for t in &tables {
-            let names: Vec<String> = columns.iter().filter(|(of, _)| of == &t.name).map(|(_, c)| ident(c)).collect();
-            let _ = write!(sql, "; SELECT {} FROM {}", names.join(", "), ident(&t.name));
-        }
+        let reads = dump_reads(&first);
+        let sql = std::iter::once(catalog.clone()).chain(reads).collect::<Vec<_>>().join("; ");
         let second = match collect(sql, state, config).await {
             Ok(results) => results,
             Err(reply) => return render(state, &reply, u64::MAX),
@@ -149,10 +136,40 @@ pub(crate) async fn dump(table: Option<&str>, state: &State, config: &SessionCon
         if second.len() < 2 || second[..2] != first[..] {
             continue;
         }
-        let text = dump_text(&objects, &second[2..]);
+        let text = dump_text(&first, &second[2..]);
         return if state.json() { serde_json::json!({ "dump": text }).to_string() + "\n" } else { text };
     }
     error(state, ErrorCode::Unavailable, "the schema changed during every attempt to dump it; try again")
+}
+
+/// The two reads a dump starts with: the schema's objects (matching `table`, if given)
+/// and the columns of every table, generated columns left out (they cannot be written).
+pub(crate) fn dump_catalog(table: Option<&str>) -> [String; 2] {
+    [
+        format!(
+            "SELECT s.type, s.name, s.sql, coalesce(t.type = 'shadow', 0) FROM sqlite_schema s \
+             LEFT JOIN pragma_table_list t ON t.schema = 'main' AND t.name = s.name \
+             WHERE s.sql IS NOT NULL AND {}{} ORDER BY s.rowid",
+            user_objects("s.name"),
+            matching("s.tbl_name", table)
+        ),
+        "SELECT s.name, c.name FROM sqlite_schema s JOIN pragma_table_xinfo(s.name) c \
+         WHERE s.type = 'table' AND c.hidden = 0 ORDER BY s.rowid, c.cid"
+            .to_string(),
+    ]
+}
+
+/// The read of each table's rows that the catalog calls for, in the catalog's order.
+pub(crate) fn dump_reads(catalog: &[StatementResult]) -> Vec<String> {
+    let (objects, columns) = catalog_of(catalog);
+    objects
+        .iter()
+        .filter(|o| o.kind == "table" && !o.shadow)
+        .map(|t| {
+            let names: Vec<String> = columns.iter().filter(|(of, _)| of == &t.name).map(|(_, c)| ident(c)).collect();
+            format!("SELECT {} FROM {}", names.join(", "), ident(&t.name))
+        })
+        .collect()
 }
 
 /// The objects and (table, column) pairs of the catalog read.
@@ -175,7 +192,9 @@ fn catalog_of(results: &[StatementResult]) -> (Vec<Object>, Vec<(String, String)
     (objects, columns)
 }
 
-fn dump_text(objects: &[Object], data: &[StatementResult]) -> String {
+/// The dump: the catalog's objects, and `data`, the results of [`dump_reads`].
+pub(crate) fn dump_text(catalog: &[StatementResult], data: &[StatementResult]) -> String {
+    let (objects, _) = catalog_of(catalog);
     let mut out = String::from("-- lightraft .dump: run it in an empty cluster (nc) or in sqlite3\n");
     let mut data = data.iter();
     for object in objects.iter().filter(|o| o.kind == "table" && !o.shadow) {

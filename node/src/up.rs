@@ -42,6 +42,15 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             let child = command.spawn().map_err(|e| format!("cannot start node {index}: {e}"))?;
             children.push(child);
         }
+        // The banner says "connect", so it waits until every node listens for clients.
+        let addrs = (0..config.nodes.len()).map(|i| config.client_addr(i)).collect::<Result<Vec<_>, _>>()?;
+        tokio::select! {
+            () = listening(&addrs) => {}
+            (index, status) = first_exit(&mut children) => {
+                stop_all(&mut children).await;
+                return Err(format!("node {index} exited ({status}) before it was ready; stopping the others"));
+            }
+        }
         println!("Started {} nodes of cluster {:?}. Connect with:", children.len(), config.cluster.name);
         if generated.is_some() {
             println!("(No cluster secret is configured, so this run made one for its nodes.)");
@@ -64,6 +73,15 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         stop_all(&mut children).await;
         outcome
     })
+}
+
+/// Returns once every address accepts a connection.
+async fn listening(addrs: &[std::net::SocketAddr]) {
+    for addr in addrs {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Waits until any child exits; returns its index and exit status.

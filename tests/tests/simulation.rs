@@ -31,11 +31,18 @@ fn run_seeds(seeds: Vec<u64>) -> (Vec<String>, Vec<Report>) {
     let failures = Mutex::new(Vec::new());
     let reports = Mutex::new(Vec::new());
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let started = std::time::Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 let Some(&seed) = seeds.get(i) else { break };
+                if i > 0 && i % 1000 == 0 {
+                    // Straight to stderr, past the test harness's capture: a long run
+                    // shows that it moves.
+                    let line = format!("simulation: {i} of {} seeds after {:.0?}\n", seeds.len(), started.elapsed());
+                    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+                }
                 match sim::run(&Params::from_seed(seed)) {
                     Ok(report) => reports.lock().unwrap_or_else(|e| e.into_inner()).push(report),
                     Err(failure) => failures.lock().unwrap_or_else(|e| e.into_inner()).push(failure.to_string()),

@@ -1,0 +1,102 @@
+//! `lightraft backup`: a consistent copy of one node's data, taken while the cluster
+//! keeps serving, as a SQLite file or as SQL that rebuilds it in a new cluster.
+//!
+//! It runs on the node's machine and reads the node's state database directly, with
+//! SQLite's online backup API in one read transaction (the same copy a leader sends as
+//! a snapshot, [`sqlite_sm::snapshot::copy`]): the node's writes go on meanwhile, and
+//! the copy is the state at one applied index. The copy is checked
+//! (`PRAGMA integrity_check`) and made durable before it takes the name asked for, so a
+//! crash or a full disk never leaves a half-written backup under that name.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+use sqlite_sm::{StatementResult, Value};
+
+use crate::config::Config;
+use crate::shell;
+
+/// Writes node `node`'s state to `dest` (as SQL with `sql`); returns what was done.
+pub fn run(config: &Config, node: usize, dest: &Path, sql: bool) -> Result<String, String> {
+    if node >= config.nodes.len() {
+        return Err(format!("there is no node {node}: the config lists nodes 0 to {}", config.nodes.len() - 1));
+    }
+    let source = config.sm_path(node);
+    if !source.exists() {
+        return Err(format!(
+            "node {node} has no database at {} (run this on node {node}'s machine, with its config)",
+            source.display()
+        ));
+    }
+    if dest.exists() {
+        return Err(format!("{} already exists; name a new file", dest.display()));
+    }
+    let partial = partial_path(dest)?;
+    let result = copy_to(&source, &partial, dest, sql);
+    let _ = std::fs::remove_file(&partial);
+    let index = result?;
+    let bytes = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+    let what = if sql { "as SQL" } else { "as a SQLite database" };
+    Ok(format!("node {node}'s state at applied index {index} written to {} {what} ({bytes} bytes)", dest.display()))
+}
+
+/// A name beside `dest` for the copy in progress.
+fn partial_path(dest: &Path) -> Result<PathBuf, String> {
+    let name = dest.file_name().ok_or_else(|| format!("{} is not a file name", dest.display()))?;
+    Ok(dest.with_file_name(format!(".{}.partial", name.to_string_lossy())))
+}
+
+/// Copies, checks and renames; returns the applied index of the copy.
+fn copy_to(source: &Path, partial: &Path, dest: &Path, sql: bool) -> Result<u64, String> {
+    let index = sqlite_sm::snapshot::copy(source, partial)?;
+    sqlite_sm::snapshot::verify(partial, index)?;
+    if sql {
+        let text = dump(partial)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+        let written = file.write_all(text.as_bytes()).and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(dest);
+            return Err(format!("cannot write {}: {e}", dest.display()));
+        }
+    } else {
+        File::open(partial).and_then(|f| f.sync_all()).map_err(|e| format!("cannot sync the copy: {e}"))?;
+        // Never replaces a file that appeared meanwhile: hard-link, then drop the partial.
+        std::fs::hard_link(partial, dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    }
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(index)
+}
+
+/// The copy at `path` as the SQL of `.dump`, read in one transaction.
+fn dump(path: &Path) -> Result<String, String> {
+    // Read-write (it is our own copy): a read-only connection may not open a WAL file.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| format!("cannot open the copy: {e}"))?;
+    conn.execute_batch("PRAGMA query_only = 1; BEGIN").map_err(|e| format!("cannot read the copy: {e}"))?;
+    let catalog: Vec<StatementResult> =
+        shell::dump_catalog(None).iter().map(|q| query(&conn, q)).collect::<Result<_, _>>()?;
+    let data: Vec<StatementResult> =
+        shell::dump_reads(&catalog).iter().map(|q| query(&conn, q)).collect::<Result<_, _>>()?;
+    Ok(shell::dump_text(&catalog, &data))
+}
+
+fn query(conn: &Connection, sql: &str) -> Result<StatementResult, String> {
+    let failed = |e: rusqlite::Error| format!("cannot read the copy ({sql}): {e}");
+    let mut stmt = conn.prepare(sql).map_err(failed)?;
+    let columns: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
+    let width = columns.len();
+    let rows = stmt
+        .query_map([], |row| (0..width).map(|i| row.get_ref(i).map(Value::from)).collect::<Result<Vec<_>, _>>())
+        .map_err(failed)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(failed)?;
+    Ok(StatementResult::Rows { columns, rows })
+}
