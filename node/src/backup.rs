@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 use sqlite_sm::{StatementResult, Value};
 
+use crate::catalog;
 use crate::config::Config;
-use crate::shell;
 
 /// Writes node `node`'s state to `dest` (as SQL with `sql`); returns what was done.
 pub fn run(config: &Config, node: usize, dest: &Path, sql: bool) -> Result<String, String> {
@@ -34,7 +34,8 @@ pub fn run(config: &Config, node: usize, dest: &Path, sql: bool) -> Result<Strin
         return Err(format!("{} already exists; name a new file", dest.display()));
     }
     let partial = partial_path(dest)?;
-    let result = copy_to(&source, &partial, dest, sql);
+    // No statement of the SQL may be longer than the cluster's sessions take.
+    let result = copy_to(&source, &partial, dest, sql, config.client.max_line_bytes);
     let _ = std::fs::remove_file(&partial);
     let index = result?;
     let bytes = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
@@ -49,11 +50,11 @@ fn partial_path(dest: &Path) -> Result<PathBuf, String> {
 }
 
 /// Copies, checks and renames; returns the applied index of the copy.
-fn copy_to(source: &Path, partial: &Path, dest: &Path, sql: bool) -> Result<u64, String> {
+fn copy_to(source: &Path, partial: &Path, dest: &Path, sql: bool, max_statement: usize) -> Result<u64, String> {
     let index = sqlite_sm::snapshot::copy(source, partial)?;
     sqlite_sm::snapshot::verify(partial, index)?;
     if sql {
-        let text = dump(partial)?;
+        let text = dump(partial, max_statement)?;
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -76,16 +77,17 @@ fn copy_to(source: &Path, partial: &Path, dest: &Path, sql: bool) -> Result<u64,
 }
 
 /// The copy at `path` as the SQL of `.dump`, read in one transaction.
-fn dump(path: &Path) -> Result<String, String> {
+fn dump(path: &Path, max_statement: usize) -> Result<String, String> {
     // Read-write (it is our own copy): a read-only connection may not open a WAL file.
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| format!("cannot open the copy: {e}"))?;
     conn.execute_batch("PRAGMA query_only = 1; BEGIN").map_err(|e| format!("cannot read the copy: {e}"))?;
-    let catalog: Vec<StatementResult> =
-        shell::dump_catalog(None).iter().map(|q| query(&conn, q)).collect::<Result<_, _>>()?;
+    let schema: Vec<StatementResult> =
+        catalog::dump_catalog(None).iter().map(|q| query(&conn, q)).collect::<Result<_, _>>()?;
     let data: Vec<StatementResult> =
-        shell::dump_reads(&catalog).iter().map(|q| query(&conn, q)).collect::<Result<_, _>>()?;
-    Ok(shell::dump_text(&catalog, &data))
+        catalog::dump_reads(&schema).iter().map(|q| query(&conn, q)).collect::<Result<_, _>>()?;
+    let limits = catalog::DumpLimits { max_statement, max_bytes: u64::MAX };
+    catalog::dump_text(&schema, &data, limits)
 }
 
 fn query(conn: &Connection, sql: &str) -> Result<StatementResult, String> {

@@ -887,14 +887,20 @@ impl Core {
             // A forwarding node keeps its own deadline and reads the fate in its own log,
             // which is better than our guess: tell it nothing.
             if let Waiter::Client(_) = write.waiter {
-                let message = "the write was proposed but its outcome is unknown (leadership changed or no quorum)";
+                let message = format!(
+                    "the write was proposed but not committed within {:?} (too few nodes answered, or leadership \
+                     changed); it may still be applied",
+                    self.config.timeout
+                );
                 self.answer(write.waiter, Reply::error(ErrorCode::OutcomeUnknown, message));
             }
         }
         self.resend_forwards(now);
         for write in self.forwarded.expired(|w| w.deadline <= now) {
-            let message =
-                "the write was forwarded to the leader, which did not answer in time; it may have been applied";
+            let message = format!(
+                "the write was forwarded to the leader, which did not answer within {:?}; it may still be applied",
+                self.config.timeout
+            );
             self.answer(write.waiter, Reply::error(ErrorCode::OutcomeUnknown, message));
         }
         let expired: Vec<ReadId> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(&k, _)| k).collect();

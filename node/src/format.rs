@@ -89,23 +89,32 @@ pub fn text(reply: &Reply, style: Style, max_bytes: u64) -> String {
     for result in results {
         match result {
             StatementResult::Rows { columns, rows } => {
-                let border = if style.mode == Mode::Box { '│'.len_utf8() } else { 1 };
-                let size = padded_size(columns, rows, border as u64);
-                if matches!(style.mode, Mode::Table | Mode::Box) && size > max_bytes {
+                // The cells first (at most a few times the result, which is limited), then
+                // the exact size of what they become: padding and repeated names can make
+                // that far larger, so it is refused before it is built.
+                let (columns, cells): (Vec<String>, Vec<Vec<String>>) = if style.mode == Mode::Csv {
+                    let cells = rows.iter().map(|r| r.iter().map(csv_field).collect()).collect();
+                    (columns.iter().map(|c| csv_text(c)).collect(), cells)
+                } else {
+                    let cells = rows.iter().map(|r| r.iter().map(|v| escape(&v.display()).into_owned()).collect());
+                    (columns.iter().map(|c| escape(c).into_owned()).collect(), cells.collect())
+                };
+                let size = match style.mode {
+                    Mode::Csv => csv_size(&columns, &cells, style.headers),
+                    Mode::Line => line_size(&columns, &cells),
+                    Mode::Box => table_size(&columns, &cells, style.headers, &BOX),
+                    _ => table_size(&columns, &cells, style.headers, &ASCII),
+                };
+                if size > max_bytes {
                     let message = format!(
-                        "the table would be {size} bytes once its columns are padded (the limit is {max_bytes}); use .mode json, csv or line, fewer rows or narrower columns"
+                        "the result would be {size} bytes as shown in {} mode (the limit is {max_bytes}); use .mode json, fewer rows or narrower columns",
+                        style.mode.name()
                     );
                     out.push_str(&error_table(ErrorCode::SqlError, &message));
                     continue;
                 }
-                if style.mode == Mode::Csv {
-                    out.push_str(&csv(columns, rows, style.headers));
-                    continue;
-                }
-                let columns: Vec<String> = columns.iter().map(|c| escape(c).into_owned()).collect();
-                let cells: Vec<Vec<String>> =
-                    rows.iter().map(|r| r.iter().map(|v| escape(&v.display()).into_owned()).collect()).collect();
                 out.push_str(&match style.mode {
+                    Mode::Csv => csv(&columns, &cells, style.headers),
                     Mode::Line => line_mode(&columns, &cells),
                     Mode::Box => drawn_table(&columns, &cells, style.headers, &BOX),
                     _ => drawn_table(&columns, &cells, style.headers, &ASCII),
@@ -141,9 +150,17 @@ pub fn escape(text: &str) -> Cow<'_, str> {
 
 /// Whether a terminal showing `c` could be made to do something (control characters) or
 /// to show what follows in another order (bidirectional marks and overrides).
-fn hurts(c: char) -> bool {
+pub(crate) fn hurts(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(c,
+            // Bidirectional marks, embeddings, overrides and isolates.
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            // Invisible: zero-width spaces and joiners, word joiners, the BOM, tag
+            // characters; and the line and paragraph separators.
+            | '\u{180e}' | '\u{200b}'..='\u{200d}' | '\u{2060}'..='\u{2064}' | '\u{feff}'
+            | '\u{e0000}'..='\u{e007f}' | '\u{2028}' | '\u{2029}'
+            // Interlinear annotations, which hide text.
+            | '\u{fff9}'..='\u{fffb}')
 }
 
 /// How many columns of a terminal `text` takes.
@@ -151,32 +168,41 @@ fn width(text: &str) -> usize {
     UnicodeWidthStr::width(text)
 }
 
-/// The bytes a table of these rows would take, computed without building it. A cell's
-/// escaped bytes bound its width too (a character two columns wide takes three or four
-/// bytes), so each column is at most its widest cell's bytes, plus the borders.
-fn padded_size(columns: &[String], rows: &[Vec<Value>], border: u64) -> u64 {
-    let mut widths: Vec<u64> = columns.iter().map(|c| cell_size(c)).collect();
+/// Each column's display width: its widest cell (and name, with headers).
+fn column_widths(columns: &[String], rows: &[Vec<String>], headers: bool) -> Vec<usize> {
+    let mut widths: Vec<usize> = columns.iter().map(|c| if headers { width(c) } else { 0 }).collect();
     for row in rows {
-        for (w, value) in widths.iter_mut().zip(row) {
-            *w = (*w).max(value_size(value));
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(width(cell));
         }
     }
-    let line: u64 = widths.iter().map(|w| w + 2 + border).sum::<u64>() + border + 1;
-    line.saturating_mul(rows.len() as u64 + 4)
+    widths
 }
 
-/// A bound on the bytes a cell of `text` takes once escaped (`\u{10ffff}` is ten).
-fn cell_size(text: &str) -> u64 {
-    text.chars().map(|c| if hurts(c) { 10 } else { c.len_utf8() as u64 }).sum()
+/// The exact bytes of [`drawn_table`]'s output.
+fn table_size(columns: &[String], rows: &[Vec<String>], headers: bool, frame: &Frame) -> u64 {
+    let widths = column_widths(columns, rows, headers);
+    let (v, h) = (frame.vertical.len_utf8() as u64, frame.horizontal.len_utf8() as u64);
+    let corner = frame.top[0].len_utf8() as u64;
+    let rule = widths.iter().map(|&w| h * (w as u64 + 2) + corner).sum::<u64>() + corner + 1;
+    let line = |cells: &[String]| -> u64 {
+        widths.iter().zip(cells).map(|(&w, c)| v + 2 + (c.len() + w - width(c)) as u64).sum::<u64>() + v + 1
+    };
+    let lines: u64 = rows.iter().map(|r| line(r)).sum::<u64>() + if headers { line(columns) } else { 0 };
+    lines + 3 * rule + 32
 }
 
-/// [`cell_size`] of a value, without formatting a large one.
-fn value_size(value: &Value) -> u64 {
-    match value {
-        Value::Text(t) => cell_size(t),
-        Value::Blob(b) => 3 + 2 * b.len() as u64,
-        other => other.display().len() as u64,
-    }
+/// The exact bytes of [`line_mode`]'s output.
+fn line_size(columns: &[String], rows: &[Vec<String>]) -> u64 {
+    let name_width = columns.iter().map(|c| width(c)).max().unwrap_or(0);
+    let names: u64 = columns.iter().map(|c| (name_width - width(c) + c.len() + 4) as u64).sum();
+    rows.iter().map(|r| names + 1 + r.iter().map(|c| c.len() as u64).sum::<u64>()).sum()
+}
+
+/// The exact bytes of [`csv`]'s output.
+fn csv_size(columns: &[String], rows: &[Vec<String>], headers: bool) -> u64 {
+    let line = |cells: &[String]| cells.iter().map(|c| c.len() as u64 + 1).sum::<u64>() + 1;
+    rows.iter().map(|r| line(r)).sum::<u64>() + if headers { line(columns) } else { 0 }
 }
 
 /// An error line, in red: `ERROR (code): message`.
@@ -258,31 +284,29 @@ fn line_mode(columns: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// RFC 4180 CSV: a field holding a comma, quote or line break is quoted, quotes doubled;
-/// NULL is an empty field, a BLOB its `x'..'` hex.
-fn csv(columns: &[String], rows: &[Vec<Value>], headers: bool) -> String {
-    fn field(text: &str) -> Cow<'_, str> {
-        if text.contains([',', '"', '\n', '\r']) {
-            Cow::Owned(format!("\"{}\"", text.replace('"', "\"\"")))
-        } else {
-            Cow::Borrowed(text)
-        }
+/// A CSV field (RFC 4180): quoted, quotes doubled, if it holds a comma, quote or line
+/// break. The values are exact: CSV has no way to escape a control character.
+fn csv_text(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
     }
+}
+
+/// A value as a CSV field: NULL is empty, a BLOB its `x'..'` hex.
+fn csv_field(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        other => csv_text(&other.display()),
+    }
+}
+
+/// RFC 4180 CSV of fields made by [`csv_field`], lines ending in CRLF.
+fn csv(columns: &[String], rows: &[Vec<String>], headers: bool) -> String {
     let mut out = String::new();
-    if headers {
-        let names: Vec<Cow<'_, str>> = columns.iter().map(|c| field(c)).collect();
-        out.push_str(&names.join(","));
-        out.push_str("\r\n");
-    }
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .map(|v| match v {
-                Value::Null => String::new(),
-                other => field(&other.display()).into_owned(),
-            })
-            .collect();
-        out.push_str(&cells.join(","));
+    for line in headers.then_some(columns).into_iter().chain(rows.iter().map(Vec::as_slice)) {
+        out.push_str(&line.join(","));
         out.push_str("\r\n");
     }
     out
@@ -526,6 +550,6 @@ mod tests {
         let mut rows = vec![vec![wide]];
         rows.extend((0..4000).map(|i| vec![Value::Integer(i)]));
         let text = table(&Reply::Results(vec![StatementResult::Rows { columns: vec!["c".into()], rows }]), 8 << 20);
-        assert!(text.contains("once its columns are padded") && text.len() < 1000, "{}", &text[..200.min(text.len())]);
+        assert!(text.contains("as shown in table mode") && text.len() < 1000, "{}", &text[..200.min(text.len())]);
     }
 }

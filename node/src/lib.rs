@@ -14,6 +14,7 @@
 pub mod applier;
 pub mod backup;
 pub mod bench;
+mod catalog;
 pub mod client;
 pub mod config;
 pub mod core;
@@ -25,7 +26,7 @@ pub mod protocol;
 pub mod readers;
 pub mod server;
 pub mod session;
-mod shell;
+pub mod shell;
 pub mod snapshots;
 pub mod trace;
 pub mod up;

@@ -50,6 +50,13 @@ enum Command {
         #[arg(long)]
         spread: bool,
     },
+    /// A session with node NODE (default 0) for people: line editing, history across
+    /// runs, Ctrl-C drops what is being typed, Ctrl-D quits. `nc` works as well.
+    Shell {
+        /// The node to talk to (its index in the config).
+        #[arg(default_value_t = 0)]
+        node: usize,
+    },
     /// Write a consistent copy of one node's data to FILE while the cluster serves: a
     /// SQLite database, or with --sql the SQL that rebuilds it in a new cluster. Run it on
     /// that node's machine.
@@ -75,12 +82,15 @@ fn main() -> ExitCode {
         (Some(Command::Bench { clients, seconds, spread }), _) => {
             bench::run(&BenchArgs { config: cli.config.clone(), clients: *clients, seconds: *seconds, spread: *spread })
         }
+        (Some(Command::Shell { node }), _) => {
+            Config::load(&cli.config).and_then(|config| lightraft::shell::run(&config, *node))
+        }
         (Some(Command::Backup { node, sql, file }), _) => Config::load(&cli.config)
             .and_then(|config| lightraft::backup::run(&config, *node, file, *sql))
             .map(|done| println!("{done}")),
         (None, Some(index)) => run_node(&cli, index),
         (None, None) => {
-            Err("Usage: lightraft <node index> [--config FILE] | lightraft up | lightraft bench | lightraft backup (see --help)".into())
+            Err("Usage: lightraft <node index> [--config FILE] | lightraft up | lightraft shell | lightraft bench | lightraft backup (see --help)".into())
         }
     };
     match result {

@@ -5,7 +5,8 @@
 //! the continuation prompt, as in the sqlite3 shell (JSON mode keeps one line, one
 //! request). SQL is classified by SQLite on a reader thread: reads run on a reader
 //! (after a ReadIndex barrier if linearizable) and stream their rows back; writes go to
-//! the Raft core. Lines starting with `.` are shell commands ([`crate::shell`]).
+//! the Raft core. Lines starting with `.` are shell commands, as in sqlite3 (those that
+//! read the schema are in [`crate::catalog`]).
 //! Whatever arrives (an over-long line, invalid UTF-8, a NUL byte, binary garbage) gets
 //! a clear error, and the session goes on.
 //!
@@ -20,14 +21,15 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
+use crate::catalog;
 use crate::core::Event;
 use crate::format::{self, JsonStream, Mode, Style};
 use crate::protocol::{AdminCommand, AdminOk, Consistency, ErrorCode, Reply, Request, Then};
 use crate::readers::{submit_to_core, Classified, ReadItem, ReadPool};
-use crate::shell;
+use sqlite_sm::text::Ending;
 use sqlite_sm::StatementResult;
 
 /// The banner's logo.
@@ -45,10 +47,16 @@ pub const PROMPT: &str = "lightraft=# ";
 /// The prompt while a statement continues on the next line (psql's style).
 pub const CONTINUATION: &str = "lightraft-# ";
 
+/// A line of just this character (CAN, typed as Ctrl-X) drops the statement typed so far.
+/// No SQL line can be only that, and `.dump` never writes one.
+pub const CANCEL: &str = "\u{18}";
+
 const HELP: &str = "\
 SQL runs on the cluster; several statements in one request run as one transaction (all
 applied or none). A statement may span lines: until it ends (with ;, outside any string,
-comment or trigger body) the prompt is lightraft-#. In JSON mode each line is a request.
+comment or trigger body) the prompt is lightraft-#; a line of just Ctrl-X drops it (Ctrl-C
+in lightraft shell). A first line without ; runs at once if it is whole. In JSON mode
+each line is one request.
   .mode [table|box|csv|line|json]
                                  show or set how results look (default table; json is
                                  one JSON line per request)
@@ -220,8 +228,9 @@ pub(crate) struct State {
     pub(crate) consistency: Consistency,
     /// This node's Raft events, while `.trace on`.
     trace: Option<mpsc::Receiver<String>>,
-    /// The lines of a statement not yet ended.
+    /// The lines of a statement not yet ended, and how far it has come.
     pending: String,
+    ending: Ending,
 }
 
 impl State {
@@ -243,6 +252,7 @@ async fn session(stream: TcpStream, config: &SessionConfig) -> std::io::Result<(
         consistency: Consistency::Linearizable,
         trace: None,
         pending: String::new(),
+        ending: Ending::new(),
     };
     loop {
         // While tracing, events are written as they come, between the client's lines.
@@ -282,16 +292,10 @@ async fn session(stream: TcpStream, config: &SessionConfig) -> std::io::Result<(
             Line::End => return Ok(()),
             Line::TooLong => {
                 let message = format!("the line is longer than {} bytes and was ignored", config.max_line);
-                out.put(error(&state, ErrorCode::BadRequest, &message).as_bytes()).await?;
-                false
+                refuse_line(&mut state, &message, &mut out).await?
             }
             Line::Bytes(bytes) => match String::from_utf8(bytes) {
-                Err(_) => {
-                    state.pending.clear();
-                    let message = "the line is not valid UTF-8 and was ignored";
-                    out.put(error(&state, ErrorCode::BadRequest, message).as_bytes()).await?;
-                    false
-                }
+                Err(_) => refuse_line(&mut state, "the line is not valid UTF-8 and was ignored", &mut out).await?,
                 Ok(text) => take_line(text, &mut state, config, &mut out).await?,
             },
         };
@@ -307,44 +311,77 @@ async fn session(stream: TcpStream, config: &SessionConfig) -> std::io::Result<(
     }
 }
 
+/// A line that cannot be taken. Alone, it is skipped; inside a statement that spans
+/// lines, what follows could no longer be read as the client meant it (the rest of a
+/// string would run as SQL), so the session ends. Returns whether to close it.
+async fn refuse_line(state: &mut State, message: &str, out: &mut Out) -> std::io::Result<bool> {
+    if state.pending.is_empty() {
+        out.put(error(state, ErrorCode::BadRequest, message).as_bytes()).await?;
+        return Ok(false);
+    }
+    let message = format!("{message}, inside a statement that spans lines; closing the session");
+    out.put(error(state, ErrorCode::BadRequest, &message).as_bytes()).await?;
+    Ok(true)
+}
+
 /// One line of text from the client: a shell command, or SQL to run once its statement
 /// has ended. Returns whether to close the session.
+///
+/// In the text modes a statement ends as in the sqlite3 shell, with `;` outside any
+/// string, comment or trigger body ([`Ending`]); a first line without one also runs
+/// unless SQLite finds it cut short ("incomplete input"), since one line was one request
+/// before statements could span lines. JSON mode stays one line, one request.
 async fn take_line(text: String, state: &mut State, config: &SessionConfig, out: &mut Out) -> std::io::Result<bool> {
-    if state.pending.is_empty() && text.trim_start().starts_with('.') {
+    let first = state.pending.is_empty();
+    if first && text.trim_start().starts_with('.') {
         return dot_command(text.trim(), state, config, out).await;
     }
     if text.contains('\0') {
         // SQLite would stop reading at the NUL and silently drop what follows it.
-        state.pending.clear();
-        let message = "the line holds a NUL byte, and SQL ends there; nothing was run";
-        out.put(error(state, ErrorCode::BadRequest, message).as_bytes()).await?;
+        return refuse_line(state, "the line holds a NUL byte, where SQL would end; nothing was run", out).await;
+    }
+    if state.json() {
+        if !text.trim().is_empty() {
+            run_sql(text, state, config, out, false).await?;
+        }
         return Ok(false);
     }
-    let sql = if state.pending.is_empty() { text } else { std::mem::take(&mut state.pending) + "\n" + &text };
-    if sql.len() > config.max_line {
-        let message =
-            format!("the statement is longer than {} bytes (the longest line) and was discarded", config.max_line);
-        return out.put(error(state, ErrorCode::BadRequest, &message).as_bytes()).await.map(|_| false);
-    }
-    // JSON mode stays one line, one request: a script gets exactly one answer per line.
-    let multiline = !state.json();
-    if multiline && sqlite_sm::text::ends_inside_a_token(&sql) {
-        state.pending = sql;
+    if text == CANCEL {
+        // Drops the statement typed so far (`lightraft shell` sends it on Ctrl-C).
+        state.pending = String::new();
+        state.ending = Ending::new();
         return Ok(false);
     }
-    if multiline && sqlite_sm::text::is_blank(&sql) {
+    let size = if first { text.len() } else { state.pending.len() + 1 + text.len() };
+    if size > config.max_line {
+        let message = format!("the statement is longer than {} bytes (the longest line)", config.max_line);
+        return refuse_line(state, &message, out).await;
+    }
+    if !first {
+        state.pending.push('\n');
+    }
+    state.pending.push_str(&text);
+    // Each line with its line break, as the sqlite3 shell judges it: a `--` comment
+    // ends with its line.
+    state.ending.feed(&text);
+    state.ending.feed("\n");
+    let complete = state.ending.is_complete();
+    if !complete && (!first || state.ending.is_inside_a_token()) {
+        return Ok(false);
+    }
+    let sql = std::mem::take(&mut state.pending);
+    let ending = std::mem::take(&mut state.ending);
+    if sqlite_sm::text::is_blank(&sql) {
         // Comments and semicolons alone, as sqlite3 accepts them: nothing to do.
         return Ok(false);
     }
-    if sql.trim().is_empty() {
-        return Ok(false);
-    }
     let started = Instant::now();
-    if let Ran::Incomplete = run_sql(sql.clone(), state, config, out, multiline).await? {
+    if let Ran::Incomplete = run_sql(sql.clone(), state, config, out, !complete).await? {
         state.pending = sql;
+        state.ending = ending;
         return Ok(false);
     }
-    if state.timer && !state.json() {
+    if state.timer {
         out.put(format!("Run Time: real {:.3}\n", started.elapsed().as_secs_f64()).as_bytes()).await?;
     }
     Ok(false)
@@ -398,6 +435,7 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
             format!("{key} is {value}\n")
         }
     };
+    let mut held = Vec::new();
     let output = match (command, args.as_slice()) {
         (".quit" | ".exit", []) => {
             let bye = if state.json() { "{\"bye\":true}\n" } else { "bye\n" };
@@ -489,16 +527,18 @@ async fn dot_command(text: &str, state: &mut State, config: &SessionConfig, out:
             Ok(node) => admin(AdminCommand::Transfer { node }, state, config).await,
             Err(_) => error(state, ErrorCode::BadRequest, &format!("{node:?} is not a node index")),
         },
-        (".tables", [] | [_]) => shell::tables(args.first().copied(), state, config).await,
-        (".schema", [] | [_]) => shell::schema(args.first().copied(), state, config).await,
-        (".indexes" | ".indices", [] | [_]) => shell::indexes(args.first().copied(), state, config).await,
-        (".dump", [] | [_]) => shell::dump(args.first().copied(), state, config).await,
+        (".tables", [] | [_]) => catalog::tables(args.first().copied(), state, config, &mut held).await,
+        (".schema", [] | [_]) => catalog::schema(args.first().copied(), state, config, &mut held).await,
+        (".indexes" | ".indices", [] | [_]) => catalog::indexes(args.first().copied(), state, config, &mut held).await,
+        (".dump", [] | [_]) => catalog::dump(args.first().copied(), state, config, &mut held).await,
         _ => {
             let message = format!("unknown command or wrong arguments: {text} (try .help)");
             error(state, ErrorCode::BadRequest, &message)
         }
     };
     out.put(output.as_bytes()).await?;
+    // The reads' share of the answer budget, held until their answer is written.
+    drop(held);
     Ok(false)
 }
 
@@ -575,7 +615,12 @@ async fn run_sql(
 /// The results of a read at the session's consistency, for the shell's own commands: a
 /// line of one or more statements, all in one read transaction. At most the result
 /// limit, like any read.
-pub(crate) async fn collect(sql: String, state: &State, config: &SessionConfig) -> Result<Vec<StatementResult>, Reply> {
+pub(crate) async fn collect(
+    sql: String,
+    state: &State,
+    config: &SessionConfig,
+    held: &mut Vec<OwnedSemaphorePermit>,
+) -> Result<Vec<StatementResult>, Reply> {
     if state.consistency == Consistency::Linearizable {
         barrier(config).await?;
     }
@@ -583,7 +628,10 @@ pub(crate) async fn collect(sql: String, state: &State, config: &SessionConfig) 
     let mut results = Vec::new();
     loop {
         match items.recv().await {
-            Some(ReadItem::Output(output, _permit)) => output.collect_into(&mut results),
+            Some(ReadItem::Output(output, permit)) => {
+                output.collect_into(&mut results);
+                held.push(permit);
+            }
             Some(ReadItem::Done(Ok(()))) => return Ok(results),
             Some(ReadItem::Done(Err(e))) => return Err(Reply::error(ErrorCode::SqlError, &e)),
             Some(ReadItem::Refused(reply)) => return Err(reply),

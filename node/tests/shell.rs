@@ -47,7 +47,8 @@ async fn a_statement_over_several_lines_runs_once_when_it_ends() {
     let out = transcript(&cluster, 0, input).await;
     assert!(!out.contains("ERROR"), "{out}");
     // Each continued line gets the continuation prompt, and each statement one answer.
-    assert_eq!(out.matches("lightraft-# ").count(), 3 + 2 + 1 + 2, "{out}");
+    // (A statement that spans lines ends with `;`: the block comment waits for one.)
+    assert_eq!(out.matches("lightraft-# ").count(), 3 + 2 + 4, "{out}");
     assert_eq!(out.matches("rows affected").count() + out.matches("row affected").count(), 3, "{out}");
     assert!(out.contains("| 2        |"), "{out}");
     // The string kept its line break.
@@ -225,4 +226,82 @@ async fn a_backup_taken_under_write_load_is_one_consistent_state_and_restores() 
     assert!(count_sql >= rows && count_sql < 400 + 1, "{restored}");
     assert_eq!(restored["rows"][0][1], 1, "{restored}");
     assert_eq!(restored["rows"][0][2], count_sql, "{restored}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_x_drops_a_statement_and_an_error_inside_one_ends_the_session() {
+    let cluster = one_node().await;
+    let out = transcript(
+        &cluster,
+        0,
+        "CREATE TABLE dropped (\n  x\n\u{18}\nSELECT count(*) AS n FROM sqlite_schema WHERE name = 'dropped';",
+    )
+    .await;
+    assert!(!out.contains("ERROR") && out.contains("| 0 |"), "the statement was not dropped: {out}");
+    // A NUL byte inside a string that spans lines: what follows could no longer be read
+    // as meant, so the session ends before `; CREATE TABLE evil` can run.
+    let mut stream = TcpStream::connect(cluster.client_addrs[0]).await.expect("connect");
+    stream.write_all(b"SELECT 'a\nb\0\n'; CREATE TABLE evil (x);\n").await.expect("send");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the session stayed open");
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("closing the session"), "{out}");
+    let mut c = cluster.client(0).await;
+    assert_eq!(count(&until_ok(&mut c, "SELECT count(*) FROM sqlite_schema WHERE name = 'evil'").await), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_replays_exactly_its_statements_whatever_the_data_holds() {
+    let source = one_node().await;
+    let mut c = source.client(0).await;
+    for line in [
+        "CREATE TABLE t (x)",
+        // Values that would be lines of their own in a naive dump: a shell command, the
+        // cancel line, SQL after a quote; and a CR before a line break.
+        "INSERT INTO t VALUES ('a' || char(10) || '.shell touch pwned' || char(10) || char(24) || char(10) || \
+         '''); DROP TABLE t; --'), (char(13) || char(10))",
+        // Stored statements that end inside a comment: a naive `;` would be swallowed.
+        "CREATE VIEW v AS SELECT 1 /* open",
+        "CREATE VIEW w AS SELECT 2 -- to the end",
+        "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END",
+    ] {
+        until_ok(&mut c, line).await;
+    }
+    let out = transcript(&source, 0, ".dump").await;
+    let text = out.split_once("lightraft=# ").map(|(_, rest)| rest).expect("a prompt");
+    let text = text.rsplit_once("lightraft=# ").map(|(dump, _)| dump).expect("the closing prompt");
+    assert!(!text.contains("ERROR"), "{text}");
+    for line in text.lines() {
+        assert!(!line.starts_with('.') && line != "\u{18}" && !line.contains('\r'), "a line a shell acts on: {line:?}");
+    }
+    let target = one_node().await;
+    let replayed = transcript(&target, 0, text).await;
+    assert!(!replayed.contains("ERROR"), "{replayed}");
+    let mut t = target.client(0).await;
+    // (A view's column is named by its text, which the `*/` that ends the comment joins.)
+    for query in [
+        "SELECT x FROM t ORDER BY rowid",
+        "SELECT * FROM v",
+        "SELECT * FROM w",
+        "SELECT name FROM sqlite_schema ORDER BY name",
+    ] {
+        assert_eq!(until_ok(&mut c, query).await["rows"], until_ok(&mut t, query).await["rows"], "{query}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_too_large_to_show_is_refused_before_it_is_built() {
+    let cluster = one_node().await;
+    // Small as a result (one long name, many NULLs), huge once every row repeats it or
+    // is padded to it.
+    let name = "n".repeat(50_000);
+    let query = format!(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 1000) SELECT NULL AS \"{name}\" FROM c;"
+    );
+    for mode in ["line", "table", "box"] {
+        let out = transcript(&cluster, 0, &format!(".mode {mode}\n{query}")).await;
+        assert!(out.contains(&format!("as shown in {mode} mode")), "{mode}: {}", &out[..out.len().min(300)]);
+        assert!(out.len() < 100_000, "{mode}: {} bytes", out.len());
+    }
 }

@@ -148,7 +148,9 @@ impl Reader {
                     let refused =
                         refusal.is_some() || e.sqlite_error_code() == Some(ErrorCode::AuthorizationForStatementDenied);
                     // A statement cut short is so whatever runs before it.
-                    let incomplete = !refused && e.to_string().contains("incomplete input");
+                    // SQLite's exact message (a name in a message could hold the words).
+                    let incomplete =
+                        !refused && matches!(&e, rusqlite::Error::SqliteFailure(_, Some(m)) if m == "incomplete input");
                     // A refusal is final; other errors may be cured by an earlier write.
                     if matches!(kind, Some(Kind::Write)) && !refused && !incomplete {
                         return Ok((Kind::Write, statements + 1));

@@ -70,7 +70,9 @@ impl Value {
         match self {
             Value::Null => "NULL".into(),
             Value::Integer(i) => i.to_string(),
-            Value::Real(f) => f.to_string(),
+            // The shortest text that reads back as the same double ("0.1", "1e300",
+            // "3.0"), never hundreds of digits.
+            Value::Real(f) => format!("{f:?}"),
             Value::Text(t) => t.clone(),
             Value::Blob(b) => format!("x'{}'", hex(b)),
         }
