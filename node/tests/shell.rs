@@ -137,7 +137,12 @@ async fn a_dump_replays_into_an_empty_cluster_to_the_same_content() {
         "INSERT INTO kinds (t, r, b, n) VALUES ('it''s', 0.1, x'00ff', NULL), ('a' || char(0) || 'b', 1e300, zeroblob(3), 7)",
         "INSERT INTO kinds (t, r, b, n) VALUES ('line' || char(10) || 'break', -1.5, NULL, 'text'), ('漢字', 1e-300, x'', 2.5)",
         "CREATE VIRTUAL TABLE ft USING fts5(body)",
-        "INSERT INTO ft VALUES ('hello world'), ('more text')",
+        "INSERT INTO ft VALUES ('hello world'), ('more text'), ('third')",
+        "DELETE FROM ft WHERE rowid = 2",
+        // Rowids survive where no column holds them.
+        "CREATE TABLE plain (v)",
+        "INSERT INTO plain VALUES ('a'), ('b'), ('c')",
+        "DELETE FROM plain WHERE v = 'b'",
     ] {
         until_ok(&mut c, line).await;
     }
@@ -158,6 +163,7 @@ async fn a_dump_replays_into_an_empty_cluster_to_the_same_content() {
         "SELECT * FROM kinds ORDER BY rowid",
         "SELECT * FROM \"odd \"\"name\" ORDER BY rowid",
         "SELECT rowid, * FROM ft ORDER BY rowid",
+        "SELECT rowid, * FROM plain ORDER BY rowid",
     ] {
         assert_eq!(until_ok(&mut c, query).await, until_ok(&mut t, query).await, "{query}");
     }
