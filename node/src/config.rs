@@ -10,6 +10,7 @@
 //! clientBindPort = 6453
 //! rpcBindAddress = "127.0.0.1"
 //! rpcBindPort = 56453
+//! metricsBindPort = 9453         # optional: GET /metrics on the client address
 //!
 //! [driver]
 //! name = "sqlite"
@@ -110,6 +111,9 @@ pub struct NodeSection {
     pub rpc_bind_address: String,
     /// The RPC port.
     pub rpc_bind_port: u16,
+    /// Where metrics are served (`GET /metrics`, on the client address), if anywhere.
+    #[serde(default)]
+    pub metrics_bind_port: Option<u16>,
 }
 
 /// `[driver]`.
@@ -294,6 +298,12 @@ impl Config {
     pub fn client_addr(&self, index: usize) -> Result<SocketAddr, String> {
         let n = self.node(index)?;
         resolve(&n.client_bind_address, n.client_bind_port, index, "client")
+    }
+
+    /// Node `index`'s metrics address, if it serves metrics.
+    pub fn metrics_addr(&self, index: usize) -> Result<Option<SocketAddr>, String> {
+        let n = self.node(index)?;
+        n.metrics_bind_port.map(|port| resolve(&n.client_bind_address, port, index, "metrics")).transpose()
     }
 
     /// Node `index`'s RPC address.

@@ -120,6 +120,8 @@ pub struct CoreConfig {
     /// Where the nodes of `lightraft.toml` are: the initial members, whose configuration
     /// carries no addresses.
     pub known: BTreeMap<NodeId, Address>,
+    /// What operators watch (`metricsBindPort`).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// When the log is compacted (§7): once it holds `entries` entries beyond its snapshot
@@ -958,7 +960,16 @@ impl Core {
             if let Some(meta) = ready.install_snapshot.clone() {
                 self.install(meta, ready.hard_state, events)?;
             }
+            let started = Instant::now();
             self.store.persist(&ready)?;
+            let wrote = ready.hard_state.is_some()
+                || !ready.entries.is_empty()
+                || ready.truncate_from.is_some()
+                || ready.compacted.is_some()
+                || ready.install_snapshot.is_some();
+            if wrote {
+                self.config.metrics.persisted(started.elapsed());
+            }
             if ready.install_snapshot.is_some() {
                 failpoint("install-done");
             }

@@ -22,6 +22,7 @@ pub mod format;
 pub mod forwarding;
 pub mod join;
 pub mod members;
+pub mod metrics;
 pub mod protocol;
 pub mod readers;
 pub mod server;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use raft_core::{Node, Restored};
@@ -16,6 +17,7 @@ use crate::applier;
 use crate::config::{Config, SECRET_ENV};
 use crate::core::{Core, CoreConfig, Event};
 use crate::members::Address;
+use crate::metrics::{self, Metrics, Scrapes};
 use crate::protocol::PeerMessage;
 use crate::readers::ReadPool;
 use crate::session::{self, SessionConfig};
@@ -188,6 +190,19 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         .await
         .map_err(|e| format!("cannot listen for peers on {rpc_addr}: {e}"))?;
 
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = config.metrics_addr(index)? {
+        let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        let peers_of = transport.clone();
+        let scrapes = Scrapes {
+            metrics: metrics.clone(),
+            core: core_tx.clone(),
+            peers: Box::new(move || peers_of.peers().into_iter().map(|p| (p, peers_of.is_connected(p))).collect()),
+        };
+        tokio::spawn(metrics::serve(listener, Arc::new(scrapes)).in_current_span());
+        info!("serving metrics on http://{addr}/metrics");
+    }
+
     let applier = applier::start(sm, core_tx.clone())?;
     let core_config = CoreConfig {
         tick: config.tick(),
@@ -198,6 +213,7 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         state_path: config.sm_path(index),
         max_snapshot_bytes: config.max_snapshot_bytes(),
         known,
+        metrics: metrics.clone(),
     };
     let core =
         Core::new(raft, store, applied, transport, applier, core_tx.clone(), core_config).map_err(|e| e.to_string())?;
@@ -219,6 +235,7 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         max_result_bytes: config.limits.max_result_bytes,
         core: core_tx.clone(),
         readers,
+        metrics,
     };
     tokio::spawn(session::serve(clients, session_config).in_current_span());
     info!("serving clients on {client_addr} (nc {} {}), peers on {rpc_addr}", client_addr.ip(), client_addr.port());

@@ -27,6 +27,7 @@ use tracing::{debug, warn};
 use crate::catalog;
 use crate::core::Event;
 use crate::format::{self, JsonStream, Mode, Style};
+use crate::metrics::Metrics;
 use crate::protocol::{AdminCommand, AdminOk, Consistency, ErrorCode, Reply, Request, Then};
 use crate::readers::{submit_to_core, Classified, ReadItem, ReadPool};
 use sqlite_sm::text::Ending;
@@ -100,6 +101,8 @@ pub struct SessionConfig {
     pub core: SyncSender<Event>,
     /// The reader threads.
     pub readers: ReadPool,
+    /// What operators watch (`metricsBindPort`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Accepts client connections forever, at most `max_clients` at a time.
@@ -115,9 +118,11 @@ pub async fn serve(listener: TcpListener, config: SessionConfig) {
                     continue;
                 };
                 tokio::spawn(async move {
+                    config.metrics.session(1);
                     if let Err(e) = session(stream, &config).await {
                         debug!("client {addr} disconnected: {e}");
                     }
+                    config.metrics.session(-1);
                     drop(slot);
                 });
             }
@@ -576,10 +581,13 @@ async fn run_sql(
     out: &mut Out,
     wait_if_incomplete: bool,
 ) -> std::io::Result<Ran> {
+    let started = Instant::now();
     let linearizable = state.consistency == Consistency::Linearizable;
+    let refused = |code: ErrorCode| config.metrics.request("refused", code.as_str(), started);
     let classified = match config.readers.classify(sql.clone(), linearizable).await {
         Err(busy) => {
-            return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await.map(|_| Ran::Answered)
+            refused(ErrorCode::Unavailable);
+            return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await.map(|_| Ran::Answered);
         }
         Ok(Err(e)) if e.is_incomplete() && wait_if_incomplete => return Ok(Ran::Incomplete),
         Ok(Ok(classified)) => Ok(classified),
@@ -590,26 +598,46 @@ async fn run_sql(
             // a linearizable read would, and judge the line again (a read needs no
             // second barrier).
             if let Err(reply) = barrier(config).await {
+                refused(code_of(&reply).unwrap_or(ErrorCode::Unavailable));
                 return out.put(render(state, &reply, u64::MAX).as_bytes()).await.map(|_| Ran::Answered);
             }
             match config.readers.classify(sql, false).await {
                 Err(busy) => {
-                    return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await.map(|_| Ran::Answered)
+                    refused(ErrorCode::Unavailable);
+                    return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await.map(|_| Ran::Answered);
                 }
                 Ok(result) => result,
             }
         }
     };
     match classified {
-        Err(e) => out.put(error(state, ErrorCode::SqlError, e.message()).as_bytes()).await?,
+        Err(e) => {
+            refused(ErrorCode::SqlError);
+            out.put(error(state, ErrorCode::SqlError, e.message()).as_bytes()).await?
+        }
         Ok(Classified::Submitted(answer)) => {
             let reply = outcome(answer).await;
+            config.metrics.request("write", code_of(&reply).map_or("ok", ErrorCode::as_str), started);
             out.put(render(state, &reply, config.max_result_bytes).as_bytes()).await?
         }
-        Ok(Classified::Refused(reply)) => out.put(render(state, &reply, u64::MAX).as_bytes()).await?,
-        Ok(Classified::Read { statements, items }) => answer_read(items, statements, state, config, out).await?,
+        Ok(Classified::Refused(reply)) => {
+            refused(code_of(&reply).unwrap_or(ErrorCode::SqlError));
+            out.put(render(state, &reply, u64::MAX).as_bytes()).await?
+        }
+        Ok(Classified::Read { statements, items }) => {
+            let outcome = answer_read(items, statements, state, config, out).await?;
+            config.metrics.request("read", outcome, started);
+        }
     }
     Ok(Ran::Answered)
+}
+
+/// The error code of a reply, if it is an error.
+fn code_of(reply: &Reply) -> Option<ErrorCode> {
+    match reply {
+        Reply::Error { code, .. } => Some(*code),
+        Reply::Results(_) => None,
+    }
 }
 
 /// The results of a read at the session's consistency, for the shell's own commands: a
@@ -669,7 +697,7 @@ async fn answer_read(
     state: &State,
     config: &SessionConfig,
     out: &mut Out,
-) -> std::io::Result<()> {
+) -> std::io::Result<&'static str> {
     let mut results: Vec<StatementResult> = Vec::new();
     let mut stream = JsonStream::new(statements > 1);
     let mut chunk = Vec::new();
@@ -681,7 +709,10 @@ async fn answer_read(
         match item {
             ReadItem::Done(outcome) => break outcome,
             // Only ever the first and only item: nothing was written yet.
-            ReadItem::Refused(reply) => return out.put(render(state, &reply, u64::MAX).as_bytes()).await,
+            ReadItem::Refused(reply) => {
+                out.put(render(state, &reply, u64::MAX).as_bytes()).await?;
+                return Ok(code_of(&reply).map_or("ok", ErrorCode::as_str));
+            }
             ReadItem::Output(output, permit) if state.json() => {
                 stream.push(&mut chunk, output);
                 if chunk.len() >= 64 << 10 {
@@ -698,17 +729,19 @@ async fn answer_read(
     };
     if state.json() {
         stream.finish(&mut chunk, outcome.as_ref().err().map(|e| (ErrorCode::SqlError, e.as_str())));
-        return out.put(&chunk).await;
+        out.put(&chunk).await?;
+        return Ok(if outcome.is_ok() { "ok" } else { ErrorCode::SqlError.as_str() });
     }
     let mut text = if results.is_empty() {
         String::new()
     } else {
         format::text(&Reply::Results(results), state.style, config.max_result_bytes)
     };
-    if let Err(e) = outcome {
-        text.push_str(&format::error_table(ErrorCode::SqlError, &e));
+    if let Err(e) = &outcome {
+        text.push_str(&format::error_table(ErrorCode::SqlError, e));
     }
-    out.put(text.as_bytes()).await
+    out.put(text.as_bytes()).await?;
+    Ok(if outcome.is_ok() { "ok" } else { ErrorCode::SqlError.as_str() })
 }
 
 #[cfg(test)]

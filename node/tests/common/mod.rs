@@ -29,6 +29,8 @@ pub struct Options {
     pub own_peer_address: bool,
     /// The nodes' `RUST_LOG` (default `info`).
     pub log: Option<String>,
+    /// Give each node a `metricsBindPort`.
+    pub metrics: bool,
 }
 
 /// A running cluster. Dropping it kills every node.
@@ -37,6 +39,8 @@ pub struct Cluster {
     pub nodes: Vec<Option<Child>>,
     pub client_addrs: Vec<SocketAddr>,
     pub rpc_addrs: Vec<SocketAddr>,
+    /// With `Options::metrics`, where each node serves `/metrics`.
+    pub metrics_addrs: Vec<SocketAddr>,
     /// The nodes' `RUST_LOG`.
     log: String,
 }
@@ -76,6 +80,7 @@ impl Cluster {
         config += "\n";
         let mut client_addrs = Vec::new();
         let mut rpc_addrs = Vec::new();
+        let mut metrics_addrs = Vec::new();
         for i in 0..size {
             let (client, rpc) = (free_port(), free_port());
             let rpc_ip = if options.own_peer_address { [127, 0, 0, 10 + i as u8] } else { [127, 0, 0, 1] };
@@ -83,6 +88,11 @@ impl Cluster {
             config += &format!(
                 "[[nodes]]\nclientBindAddress = \"127.0.0.1\"\nclientBindPort = {client}\nrpcBindAddress = \"{rpc_host}\"\nrpcBindPort = {rpc}\n\n"
             );
+            if options.metrics {
+                let port = free_port();
+                config += &format!("metricsBindPort = {port}\n\n");
+                metrics_addrs.push(SocketAddr::from(([127, 0, 0, 1], port)));
+            }
             client_addrs.push(SocketAddr::from(([127, 0, 0, 1], client)));
             rpc_addrs.push(SocketAddr::from((rpc_ip, rpc)));
         }
@@ -95,7 +105,8 @@ impl Cluster {
         }
         std::fs::write(dir.path().join("lightraft.toml"), config).expect("config written");
         let log = options.log.clone().unwrap_or_else(|| "info".into());
-        let mut cluster = Cluster { dir, nodes: (0..size).map(|_| None).collect(), client_addrs, rpc_addrs, log };
+        let mut cluster =
+            Cluster { dir, nodes: (0..size).map(|_| None).collect(), client_addrs, rpc_addrs, metrics_addrs, log };
         for i in 0..size {
             cluster.start_node(i);
         }
