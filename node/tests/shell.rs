@@ -311,3 +311,27 @@ async fn a_result_too_large_to_show_is_refused_before_it_is_built() {
         assert!(out.len() < 100_000, "{mode}: {} bytes", out.len());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lightraft_shell_speaks_the_same_protocol() {
+    use std::io::Write as _;
+    let cluster = one_node().await;
+    let mut shell = std::process::Command::new(common::BIN)
+        .args(["shell", "0"])
+        .current_dir(cluster.dir.path())
+        .env("HOME", cluster.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lightraft shell starts");
+    let mut stdin = shell.stdin.take().expect("stdin");
+    stdin.write_all(b"CREATE TABLE t (\n  x\n);\nINSERT INTO t VALUES (7);\nSELECT x FROM t;\n").expect("typed");
+    drop(stdin);
+    let out = tokio::task::spawn_blocking(move || shell.wait_with_output()).await.expect("joined").expect("output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for expected in ["Connected to node 0", "0 rows affected", "1 row affected", "| 7 |", "bye"] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
