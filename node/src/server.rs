@@ -191,7 +191,9 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         .map_err(|e| format!("cannot listen for peers on {rpc_addr}: {e}"))?;
 
     let metrics = Arc::new(Metrics::new());
-    if let Some(addr) = config.metrics_addr(index)? {
+    // A node that joined is not in the config, so it has no metrics port.
+    let metrics_addr = if join.is_none() { config.metrics_addr(index)? } else { None };
+    if let Some(addr) = metrics_addr {
         let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
         let peers_of = transport.clone();
         let scrapes = Scrapes {
