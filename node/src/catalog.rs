@@ -3,6 +3,8 @@
 //! session's consistency, and shows SQL or names as text; JSON mode gets the same as
 //! one JSON line.
 
+use std::collections::HashMap;
+
 use sqlite_sm::text::Ending;
 use sqlite_sm::{StatementResult, Value, APPLIED_TABLE};
 use tokio::sync::OwnedSemaphorePermit;
@@ -120,9 +122,9 @@ pub(crate) async fn schema(
         // Each as one runnable statement; one that could hurt the terminal, escaped.
         Ok(results) => first_column(&results)
             .iter()
-            .map(|sql| match ended(sql) {
-                Some(statement) if plain(sql) => statement + "\n",
-                _ => format!("-- (not runnable as shown) {}\n", crate::format::escape(sql)),
+            .map(|sql| match runnable(sql) {
+                Ok(statement) => statement + "\n",
+                Err(why) => format!("-- this statement {why}: {}\n", crate::format::escape(sql)),
             })
             .collect(),
         Err(reply) => render(state, &reply, u64::MAX),
@@ -130,15 +132,22 @@ pub(crate) async fn schema(
 }
 
 /// One object of the schema.
-#[derive(PartialEq)]
 struct Object {
     kind: String,
     name: String,
     sql: String,
     /// A virtual table's shadow table: its rows come back through the virtual table.
     shadow: bool,
-    /// A table whose rowid is not one of its columns: written out, so rowids survive.
-    rowid: Option<&'static str>,
+    /// Whether its rows can be written back (not a view-like virtual table).
+    rows: bool,
+    /// The names its rows are read and written with.
+    written: Vec<String>,
+}
+
+impl Object {
+    fn dumps_rows(&self) -> bool {
+        self.kind == "table" && !self.shadow && self.rows
+    }
 }
 
 /// What bounds a dump: no statement longer than a session takes as one line or statement
@@ -164,6 +173,8 @@ pub(crate) async fn dump(
     // Read the schema, then the schema again with every table's rows: if a change
     // committed in between, the two differ, and it is read once more.
     for _ in 0..3 {
+        // A discarded attempt's reads give their share of the answer budget back.
+        held.clear();
         let first = match collect(catalog.clone(), state, config, held).await {
             Ok(results) => results,
             Err(reply) => return render(state, &reply, u64::MAX),
@@ -187,7 +198,8 @@ pub(crate) async fn dump(
 }
 
 /// The two reads a dump starts with: the schema's objects (matching `table`, if given)
-/// and the columns of every table, generated columns left out (they cannot be written).
+/// and every table's columns, hidden and generated ones included (they are never written,
+/// but their names decide which name reaches the rowid).
 pub(crate) fn dump_catalog(table: Option<&str>) -> [String; 2] {
     [
         format!(
@@ -197,35 +209,36 @@ pub(crate) fn dump_catalog(table: Option<&str>) -> [String; 2] {
             user_objects("s.name"),
             matching("s.tbl_name", table)
         ),
-        "SELECT s.name, c.name, c.type, c.pk FROM sqlite_schema s JOIN pragma_table_xinfo(s.name) c \
-         WHERE s.type = 'table' AND c.hidden = 0 ORDER BY s.rowid, c.cid"
+        "SELECT s.name, c.name, c.type, c.pk, c.hidden FROM sqlite_schema s JOIN pragma_table_xinfo(s.name) c \
+         WHERE s.type = 'table' ORDER BY s.rowid, c.cid"
             .to_string(),
     ]
 }
 
-/// The read of each table's rows that the catalog calls for, in the catalog's order: the
-/// rowid first where it must be written out, then the columns that can be written.
+/// The read of each table's rows that the catalog calls for, in the catalog's order.
 pub(crate) fn dump_reads(catalog: &[StatementResult]) -> Vec<String> {
-    let (objects, columns) = catalog_of(catalog);
-    objects
+    catalog_of(catalog)
         .iter()
-        .filter(|o| o.kind == "table" && !o.shadow)
+        .filter(|o| o.dumps_rows())
         .map(|t| {
-            let names = t.rowid.into_iter().map(String::from).chain(columns_of(&columns, &t.name).map(ident));
-            format!("SELECT {} FROM {}", names.collect::<Vec<_>>().join(", "), ident(&t.name))
+            let names: Vec<String> = t.written.iter().map(|c| ident(c)).collect();
+            format!("SELECT {} FROM {}", names.join(", "), ident(&t.name))
         })
         .collect()
 }
 
-/// A table's (column, type, pk) rows of the catalog read.
-type Column = (String, String, String, i64);
-
-fn columns_of<'a>(columns: &'a [Column], table: &'a str) -> impl Iterator<Item = &'a str> {
-    columns.iter().filter(move |c| c.0 == table).map(|c| c.1.as_str())
+/// A column of the catalog read.
+struct Column {
+    name: String,
+    kind: String,
+    pk: i64,
+    hidden: i64,
 }
 
-/// The objects and columns of the catalog read.
-fn catalog_of(results: &[StatementResult]) -> (Vec<Object>, Vec<Column>) {
+/// The objects of the catalog read, each table with the columns its rows are written
+/// with: the rowid first where it must be (under a name no column takes), then every
+/// column that can be written.
+fn catalog_of(results: &[StatementResult]) -> Vec<Object> {
     let rows = |i: usize| match results.get(i) {
         Some(StatementResult::Rows { rows, .. }) => rows.as_slice(),
         _ => &[],
@@ -235,58 +248,86 @@ fn catalog_of(results: &[StatementResult]) -> (Vec<Object>, Vec<Column>) {
         Some(Value::Integer(i)) => *i,
         _ => 0,
     };
-    let columns: Vec<Column> =
-        rows(1).iter().map(|r| (text(r.first()), text(r.get(1)), text(r.get(2)), int(r.get(3)))).collect();
-    let objects = rows(0)
+    // Grouped once: a schema of many tables costs linear time.
+    let mut columns: HashMap<String, Vec<Column>> = HashMap::new();
+    for r in rows(1) {
+        let column = Column { name: text(r.get(1)), kind: text(r.get(2)), pk: int(r.get(3)), hidden: int(r.get(4)) };
+        columns.entry(text(r.first())).or_default().push(column);
+    }
+    rows(0)
         .iter()
         .map(|r| {
             let (kind, name, sql, list_type) = (text(r.first()), text(r.get(1)), text(r.get(2)), text(r.get(3)));
+            let own = columns.get(&name).map_or(&[][..], Vec::as_slice);
+            let module = module_of(&sql);
             let rowid = if kind != "table" || int(r.get(4)) == 1 {
                 None // not a table, or WITHOUT ROWID
             } else if list_type == "virtual" {
                 // Full-text tables keep documents by rowid; other modules make it a column.
-                sql.to_ascii_lowercase().contains(" fts").then_some("rowid")
+                module.as_deref().is_some_and(|m| m.starts_with("fts")).then_some("rowid")
             } else {
-                rowid_to_write(&columns, &name)
+                rowid_to_write(own)
             };
-            Object { kind, name, sql, shadow: list_type == "shadow", rowid }
+            let written =
+                rowid.map(String::from).into_iter().chain(own.iter().filter(|c| c.hidden == 0).map(|c| c.name.clone()));
+            Object {
+                kind,
+                name,
+                sql,
+                shadow: list_type == "shadow",
+                // Only modules whose rows can be written back: full-text and R-tree tables
+                // (others, like fts5vocab, are views of another table).
+                rows: list_type != "virtual"
+                    || module.as_deref().is_some_and(|m| m.starts_with("fts") || m.starts_with("rtree")),
+                written: written.collect(),
+            }
         })
-        .collect();
-    (objects, columns)
+        .collect()
+}
+
+/// A virtual table's module, from `CREATE VIRTUAL TABLE name USING module(...)`.
+fn module_of(sql: &str) -> Option<String> {
+    let lower = sql.to_ascii_lowercase();
+    let mut words = lower.split(|c: char| c.is_whitespace() || c == '(');
+    words.by_ref().find(|w| *w == "using")?;
+    words.find(|w| !w.is_empty()).map(String::from)
 }
 
 /// A name for an ordinary table's rowid, unless a column already holds it (an INTEGER
-/// PRIMARY KEY) or every name for it is taken by a column.
-fn rowid_to_write(columns: &[Column], table: &str) -> Option<&'static str> {
-    let own: Vec<&Column> = columns.iter().filter(|c| c.0 == table).collect();
-    let keys: Vec<&&Column> = own.iter().filter(|c| c.3 > 0).collect();
-    if let [key] = keys.as_slice() {
-        if key.2.eq_ignore_ascii_case("integer") {
+/// PRIMARY KEY) or a column, hidden or generated ones included, takes every name for it.
+fn rowid_to_write(own: &[Column]) -> Option<&'static str> {
+    if let [key] = own.iter().filter(|c| c.pk > 0).collect::<Vec<_>>().as_slice() {
+        if key.kind.eq_ignore_ascii_case("integer") {
             return None;
         }
     }
-    ["rowid", "_rowid_", "oid"].into_iter().find(|alias| !own.iter().any(|c| c.1.eq_ignore_ascii_case(alias)))
+    ["rowid", "_rowid_", "oid"].into_iter().find(|alias| !own.iter().any(|c| c.name.eq_ignore_ascii_case(alias)))
 }
 
 /// The dump: the catalog's objects, and `data`, the results of [`dump_reads`]. Each
 /// table's CREATE and its rows as INSERTs, then indexes, views and triggers (after the
-/// rows, so no trigger fires while they are replayed).
+/// rows, so no trigger fires while they are replayed), then a line that says it is
+/// whole.
 ///
-/// Replaying it must run exactly these statements, whatever the data holds, so every
-/// statement is made to stand alone:
+/// Replaying it must run exactly these statements, whatever the data holds, through a
+/// session or the sqlite3 shell, so every statement is made to stand alone:
 /// - a value is one line: text with a line break or any other control or invisible
 ///   character is written as its bytes (`CAST(X'..' AS TEXT)`), so nothing in a value
 ///   can end a line, hide from a reader, or be a line that a shell acts on;
 /// - a stored CREATE statement is ended so that the `;` is outside any comment or
-///   string it ends in, and only there (as sqlite3's own `.dump` does); one holding
-///   control characters, and names holding them, are refused rather than written;
+///   string it ends in, and only there (as sqlite3's own `.dump` does); one that spans
+///   lines starts with `CREATE` alone on its first line, which SQLite finds cut short,
+///   so a session reads on to the `;` (SQLite writes the same text back when it runs);
+/// - what a shell would act on is refused rather than written: names and statements
+///   holding control characters, and a stored statement with a line that the sqlite3
+///   shell takes as the end of a statement (`go`, `/`) or as a command (`.`, `#`);
 /// - no statement is longer than a session takes (`max_statement`).
 pub(crate) fn dump_text(
     catalog: &[StatementResult],
     data: &[StatementResult],
     limits: DumpLimits,
 ) -> Result<String, String> {
-    let (objects, _) = catalog_of(catalog);
+    let objects = catalog_of(catalog);
     let mut out = String::from("-- lightraft .dump: run it in an empty cluster (nc) or in sqlite3\n");
     let mut push = |statement: String| -> Result<(), String> {
         if statement.len() > limits.max_statement {
@@ -311,8 +352,12 @@ pub(crate) fn dump_text(
     let mut data = data.iter();
     for object in objects.iter().filter(|o| o.kind == "table" && !o.shadow) {
         push(standalone(object)?)?;
-        let Some(StatementResult::Rows { columns, rows }) = data.next() else { continue };
-        let names = columns.iter().map(|c| safe_ident(c, &object.name)).collect::<Result<Vec<_>, _>>()?;
+        if !object.dumps_rows() {
+            continue;
+        }
+        let Some(StatementResult::Rows { rows, .. }) = data.next() else { continue };
+        // The names it was read with: a result names any rowid alias `rowid`.
+        let names = object.written.iter().map(|c| safe_ident(c, &object.name)).collect::<Result<Vec<_>, _>>()?;
         let into = format!("INSERT INTO {}({}) VALUES(", safe_ident(&object.name, &object.name)?, names.join(","));
         for row in rows {
             let values: Vec<String> = row.iter().map(sql_value).collect();
@@ -324,6 +369,7 @@ pub(crate) fn dump_text(
             push(standalone(object)?)?;
         }
     }
+    push("-- end of the dump".to_string())?;
     Ok(out)
 }
 
@@ -338,22 +384,43 @@ fn safe_ident(name: &str, table: &str) -> Result<String, String> {
     Ok(ident(name))
 }
 
-/// An object's stored CREATE statement, ended so that it is one statement (see
-/// [`ended`]); refused if it holds control or invisible characters.
+/// An object's stored CREATE statement as a dump writes it (see [`runnable`]).
 fn standalone(object: &Object) -> Result<String, String> {
-    let named = || format!("{} {}", object.kind, crate::format::escape(&object.name));
-    if !plain(&object.sql) {
-        return Err(format!(
-            "the CREATE statement of {} holds control or invisible characters, which a dump cannot write safely; use lightraft backup",
-            named()
-        ));
-    }
-    ended(&object.sql).ok_or_else(|| format!("the CREATE statement of {} cannot be ended as one statement", named()))
+    runnable(&object.sql)
+        .map_err(|why| format!("the CREATE statement of {} {} {why}", object.kind, crate::format::escape(&object.name)))
 }
 
-/// Whether stored SQL holds no control or invisible character but line breaks and tabs.
-fn plain(sql: &str) -> bool {
-    !sql.chars().any(|c| c != '\n' && c != '\t' && crate::format::hurts(c))
+/// Stored SQL as one statement that a session or the sqlite3 shell runs whole: ended by
+/// [`ended`], and, if it spans lines, with `CREATE` alone on its first line (a session
+/// runs a whole first line at once; `CREATE` alone is not whole). Refused if a shell
+/// could act on any part of it.
+fn runnable(sql: &str) -> Result<String, String> {
+    if sql.chars().any(|c| c != '\n' && c != '\t' && crate::format::hurts(c)) {
+        return Err(
+            "holds control or invisible characters, which a dump cannot write safely; use lightraft backup".into()
+        );
+    }
+    if sql.lines().skip(1).any(shell_acts_on) {
+        return Err(
+            "has a line the sqlite3 shell would take as a command or as the end of a statement; use lightraft backup"
+                .into(),
+        );
+    }
+    let sql = match sql.strip_prefix("CREATE ") {
+        Some(rest) if sql.contains('\n') => format!("CREATE\n{rest}"),
+        _ => sql.to_string(),
+    };
+    ended(&sql).ok_or_else(|| "cannot be ended as one statement".into())
+}
+
+/// Whether the sqlite3 shell acts on this line inside a statement: `go` or `/` alone
+/// (then white space or comments) ends the statement, and a line after that which starts
+/// with `.` or `#` is a command or a comment to it.
+fn shell_acts_on(line: &str) -> bool {
+    let line = line.trim_start_matches([' ', '\t']);
+    let terminator =
+        line.strip_prefix('/').or_else(|| line.get(..2).filter(|go| go.eq_ignore_ascii_case("go")).map(|_| &line[2..]));
+    line.starts_with('.') || line.starts_with('#') || terminator.is_some_and(sqlite_sm::text::is_blank)
 }
 
 /// `sql` with the first of `;`, `*/;` and a line break then `;` after which it ends

@@ -10,7 +10,7 @@
 //! clientBindPort = 6453
 //! rpcBindAddress = "127.0.0.1"
 //! rpcBindPort = 56453
-//! metricsBindPort = 9453         # optional: GET /metrics on the client address
+//! metricsBindPort = 9453         # optional: GET /metrics (metricsBindAddress, default 127.0.0.1)
 //!
 //! [driver]
 //! name = "sqlite"
@@ -111,9 +111,12 @@ pub struct NodeSection {
     pub rpc_bind_address: String,
     /// The RPC port.
     pub rpc_bind_port: u16,
-    /// Where metrics are served (`GET /metrics`, on the client address), if anywhere.
+    /// Where metrics are served (`GET /metrics`), if anywhere.
     #[serde(default)]
     pub metrics_bind_port: Option<u16>,
+    /// The metrics' address: loopback unless given, since metrics need no wider audience.
+    #[serde(default)]
+    pub metrics_bind_address: Option<String>,
 }
 
 /// `[driver]`.
@@ -303,7 +306,8 @@ impl Config {
     /// Node `index`'s metrics address, if it serves metrics.
     pub fn metrics_addr(&self, index: usize) -> Result<Option<SocketAddr>, String> {
         let n = self.node(index)?;
-        n.metrics_bind_port.map(|port| resolve(&n.client_bind_address, port, index, "metrics")).transpose()
+        let host = n.metrics_bind_address.as_deref().unwrap_or("127.0.0.1");
+        n.metrics_bind_port.map(|port| resolve(host, port, index, "metrics")).transpose()
     }
 
     /// Node `index`'s RPC address.

@@ -94,7 +94,7 @@ pub fn text(reply: &Reply, style: Style, max_bytes: u64) -> String {
                 // that far larger, so it is refused before it is built.
                 let (columns, cells): (Vec<String>, Vec<Vec<String>>) = if style.mode == Mode::Csv {
                     let cells = rows.iter().map(|r| r.iter().map(csv_field).collect()).collect();
-                    (columns.iter().map(|c| csv_text(c)).collect(), cells)
+                    (columns.iter().map(|c| csv_text(&escape(c))).collect(), cells)
                 } else {
                     let cells = rows.iter().map(|r| r.iter().map(|v| escape(&v.display()).into_owned()).collect());
                     (columns.iter().map(|c| escape(c).into_owned()).collect(), cells.collect())
@@ -284,8 +284,9 @@ fn line_mode(columns: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// A CSV field (RFC 4180): quoted, quotes doubled, if it holds a comma, quote or line
-/// break. The values are exact: CSV has no way to escape a control character.
+/// A CSV field (RFC 4180): quoted, quotes doubled, if it holds a comma or a quote.
+/// Control and invisible characters (line breaks included) are escaped as in the other
+/// text modes, since a terminal may show it; JSON is the exact format.
 fn csv_text(text: &str) -> String {
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
@@ -298,7 +299,7 @@ fn csv_text(text: &str) -> String {
 fn csv_field(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
-        other => csv_text(&other.display()),
+        other => csv_text(&escape(&other.display())),
     }
 }
 

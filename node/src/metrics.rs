@@ -4,7 +4,8 @@
 //! and sync each batch of Raft state, its peers' connections and its open sessions.
 //!
 //! The HTTP side is as small as the job: one request per connection, a head of at most
-//! 8 KiB read within 5 seconds, at most 8 scrapes at once. Anything else is answered
+//! 8 KiB read within 2 seconds, at most 8 scrapes at once. It listens on loopback unless
+//! `metricsBindAddress` says otherwise. Anything else is answered
 //! with an error status and the connection closed; a scrape never waits on the Raft
 //! thread for more than 2 seconds.
 
@@ -140,9 +141,10 @@ impl Metrics {
         self.persist.observe(took.as_secs_f64());
     }
 
-    /// A session opened (`+1`) or closed (`-1`).
-    pub fn session(&self, delta: i64) {
-        self.sessions.inc_by(delta);
+    /// A session opened; it counts until the guard is dropped (a panicking session too).
+    pub fn open_session(&self) -> SessionGuard {
+        self.sessions.inc();
+        SessionGuard(self.sessions.clone())
     }
 
     /// The text a scrape returns, after asking the core for its state.
@@ -162,12 +164,23 @@ impl Metrics {
                 self.log_entries.set(as_i64((status.last_index + 1).saturating_sub(status.first_index)));
             }
         }
+        // Only the current peers: a removed one's gauge goes away.
+        self.peers.clear();
         for &(peer, connected) in peers {
             self.peers.get_or_create(&Peer { peer: peer.to_string() }).set(i64::from(connected));
         }
         let mut text = String::new();
         let _ = encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// Counts one open session while it lives.
+pub struct SessionGuard(Gauge);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -204,7 +217,7 @@ pub async fn serve(listener: TcpListener, scrapes: Arc<Scrapes>) {
 async fn answer(mut stream: TcpStream, scrapes: &Scrapes) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
         if head.len() > 8192 {
             return respond(&mut stream, "431 Request Header Fields Too Large", "").await;

@@ -118,11 +118,10 @@ pub async fn serve(listener: TcpListener, config: SessionConfig) {
                     continue;
                 };
                 tokio::spawn(async move {
-                    config.metrics.session(1);
+                    let _open = config.metrics.open_session();
                     if let Err(e) = session(stream, &config).await {
                         debug!("client {addr} disconnected: {e}");
                     }
-                    config.metrics.session(-1);
                     drop(slot);
                 });
             }
@@ -352,7 +351,12 @@ async fn take_line(text: String, state: &mut State, config: &SessionConfig, out:
         return Ok(false);
     }
     if text == CANCEL {
-        // Drops the statement typed so far (`lightraft shell` sends it on Ctrl-C).
+        // Drops the statement typed so far (`lightraft shell` sends it on Ctrl-C), but
+        // not from inside a string or comment: there it could be text of the value,
+        // and what follows would run as SQL.
+        if state.ending.is_inside_a_token() {
+            return refuse_line(state, "a Ctrl-X line inside a string, comment or trigger body", out).await;
+        }
         state.pending = String::new();
         state.ending = Ending::new();
         return Ok(false);

@@ -35,6 +35,11 @@ pub fn run(config: &Config, node: usize) -> Result<(), String> {
     std::thread::spawn(move || print_replies(reader, &prompts_tx));
     while let Ok(prompt) = prompts.recv() {
         let line = match editor.readline(&prompt) {
+            Ok(line) if line.trim().starts_with(".mode json") && prompt == PROMPT => {
+                // JSON mode sends no prompt, which this client waits for.
+                println!("lightraft shell shows the text modes; for JSON, use nc");
+                String::new()
+            }
             Ok(line) => {
                 if !line.trim().is_empty() {
                     let _ = editor.add_history_entry(line.as_str());

@@ -46,6 +46,9 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         let addrs = (0..config.nodes.len()).map(|i| config.client_addr(i)).collect::<Result<Vec<_>, _>>()?;
         tokio::select! {
             () = listening(&addrs) => {}
+            () = tokio::time::sleep(Duration::from_secs(30)) => {
+                println!("(Not every node listens after 30 seconds; see their logs.)");
+            }
             (index, status) = first_exit(&mut children) => {
                 stop_all(&mut children).await;
                 return Err(format!("node {index} exited ({status}) before it was ready; stopping the others"));

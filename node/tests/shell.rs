@@ -271,29 +271,81 @@ async fn a_dump_replays_exactly_its_statements_whatever_the_data_holds() {
         "CREATE VIEW v AS SELECT 1 /* open",
         "CREATE VIEW w AS SELECT 2 -- to the end",
         "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END",
+        // A column named rowid, and a generated one named oid: the rowid goes by _rowid_.
+        "CREATE TABLE r (rowid TEXT, v, oid AS (v * 2))",
+        "INSERT INTO r (rowid, v) VALUES ('keep', 1), ('this', 2), ('too', 3)",
+        "DELETE FROM r WHERE v = 2",
     ] {
         until_ok(&mut c, line).await;
     }
+    // A view over several lines whose first line is whole: a replay must not run it alone.
+    let typed =
+        transcript(&source, 0, "CREATE VIEW m AS\nSELECT x FROM t\nWHERE x IS NOT NULL\n  AND length(x) > 2;").await;
+    assert!(!typed.contains("ERROR"), "{typed}");
     let out = transcript(&source, 0, ".dump").await;
     let text = out.split_once("lightraft=# ").map(|(_, rest)| rest).expect("a prompt");
     let text = text.rsplit_once("lightraft=# ").map(|(dump, _)| dump).expect("the closing prompt");
-    assert!(!text.contains("ERROR"), "{text}");
+    assert!(!text.contains("ERROR") && text.ends_with("-- end of the dump\n"), "{text}");
     for line in text.lines() {
         assert!(!line.starts_with('.') && line != "\u{18}" && !line.contains('\r'), "a line a shell acts on: {line:?}");
     }
+    let queries = [
+        "SELECT hex(x) FROM t ORDER BY rowid",
+        "SELECT * FROM v",
+        "SELECT * FROM w",
+        "SELECT * FROM m",
+        "SELECT _rowid_, rowid, v, oid FROM r ORDER BY _rowid_",
+        "SELECT type, name FROM sqlite_schema ORDER BY name",
+    ];
+    // Replayed through a session...
     let target = one_node().await;
     let replayed = transcript(&target, 0, text).await;
     assert!(!replayed.contains("ERROR"), "{replayed}");
     let mut t = target.client(0).await;
     // (A view's column is named by its text, which the `*/` that ends the comment joins.)
-    for query in [
-        "SELECT x FROM t ORDER BY rowid",
-        "SELECT * FROM v",
-        "SELECT * FROM w",
-        "SELECT name FROM sqlite_schema ORDER BY name",
-    ] {
+    for query in queries {
         assert_eq!(until_ok(&mut c, query).await["rows"], until_ok(&mut t, query).await["rows"], "{query}");
     }
+    // ... and through the sqlite3 shell, which runs dot commands such as `.shell`.
+    let dir = source.dir.path();
+    std::fs::write(dir.join("dump.sql"), text).expect("written");
+    let replay = std::process::Command::new("sqlite3")
+        .arg("restored.db")
+        .current_dir(dir)
+        .stdin(std::fs::File::open(dir.join("dump.sql")).expect("open"))
+        .output();
+    if let Ok(replay) = replay {
+        assert!(replay.status.success(), "sqlite3: {}", String::from_utf8_lossy(&replay.stderr));
+        assert!(!dir.join("pwned").exists(), "the dump ran a shell command");
+        let restored = rusqlite::Connection::open(dir.join("restored.db")).expect("opens");
+        let hex: Vec<String> = restored
+            .prepare("SELECT hex(x) FROM t ORDER BY rowid")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .map(|r| r.expect("row"))
+            .collect();
+        let expected = until_ok(&mut c, "SELECT hex(x) FROM t ORDER BY rowid").await;
+        let expected: Vec<String> = expected["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r[0].as_str().expect("hex").to_string())
+            .collect();
+        assert_eq!(hex, expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_statement_the_sqlite3_shell_would_act_on_is_not_dumped() {
+    let cluster = one_node().await;
+    // Typed with `CREATE VIEW` alone on its first line, SQLite keeps the later lines, and
+    // in the sqlite3 shell `go` would end the statement and `.shell` would run.
+    let typed = "CREATE TABLE go (shell);\nCREATE VIEW\nv AS SELECT\ngo\n.shell `touch pwned`\nFROM go;";
+    assert!(!transcript(&cluster, 0, typed).await.contains("ERROR"));
+    let out = transcript(&cluster, 0, ".dump").await;
+    assert!(out.contains("would take as a command or as the end of a statement"), "{out}");
+    assert!(!out.contains("CREATE TABLE go"), "a dump was written: {out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn it_agrees_with_sqlite3_complete_on_random_text() {
-        const PIECES: [&str; 26] = [
+        const PIECES: [&str; 30] = [
             ";",
             " ",
             "\n",
@@ -240,6 +240,10 @@ mod tests {
             "1",
             "é",
             "$",
+            "\r",
+            "\t",
+            "\x0c",
+            "\x0b",
             "CREATE",
             "temp",
             "Temporary",
