@@ -6,11 +6,13 @@
 //! a snapshot, [`sqlite_sm::snapshot::copy`]): the node's writes go on meanwhile, and
 //! the copy is the state at one applied index. The copy is checked
 //! (`PRAGMA integrity_check`) and made durable before it takes the name asked for, so a
-//! crash or a full disk never leaves a half-written backup under that name.
+//! crash or a full disk never leaves a half-written backup under that name. The SQL form
+//! is built in memory before it is written: for a database larger than memory, take the
+//! SQLite file.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 use sqlite_sm::{StatementResult, Value};
@@ -33,43 +35,46 @@ pub fn run(config: &Config, node: usize, dest: &Path, sql: bool) -> Result<Strin
     if dest.exists() {
         return Err(format!("{} already exists; name a new file", dest.display()));
     }
-    let partial = partial_path(dest)?;
+    // The copy is made in a directory of its own beside FILE: private (mode 0700) and
+    // named at random, so no one can plant a link in it, and removed with everything in
+    // it (SQLite's side files too) whatever happens.
+    let parent = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let work = tempfile::Builder::new()
+        .prefix(".lightraft-backup-")
+        .tempdir_in(parent)
+        .map_err(|e| format!("cannot make a working directory in {}: {e}", parent.display()))?;
     // No statement of the SQL may be longer than the cluster's sessions take.
-    let result = copy_to(&source, &partial, dest, sql, config.client.max_line_bytes);
-    let _ = std::fs::remove_file(&partial);
-    let index = result?;
+    let index = copy_to(&source, work.path(), dest, sql, config.client.max_line_bytes)?;
     let bytes = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
     let what = if sql { "as SQL" } else { "as a SQLite database" };
     Ok(format!("node {node}'s state at applied index {index} written to {} {what} ({bytes} bytes)", dest.display()))
 }
 
-/// A name beside `dest` for the copy in progress.
-fn partial_path(dest: &Path) -> Result<PathBuf, String> {
-    let name = dest.file_name().ok_or_else(|| format!("{} is not a file name", dest.display()))?;
-    Ok(dest.with_file_name(format!(".{}.partial", name.to_string_lossy())))
-}
-
-/// Copies, checks and renames; returns the applied index of the copy.
-fn copy_to(source: &Path, partial: &Path, dest: &Path, sql: bool, max_statement: usize) -> Result<u64, String> {
-    let index = sqlite_sm::snapshot::copy(source, partial)?;
-    sqlite_sm::snapshot::verify(partial, index)?;
-    if sql {
-        let text = dump(partial, max_statement)?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(dest)
-            .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
-        let written = file.write_all(text.as_bytes()).and_then(|()| file.sync_all());
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(dest);
-            return Err(format!("cannot write {}: {e}", dest.display()));
-        }
+/// Copies into `work`, checks, makes durable, and only then gives the result the name
+/// `dest` (a hard link, which never replaces a file that appeared meanwhile). Returns the
+/// applied index of the copy.
+fn copy_to(source: &Path, work: &Path, dest: &Path, sql: bool, max_statement: usize) -> Result<u64, String> {
+    let copy = work.join("copy.sqlite");
+    let index = sqlite_sm::snapshot::copy(source, &copy)?;
+    sqlite_sm::snapshot::verify(&copy, index)?;
+    let done = if sql {
+        let text = dump(&copy, max_statement)?;
+        let path = work.join("dump.sql");
+        let mut file = File::create(&path).map_err(|e| format!("cannot write the dump: {e}"))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| format!("cannot write the dump: {e}"))?;
+        path
     } else {
-        File::open(partial).and_then(|f| f.sync_all()).map_err(|e| format!("cannot sync the copy: {e}"))?;
-        // Never replaces a file that appeared meanwhile: hard-link, then drop the partial.
-        std::fs::hard_link(partial, dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
-    }
+        // One file that stands alone: nothing left in a write-ahead log beside it.
+        let conn = Connection::open(&copy).map_err(|e| format!("cannot open the copy: {e}"))?;
+        conn.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+            .map_err(|e| format!("cannot finish the copy: {e}"))?;
+        drop(conn);
+        File::open(&copy).and_then(|f| f.sync_all()).map_err(|e| format!("cannot sync the copy: {e}"))?;
+        copy
+    };
+    std::fs::hard_link(&done, dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
     if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = File::open(dir).and_then(|d| d.sync_all());
     }

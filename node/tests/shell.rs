@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{count, until_ok, Cluster};
@@ -188,20 +190,39 @@ async fn a_backup_taken_under_write_load_is_one_consistent_state_and_restores() 
     let leader = source.leader().await;
     let mut c = source.client(leader).await;
     until_ok(&mut c, "CREATE TABLE seq (n INTEGER PRIMARY KEY, v TEXT)").await;
-    // Writes keep coming while both backups are taken, each row one more than the last.
+    // Writes keep coming while both backups are taken, each row one more than the last,
+    // from before the first until after the second.
+    let written = Arc::new(AtomicI64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (count, halt) = (written.clone(), stop.clone());
     let writer = tokio::spawn(async move {
-        for n in 1..=400 {
+        let mut n = 0;
+        while !halt.load(Ordering::Relaxed) {
+            n += 1;
             until_ok(&mut c, &format!("INSERT INTO seq VALUES ({n}, printf('%0100d', {n}))")).await;
+            count.store(n, Ordering::Relaxed);
         }
         c
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let wait_for = |at_least: i64| {
+        let written = written.clone();
+        async move {
+            while written.load(Ordering::Relaxed) < at_least {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_for(20).await;
     let follower = (leader + 1) % 3;
     let said = backup(&source, &["--node", &follower.to_string(), "backup.sqlite"]);
     assert!(said.contains("written to backup.sqlite as a SQLite database"), "{said}");
     backup(&source, &["--node", &follower.to_string(), "--sql", "backup.sql"]);
+    let after = written.load(Ordering::Relaxed) + 20;
+    wait_for(after).await;
+    stop.store(true, Ordering::Relaxed);
     let mut c = writer.await.expect("the writer finished");
     until_ok(&mut c, "SELECT 1").await;
+    let total = written.load(Ordering::Relaxed);
 
     // One state: rows 1..=k, none missing, taken while writes went on.
     let file = rusqlite::Connection::open(source.dir.path().join("backup.sqlite")).expect("the backup opens");
@@ -211,8 +232,15 @@ async fn a_backup_taken_under_write_load_is_one_consistent_state_and_restores() 
         .query_row("SELECT count(*), coalesce(max(n), 0) FROM seq", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .expect("count");
     assert_eq!(rows, max, "rows are missing from the backup: it is not one state");
-    assert!(rows < 400, "the backup should be taken while writes go on (got all {rows})");
+    assert!(rows >= 1 && rows < total, "the backup holds {rows} of {total} rows");
 
+    // Nothing is left beside it: the working copy and SQLite's side files are gone.
+    let leftovers: Vec<String> = std::fs::read_dir(source.dir.path())
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .filter(|name| name.starts_with(".lightraft-backup-") || name.starts_with("backup.sqlite-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     // The backup never overwrites a file.
     let again = std::process::Command::new(common::BIN)
         .args(["backup", "--node", "0", "backup.sqlite"])
@@ -229,7 +257,7 @@ async fn a_backup_taken_under_write_load_is_one_consistent_state_and_restores() 
     let mut t = target.client(0).await;
     let restored = until_ok(&mut t, "SELECT count(*), min(n), max(n), sum(length(v)) FROM seq").await;
     let count_sql = restored["rows"][0][0].as_i64().expect("a count");
-    assert!(count_sql >= rows && count_sql < 400 + 1, "{restored}");
+    assert!(count_sql >= rows && count_sql < total, "{restored}");
     assert_eq!(restored["rows"][0][1], 1, "{restored}");
     assert_eq!(restored["rows"][0][2], count_sql, "{restored}");
 }
