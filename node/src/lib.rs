@@ -6,10 +6,13 @@
 //! - [`core`] is the thread that drives raft-core and answers every client request;
 //!   [`forwarding`] is how it learns the fate of writes it forwarded to a leader.
 //! - [`applier`] applies committed entries; [`readers`] serve reads; both off that thread.
-//! - [`session`] and [`format`] are what `nc` users see.
+//! - [`session`] and [`format`] are what `nc` users see; `catalog` holds the shell
+//!   commands that read the schema (`.tables`, `.schema`, `.indexes`, `.dump`), and
+//!   [`shell`] is `lightraft shell`, the same protocol with line editing.
 //! - [`members`] says where each member of the configuration is; [`join`] is how a node
 //!   outside `lightraft.toml` asks to be added.
-//! - [`up`] runs a whole local cluster in one command; [`bench`] is the benchmark.
+//! - [`up`] runs a whole local cluster in one command; [`bench`] is the benchmark;
+//!   [`backup`] copies a node's data; [`metrics`] serves what operators watch.
 
 pub mod applier;
 pub mod backup;
