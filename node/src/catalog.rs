@@ -43,20 +43,21 @@ fn first_column(results: &[StatementResult]) -> Vec<String> {
 
 /// Names laid out in columns, down then across, as sqlite3 shows `.tables`.
 fn in_columns(names: &[String]) -> String {
-    let Some(widest) = names.iter().map(|n| crate::format::escape(n).chars().count()).max() else {
+    let names: Vec<String> = names.iter().map(|n| crate::format::escape(n).into_owned()).collect();
+    let Some(widest) = names.iter().map(|n| crate::format::width(n)).max() else {
         return String::new();
     };
     let per_line = 80 / (widest + 2);
     if per_line < 2 {
         // One per line needs no padding (and a very long name pads nothing else).
-        return names.iter().map(|n| format!("{}\n", crate::format::escape(n))).collect();
+        return names.iter().map(|n| format!("{n}\n")).collect();
     }
     let lines = names.len().div_ceil(per_line);
     let mut out = String::new();
     for line in 0..lines {
         let cells: Vec<String> = (0..per_line)
             .filter_map(|col| names.get(col * lines + line))
-            .map(|n| format!("{:<widest$}", crate::format::escape(n)))
+            .map(|n| format!("{n}{}", " ".repeat(widest - crate::format::width(n))))
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');

@@ -164,7 +164,7 @@ pub(crate) fn hurts(c: char) -> bool {
 }
 
 /// How many columns of a terminal `text` takes.
-fn width(text: &str) -> usize {
+pub(crate) fn width(text: &str) -> usize {
     UnicodeWidthStr::width(text)
 }
 
