@@ -1,14 +1,15 @@
 //! The client session: what a person (or a script) typing into `nc` sees.
 //!
 //! One request is one line, or, in the text modes, as many lines as a statement takes:
-//! a line that stops inside a statement, a string or a comment waits for the next with
-//! the continuation prompt, as in the sqlite3 shell (JSON mode keeps one line, one
-//! request). SQL is classified by SQLite on a reader thread: reads run on a reader
+//! a first line that leaves its statement unfinished (cut short, or inside a string, a
+//! comment or a trigger body) goes on, at the continuation prompt, until a `;` ends it,
+//! as in the sqlite3 shell (JSON mode keeps one line, one request). SQL is classified by SQLite on a reader thread: reads run on a reader
 //! (after a ReadIndex barrier if linearizable) and stream their rows back; writes go to
 //! the Raft core. Lines starting with `.` are shell commands, as in sqlite3 (those that
 //! read the schema are in [`crate::catalog`]).
 //! Whatever arrives (an over-long line, invalid UTF-8, a NUL byte, binary garbage) gets
-//! a clear error, and the session goes on.
+//! a clear error, and the session goes on (inside a statement that spans lines, it ends
+//! instead: what follows could no longer be read as meant).
 //!
 //! A session costs the node little and never for long: connections are capped, a
 //! session that stays silent is closed, and a client that does not read its answers is
@@ -49,7 +50,8 @@ pub const PROMPT: &str = "lightraft=# ";
 pub const CONTINUATION: &str = "lightraft-# ";
 
 /// A line of just this character (CAN, typed as Ctrl-X) drops the statement typed so far.
-/// No SQL line can be only that, and `.dump` never writes one.
+/// `.dump` never writes one; inside a string or comment, where it could be part of a
+/// value, it ends the session instead.
 pub const CANCEL: &str = "\u{18}";
 
 const HELP: &str = "\
