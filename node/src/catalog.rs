@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use sqlite_sm::snapshot::hex;
 use sqlite_sm::text::Ending;
 use sqlite_sm::{StatementResult, Value, APPLIED_TABLE};
 use tokio::sync::OwnedSemaphorePermit;
@@ -460,10 +461,6 @@ fn sql_value(value: &Value) -> String {
         Value::Text(t) => literal(t),
         Value::Blob(b) => format!("X'{}'", hex(b)),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 use rusqlite::types::ValueRef;
 use serde::{Deserialize, Serialize};
 
+use crate::snapshot::hex;
+
 /// One SQL value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Value {
@@ -77,10 +79,6 @@ impl Value {
             Value::Blob(b) => format!("x'{}'", hex(b)),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What one statement produced.
