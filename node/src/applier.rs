@@ -8,12 +8,14 @@
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::Arc;
 
 use raft_core::{Entry, Index};
 use sqlite_sm::{LineResult, StateMachine};
 use tracing::error;
 
 use crate::core::Event;
+use crate::readers::Connections;
 
 /// What the apply thread reports to the Raft core.
 #[derive(Debug)]
@@ -50,20 +52,21 @@ pub enum Job {
 }
 
 /// Starts the apply thread. Send it committed entries in order; it reports to `core`.
-pub fn start(mut sm: StateMachine, core: SyncSender<Event>) -> Result<Sender<Job>, String> {
+/// `readers` are closed while a snapshot is installed.
+pub fn start(mut sm: StateMachine, core: SyncSender<Event>, readers: Arc<Connections>) -> Result<Sender<Job>, String> {
     let (tx, rx) = std::sync::mpsc::channel::<Job>();
     let span = tracing::Span::current();
     std::thread::Builder::new()
         .name("apply".into())
         .spawn(move || {
             let _enter = span.enter();
-            run(&mut sm, &rx, &core);
+            run(&mut sm, &rx, &core, &readers);
         })
         .map_err(|e| format!("cannot start the apply thread: {e}"))?;
     Ok(tx)
 }
 
-fn run(sm: &mut StateMachine, jobs: &Receiver<Job>, core: &SyncSender<Event>) {
+fn run(sm: &mut StateMachine, jobs: &Receiver<Job>, core: &SyncSender<Event>, readers: &Connections) {
     let mut next: Option<Job> = None;
     loop {
         let job = match next.take() {
@@ -100,7 +103,8 @@ fn run(sm: &mut StateMachine, jobs: &Receiver<Job>, core: &SyncSender<Event>) {
                 core.send(Event::Applied(report)).is_ok() && !failed
             }
             Job::Install { path, reply } => {
-                let result = sm.install(&path).map_err(|e| e.to_string());
+                // With no reader open, the snapshot file can simply take the state's name.
+                let result = readers.closed(|| sm.install(&path)).map_err(|e| e.to_string());
                 let ok = result.is_ok();
                 let _ = reply.send(result);
                 ok

@@ -55,7 +55,7 @@ pub fn run(config: &Config, node: usize, dest: &Path, sql: bool) -> Result<Strin
 /// applied index of the copy.
 fn copy_to(source: &Path, work: &Path, dest: &Path, sql: bool, max_statement: usize) -> Result<u64, String> {
     let copy = work.join("copy.sqlite");
-    let index = sqlite_sm::snapshot::copy(source, &copy)?;
+    let index = copy_of_one_file(source, &copy)?;
     sqlite_sm::snapshot::verify(&copy, index)?;
     let done = if sql {
         let text = dump(&copy, max_statement)?;
@@ -79,6 +79,27 @@ fn copy_to(source: &Path, work: &Path, dest: &Path, sql: bool, max_statement: us
         let _ = File::open(dir).and_then(|d| d.sync_all());
     }
     Ok(index)
+}
+
+/// Copies `source` to `copy`, again if the node replaced the file meanwhile: a node
+/// installing a snapshot renames the received file over its state database, and a copy
+/// begun on the old file could then read the new file's write-ahead log. A copy during
+/// which the file kept its identity (device and inode) is of one state.
+fn copy_of_one_file(source: &Path, copy: &Path) -> Result<u64, String> {
+    use std::os::unix::fs::MetadataExt;
+    let identity = || {
+        std::fs::metadata(source)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| format!("cannot read {}: {e}", source.display()))
+    };
+    for _ in 0..3 {
+        let before = identity()?;
+        let index = sqlite_sm::snapshot::copy(source, copy)?;
+        if identity()? == before {
+            return Ok(index);
+        }
+    }
+    Err("the node replaced its state (snapshot installs) during three copies in a row; try again".to_string())
 }
 
 /// The copy at `path` as the SQL of `.dump`, read in one transaction.

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use raft_core::{
     Index, Message, MessageKind, Node, NodeId, ProposalOutcome, ProposeError, ReadId, Ready, Role, SnapshotMeta, Term,
 };
-use sqlite_sm::{Limits, LineResult, Origin, RaftStore, StorageError, WriteCommand};
+use sqlite_sm::{failpoint, Limits, LineResult, Origin, RaftStore, StorageError, WriteCommand};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use transport::Transport;
@@ -52,14 +52,14 @@ pub enum Event {
     Applied(Applied),
     /// A snapshot transfer to a follower ended.
     SnapshotSent(Sent),
-    /// A snapshot transfer asks where its copy ends: the term of the index it holds, and
+    /// A snapshot transfer asks where its snapshot ends: the term of the index it holds, and
     /// the configuration there (§4), from the Raft log.
     SnapshotTerm {
         /// The follower it is for.
         to: NodeId,
         /// The transfer.
         id: u64,
-        /// The copy's applied index.
+        /// The applied index of the state it reads.
         index: Index,
         /// The snapshot point, if the log still knows that index.
         reply: Sender<Option<SnapshotMeta>>,
@@ -113,8 +113,10 @@ pub struct CoreConfig {
     pub limits: Limits,
     /// When to compact the log (§7).
     pub compaction: Compaction,
-    /// The state database, which snapshots copy; received snapshots go beside it.
+    /// The state database, which snapshots read; received snapshots go beside it.
     pub state_path: PathBuf,
+    /// The node's read connections, which a snapshot being read holds open.
+    pub readers: std::sync::Arc<crate::readers::Connections>,
     /// The largest snapshot this node accepts.
     pub max_snapshot_bytes: u64,
     /// Where the nodes of `lightraft.toml` are: the initial members, whose configuration
@@ -190,8 +192,8 @@ pub struct Core {
     snapshot_backoff: HashMap<NodeId, (u32, Instant)>,
     /// Events that arrived while an install held the loop, handled next.
     deferred: Vec<Event>,
-    /// Followers whose snapshot is being copied: the log is not compacted meanwhile, so
-    /// it still knows the term of the index the copy ends at.
+    /// Followers whose snapshot has started but not yet asked its term: the log is not
+    /// compacted meanwhile, so it still knows the term of the index the snapshot ends at.
     copying: std::collections::HashSet<NodeId>,
     /// Followers catching up from a snapshot: the index it ends at, and until when (set
     /// once it was delivered). The log keeps the entries after it meanwhile, or a busy
@@ -525,7 +527,7 @@ impl Core {
             return;
         }
         if !self.copying.is_empty() {
-            // A snapshot copy will ask the term of its last index, which may be this one.
+            // A snapshot being read will ask the term of its last index, which may be this one.
             self.compact_after = Instant::now() + self.config.election;
             return;
         }
@@ -578,12 +580,12 @@ impl Core {
                 }
                 self.send(from, ack);
             }
-            Received::Complete { id: done, meta, sha256, total, .. } => {
+            Received::Complete { id: done, meta, total, .. } => {
                 debug_assert_eq!(id, done);
                 // All arrived: say so now, and the verdict once checked.
                 self.send(from, PeerMessage::SnapshotAck { id, received: total, verified: false, error: None });
                 let path = self.receiving.path().to_path_buf();
-                if let Err(e) = snapshots::verify(path, from, done, meta, sha256, self.events.clone()) {
+                if let Err(e) = snapshots::verify(path, from, done, meta, self.events.clone()) {
                     warn!("{e}");
                     self.receiving.finish();
                     self.send(from, PeerMessage::SnapshotAck { id, received: 0, verified: false, error: Some(e) });
@@ -632,22 +634,25 @@ impl Core {
                 continue;
             }
             let id = self.fresh_id();
+            let (to, transport) = (request.to, self.transport.clone());
+            let mut spool = self.config.state_path.as_os_str().to_owned();
+            spool.push(format!(".outgoing-{}-{id}", request.to));
             let (acks_tx, acks) = snapshots::ack_channel();
             self.outgoing.insert(request.to, (id, acks_tx));
             self.copying.insert(request.to);
-            let mut copy = self.config.state_path.as_os_str().to_owned();
-            copy.push(format!(".outgoing-{}-{id}", request.to));
             info!("node {} needs entries this node has compacted: sending it a snapshot", request.to);
             let started = snapshots::start(Outgoing {
                 to: request.to,
                 id,
                 term: request.term,
                 state: self.config.state_path.clone(),
-                copy: PathBuf::from(copy),
-                transport: self.transport.clone(),
+                spool: PathBuf::from(spool),
+                readers: self.config.readers.clone(),
+                to_follower: Box::new(move |message| transport.send(to, message).map_err(|e| format!("{e:?}"))),
                 acks,
                 core: self.events.clone(),
                 timeout: self.config.timeout,
+                read_hold: snapshots::READ_HOLD,
             });
             if let Err(e) = started {
                 warn!("{e}");
@@ -1218,17 +1223,6 @@ fn remove_transfer_files(state: &std::path::Path) {
         if leftover {
             let _ = std::fs::remove_file(entry.path());
         }
-    }
-}
-
-/// Crash-test hook: `LIGHTRAFT_FAILPOINT=<name>` makes the process abort (as a kill -9
-/// would) when it reaches the point of that name, so a test can stop a node at each step
-/// of a snapshot install and check what a restart finds.
-fn failpoint(name: &str) {
-    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if POINT.get_or_init(|| std::env::var("LIGHTRAFT_FAILPOINT").ok()).as_deref() == Some(name) {
-        eprintln!("failpoint {name} reached: aborting");
-        std::process::abort();
     }
 }
 

@@ -277,8 +277,9 @@ pub struct Chunk {
     pub offset: u64,
     /// The size of the whole file.
     pub total: u64,
-    /// The SHA-256 of the whole file, as hex.
-    pub sha256: String,
+    /// The SHA-256 of the whole file, as hex, on the last piece (the leader hashes the
+    /// pieces as it sends them).
+    pub sha256: Option<String>,
     /// The bytes, as base64 in JSON.
     #[serde(with = "raft_core::types::base64_bytes")]
     pub data: Vec<u8>,

@@ -13,8 +13,9 @@
 //! once with an error rather than wait, so clients that do not read their answers can
 //! neither exhaust memory nor tie up the reader threads.
 
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sqlite_sm::{ClassifyError, Kind, Limits, Output, Reader};
@@ -117,6 +118,65 @@ fn barrier_then_query(core: &SyncSender<Event>, query: PendingQuery) {
 pub struct ReadPool {
     classify: SyncSender<Classify>,
     queries: SyncSender<Query>,
+    connections: Arc<Connections>,
+}
+
+/// The read connections of this node, the classifier's and each reader's, and the gate
+/// every other reader of the state database passes (a leader's snapshot transfer). A
+/// snapshot install closes them all while it replaces the state database beneath them
+/// (see `StateMachine::install`); each reopens on its next use.
+pub struct Connections {
+    path: PathBuf,
+    slots: Vec<Mutex<Option<Reader>>>,
+    /// Shared by every read under way, taken alone by an install. Once an install waits
+    /// for it, new reads wait behind it (the standard library's lock prefers writers),
+    /// so a busy node cannot hold an install off.
+    gate: RwLock<()>,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections").field("path", &self.path).field("slots", &self.slots.len()).finish()
+    }
+}
+
+impl Connections {
+    /// Opens `count` connections to the database at `path` (now, so a node that cannot
+    /// read its database fails at start).
+    pub fn open(path: &Path, count: usize) -> Result<Connections, String> {
+        let slots = (0..count).map(|_| Reader::open(path).map(|r| Mutex::new(Some(r)))).collect::<Result<_, _>>()?;
+        Ok(Connections { path: path.to_path_buf(), slots, gate: RwLock::new(()) })
+    }
+
+    /// Runs `work` on connection `slot`, reopening it first if an install closed it.
+    fn with<R>(&self, slot: usize, work: impl FnOnce(&mut Reader) -> R) -> Result<R, String> {
+        let Some(slot) = self.slots.get(slot) else { return Err(format!("there is no reader {slot}")) };
+        let _reading = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let reader = match &mut *slot {
+            Some(reader) => reader,
+            empty => empty.insert(Reader::open(&self.path)?),
+        };
+        Ok(work(reader))
+    }
+
+    /// Runs `work`, which opens a connection of its own to the state database, as a read:
+    /// no install replaces the file meanwhile.
+    pub fn reading<R>(&self, work: impl FnOnce() -> R) -> R {
+        let _reading = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        work()
+    }
+
+    /// Runs `work` with every connection closed, once the reads under way have ended;
+    /// none reopens, and no other read starts, before `work` returns.
+    pub fn closed<R>(&self, work: impl FnOnce() -> R) -> R {
+        let _alone = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let mut held: Vec<_> = self.slots.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner())).collect();
+        for slot in &mut held {
+            **slot = None;
+        }
+        work()
+    }
 }
 
 /// Why the pool could not take a job.
@@ -126,7 +186,7 @@ impl ReadPool {
     /// Opens `count` readers (plus one for classifying) on the database at `path` and
     /// starts their threads. `answer_bytes` bounds all answers in flight on this node.
     pub fn start(
-        path: &std::path::Path,
+        path: &Path,
         core: SyncSender<Event>,
         count: usize,
         limits: Limits,
@@ -136,7 +196,9 @@ impl ReadPool {
         let span = tracing::Span::current();
         let (classify, classify_queue) = sync_channel::<Classify>(4096);
         let (queries, queue) = sync_channel::<Query>(1024);
-        let classifier = Reader::open(path)?;
+        // Slot 0 is the classifier's, then one per reader.
+        let connections = Arc::new(Connections::open(path, count + 1)?);
+        let classifier = connections.clone();
         let classifier_span = span.clone();
         let to_readers = queries.clone();
         std::thread::Builder::new()
@@ -144,7 +206,9 @@ impl ReadPool {
             .spawn(move || {
                 let _enter = classifier_span.enter();
                 while let Ok(Classify { sql, linearizable, reply }) = classify_queue.recv() {
-                    let result = classifier.classify_counted(&sql).map(|(kind, statements)| match kind {
+                    let judged = classifier.with(0, |reader| reader.classify_counted(&sql));
+                    let judged = judged.unwrap_or_else(|e| Err(ClassifyError::unavailable(e)));
+                    let result = judged.map(|(kind, statements)| match kind {
                         Kind::Read => {
                             let (sink, items) = mpsc::unbounded_channel();
                             let query = PendingQuery { queries: to_readers.clone(), job: Query { sql, sink } };
@@ -170,17 +234,21 @@ impl ReadPool {
         let queue = Arc::new(Mutex::new(queue));
         let budget = Arc::new(Semaphore::new((answer_bytes / UNIT).clamp(1, Semaphore::MAX_PERMITS as u64) as usize));
         for i in 0..count {
-            let mut reader = Reader::open(path)?;
-            let (queue, budget, span) = (queue.clone(), budget.clone(), span.clone());
+            let (queue, budget, span, connections) = (queue.clone(), budget.clone(), span.clone(), connections.clone());
             std::thread::Builder::new()
                 .name(format!("read-{i}"))
                 .spawn(move || {
                     let _enter = span.enter();
-                    serve(&mut reader, &queue, &budget, &limits, timeout);
+                    serve(&connections, i + 1, &queue, &budget, &limits, timeout);
                 })
                 .map_err(|e| format!("cannot start a reader thread: {e}"))?;
         }
-        Ok(ReadPool { classify, queries })
+        Ok(ReadPool { classify, queries, connections })
+    }
+
+    /// The pool's connections, for a snapshot install to close.
+    pub fn connections(&self) -> Arc<Connections> {
+        self.connections.clone()
     }
 
     /// Whether SQLite judges `sql` a read (and of how many statements) or a write, against
@@ -227,7 +295,8 @@ fn submit<T>(queue: &SyncSender<T>, job: T) -> Result<(), &'static str> {
 }
 
 fn serve(
-    reader: &mut Reader,
+    connections: &Connections,
+    slot: usize,
     queue: &Mutex<Receiver<Query>>,
     budget: &Arc<Semaphore>,
     limits: &Limits,
@@ -243,16 +312,20 @@ fn serve(
             continue; // the session gave up while the job waited
         }
         let mut starved = false;
-        let result = reader.query(&sql, limits, timeout, &mut |output| {
-            let units = output.size().div_ceil(UNIT).clamp(1, u32::MAX as u64) as u32;
-            match budget.clone().try_acquire_many_owned(units) {
-                Ok(permit) => sink.send(ReadItem::Output(output, permit)).is_ok(),
-                Err(_) => {
-                    starved = true;
-                    false
+        let result = connections.with(slot, |reader| {
+            reader.query(&sql, limits, timeout, &mut |output| {
+                let units = output.size().div_ceil(UNIT).clamp(1, u32::MAX as u64) as u32;
+                match budget.clone().try_acquire_many_owned(units) {
+                    Ok(permit) => sink.send(ReadItem::Output(output, permit)).is_ok(),
+                    Err(_) => {
+                        starved = true;
+                        false
+                    }
                 }
-            }
+            })
         });
+        // A connection that could not reopen fails this read alone.
+        let result = result.and_then(|read| read);
         let result = match result {
             Err(_) if starved => {
                 Err("the node holds too many answers its clients have not read yet; try again shortly".to_string())
@@ -265,5 +338,39 @@ fn serve(
             }
         }
         let _ = sink.send(ReadItem::Done(result));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn connections(dir: &Path) -> Arc<Connections> {
+        let path = dir.join("state.sqlite");
+        drop(sqlite_sm::StateMachine::open(&path).expect("create"));
+        Arc::new(Connections::open(&path, 2).expect("open"))
+    }
+
+    #[test]
+    fn an_install_waits_for_a_snapshot_being_read_and_closed_readers_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let connections = connections(dir.path());
+        let (started, reading) = std::sync::mpsc::channel();
+        let sender = connections.clone();
+        let read = std::thread::spawn(move || {
+            sender.reading(|| {
+                let _ = started.send(());
+                std::thread::sleep(Duration::from_millis(300));
+                Instant::now()
+            })
+        });
+        reading.recv().expect("reading");
+        let installed = connections.closed(Instant::now);
+        let read_ended = read.join().expect("read");
+        assert!(installed >= read_ended, "the install began only once the read had ended");
+        assert!(connections.slots.iter().all(|s| s.lock().map(|s| s.is_none()).unwrap_or(false)), "all closed");
+        // The closed connections reopen on their next use.
+        assert_eq!(connections.with(1, |r| r.classify("SELECT 1").map(|_| ())).expect("reopened"), Ok(()));
     }
 }

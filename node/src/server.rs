@@ -205,7 +205,7 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         info!("serving metrics on http://{addr}/metrics");
     }
 
-    let applier = applier::start(sm, core_tx.clone())?;
+    let applier = applier::start(sm, core_tx.clone(), readers.connections())?;
     let core_config = CoreConfig {
         tick: config.tick(),
         election: config.tick() * config.raft.election_ticks as u32,
@@ -213,6 +213,7 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         limits: config.line_limits(),
         compaction: config.compaction(),
         state_path: config.sm_path(index),
+        readers: readers.connections(),
         max_snapshot_bytes: config.max_snapshot_bytes(),
         known,
         metrics: metrics.clone(),

@@ -138,7 +138,15 @@ async fn a_node_whose_data_was_deleted_comes_back_with_the_same_index() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_at_any_step_of_an_install_restarts_with_the_old_state_or_the_new() {
     let (mut cluster, mut rows) = follower_left_behind(100).await;
-    for point in ["install-before-record", "install-recorded", "install-state-replaced", "install-done"] {
+    let points = [
+        "install-before-record",
+        "install-recorded",
+        "install-state-closed",
+        "install-renamed",
+        "install-state-replaced",
+        "install-done",
+    ];
+    for point in points {
         // Node 2 is down and behind. It starts, receives the snapshot and dies at `point`.
         cluster.start_node_with_env(2, &[("LIGHTRAFT_FAILPOINT", point)]);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -155,8 +163,8 @@ async fn a_node_killed_at_any_step_of_an_install_restarts_with_the_old_state_or_
         // Whatever it left on disk, it restarts consistent and catches up: before the
         // state changed, by a new snapshot; after, by finishing the install it began.
         let expected = match point {
-            "install-recorded" => "forgetting the install of the snapshot",
-            "install-state-replaced" => "finishing the install of the snapshot",
+            "install-recorded" | "install-state-closed" => "forgetting the install of the snapshot",
+            "install-renamed" | "install-state-replaced" => "finishing the install of the snapshot",
             _ => "restored:",
         };
         let before = cluster.log(2).matches(expected).count();

@@ -29,3 +29,14 @@ pub use raft_store::RaftStore;
 pub use reader::{ClassifyError, Kind, Reader};
 pub use state_machine::{Group, StateMachine, StorageError, APPLIED_TABLE};
 pub use value::{results_to_json, LineResult, StatementResult, Value};
+
+/// Crash-test hook: `LIGHTRAFT_FAILPOINT=<name>` makes the process abort (as a kill -9
+/// would) when it reaches the point of that name, so a test can stop a node at each step
+/// of a snapshot install and check what a restart finds.
+pub fn failpoint(name: &str) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if POINT.get_or_init(|| std::env::var("LIGHTRAFT_FAILPOINT").ok()).as_deref() == Some(name) {
+        eprintln!("failpoint {name} reached: aborting");
+        std::process::abort();
+    }
+}

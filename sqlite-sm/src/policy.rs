@@ -227,11 +227,14 @@ impl Policy {
             {
                 Err(format!("{table_name} may change only through ANALYZE"))
             }
-            AuthAction::Read { table_name, .. } if table_name.eq_ignore_ascii_case("dbstat") => {
-                Err("dbstat is not supported: it describes this node's file, not the replicated data".into())
-            }
-            AuthAction::CreateVtable { module_name, .. } if module_name.eq_ignore_ascii_case("dbstat") => {
-                Err("dbstat is not supported: it describes this node's file, not the replicated data".into())
+            AuthAction::Read { table_name: name, .. }
+            | AuthAction::Insert { table_name: name }
+            | AuthAction::Update { table_name: name, .. }
+            | AuthAction::Delete { table_name: name }
+            | AuthAction::CreateVtable { module_name: name, .. }
+                if is_file_table(name) =>
+            {
+                Err(format!("{name} is not supported: it describes this node's file, not the replicated data"))
             }
             AuthAction::CreateTable { table_name: name }
             | AuthAction::CreateView { view_name: name }
@@ -255,6 +258,13 @@ impl Policy {
             _ => Ok(()),
         }
     }
+}
+
+/// The tables that show (and, for `sqlite_dbpage`, would write) this node's database
+/// file page by page. The leader reads its pages for snapshots on a connection of its
+/// own; a client's line must never reach them, on a replica or in a read.
+fn is_file_table(name: &str) -> bool {
+    ["dbstat", "sqlite_dbpage"].iter().any(|t| t.eq_ignore_ascii_case(name))
 }
 
 fn temp_refusal() -> String {

@@ -44,6 +44,12 @@ pub struct ClassifyError {
 }
 
 impl ClassifyError {
+    /// The line could not be judged on this node now (it could not open its database):
+    /// nothing about the line itself.
+    pub fn unavailable(message: String) -> ClassifyError {
+        ClassifyError { message, is_final: false, incomplete: false }
+    }
+
     /// A sentence for the user.
     pub fn message(&self) -> &str {
         &self.message

@@ -385,29 +385,88 @@ impl StateMachine {
 
     /// Replaces the whole state with the snapshot database at `source` (§7, Figure 13
     /// rule 8), and makes it durable. Returns the applied index recorded inside it.
+    /// Readers see the old state or the new, a crash leaves one or the other, and the new
+    /// state is the sender's exactly (rowids included), so later entries apply here
+    /// exactly as on the node the snapshot came from.
     ///
-    /// SQLite's backup API copies it page by page into this database in one transaction:
-    /// readers see the old state or the new, a crash leaves one or the other, and the
-    /// copy is exact (rowids included), so later entries apply here exactly as on the
-    /// node the snapshot came from.
+    /// Close every other connection to the state database first, if possible: then the
+    /// snapshot file itself takes the database's name, and no page is written again.
+    /// While another connection is open (in this process or another), the pages are
+    /// copied in instead, with SQLite's backup API in one transaction.
     pub fn install(&mut self, source: &Path) -> Result<Index, StorageError> {
         let fail = |e: rusqlite::Error| StorageError(format!("installing the snapshot {}: {e}", source.display()));
-        let src =
-            Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-                .map_err(fail)?;
-        {
-            let backup = rusqlite::backup::Backup::new(&src, &mut self.conn).map_err(fail)?;
-            backup.step(-1).map_err(fail)?;
+        let renamed = self.install_by_rename(source)?;
+        if !renamed {
+            let src = Connection::open_with_flags(
+                source,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(fail)?;
+            {
+                let backup = rusqlite::backup::Backup::new(&src, &mut self.conn).map_err(fail)?;
+                backup.step(-1).map_err(fail)?;
+            }
+            drop(src);
+            // A fresh connection, as on a node that restarted: no cached schema or state.
+            self.reopen()?;
         }
-        drop(src);
-        // A fresh connection, as on a node that restarted: no cached schema or state.
-        self.reopen()?;
         let applied: i64 = self
             .conn
             .query_row(&format!("SELECT applied_index FROM main.{APPLIED_TABLE}"), [], |r| r.get(0))
             .map_err(fail)?;
+        let page_size: i64 = self.conn.query_row("PRAGMA main.page_size", [], |r| r.get(0)).map_err(fail)?;
         self.applied = applied.max(0) as Index;
+        self.page_size = page_size.max(512) as u64;
         self.make_durable()
+    }
+
+    /// Gives `source` the state database's name, if this connection is the last one open
+    /// to the database; true if it did. Reopens the connection either way.
+    ///
+    /// The order matters. Closing the last connection checkpoints the write-ahead log into
+    /// the database, syncs it, and deletes the log; a log still there afterwards means
+    /// another connection is open, and renaming then would pull the file from under it.
+    /// The log's deletion is made durable before the rename: a log that came back after a
+    /// crash would be replayed into the new file, pages of one database over another.
+    /// The rename itself is atomic and made durable before anything else happens.
+    fn install_by_rename(&mut self, source: &Path) -> Result<bool, StorageError> {
+        let side = |path: &Path, suffix: &str| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            std::path::PathBuf::from(name)
+        };
+        let io = |doing: &str, e: std::io::Error| StorageError(format!("installing the snapshot: {doing} failed: {e}"));
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let placeholder =
+            Connection::open_in_memory().map_err(|e| StorageError(format!("installing the snapshot: {e}")))?;
+        drop(std::mem::replace(&mut self.conn, placeholder));
+        // A state file that is a symbolic link has its log beside the link's target, where
+        // this check does not look: copy into it instead.
+        let linked = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.file_type().is_symlink());
+        let alone = !linked && !side(&self.path, "-wal").exists() && !side(source, "-wal").exists();
+        let sync_dir = || std::fs::File::open(&dir).and_then(|d| d.sync_all());
+        let renamed = if alone {
+            sync_dir()
+                .map_err(|e| io("syncing the directory", e))
+                .map(|()| crate::failpoint("install-state-closed"))
+                .and_then(|()| {
+                    std::fs::rename(source, &self.path).map_err(|e| io("renaming the snapshot into place", e))
+                })
+                .and_then(|()| sync_dir().map_err(|e| io("syncing the directory", e)))
+        } else {
+            Ok(())
+        };
+        // Open again whatever happened: the state machine never keeps the placeholder.
+        let reopened = self.reopen();
+        renamed?;
+        reopened?;
+        if alone {
+            crate::failpoint("install-renamed");
+        }
+        Ok(alone)
     }
 
     /// Runs one command's line inside the open transaction, under the entry's limits.

@@ -137,6 +137,14 @@ fn what_cannot_be_replicated_is_refused_with_a_reason() {
         ("PRAGMA optimize", "depends on this node"),
         ("SELECT * FROM dbstat", "dbstat"),
         ("CREATE VIRTUAL TABLE d USING dbstat", "dbstat"),
+        // The raw pages (compiled in for snapshots): reading them shows this node's file,
+        // writing them would corrupt every replica.
+        ("SELECT data FROM sqlite_dbpage WHERE pgno = 1", "sqlite_dbpage"),
+        ("SELECT count(*) FROM sqlite_dbpage('main')", "sqlite_dbpage"),
+        ("UPDATE sqlite_dbpage SET data = zeroblob(4096) WHERE pgno = 2", "sqlite_dbpage"),
+        ("INSERT INTO sqlite_dbpage VALUES (2, zeroblob(4096))", "sqlite_dbpage"),
+        ("DELETE FROM sqlite_dbpage", "sqlite_dbpage"),
+        ("CREATE VIRTUAL TABLE p USING sqlite_dbpage", "sqlite_dbpage"),
     ];
     let r = reader(&sm);
     for (sql, reason) in refusals {
@@ -150,6 +158,11 @@ fn what_cannot_be_replicated_is_refused_with_a_reason() {
         // ...and if a leader proposed it anyway, applying it fails the same way everywhere.
         refused(&mut sm, sql, reason);
     }
+    // A trigger's body is judged each time it fires, so one that writes the raw pages
+    // may be created but never fires.
+    ok(&mut sm, "CREATE TRIGGER pg AFTER INSERT ON t BEGIN UPDATE sqlite_dbpage SET data = NULL; END");
+    refused(&mut sm, "INSERT INTO t VALUES (1)", "sqlite_dbpage");
+    ok(&mut sm, "DROP TRIGGER pg");
     for allowed in ["PRAGMA table_info(t)", "SELECT * FROM pragma_table_list", "PRAGMA user_version", "PRAGMA encoding"]
     {
         assert_eq!(r.classify(allowed), Ok(Kind::Read), "{allowed}");

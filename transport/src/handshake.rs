@@ -51,11 +51,12 @@ impl std::fmt::Debug for Secret {
 /// What this build speaks to its peers: messages, keepalives and log entries. Nodes of
 /// different versions refuse each other in the handshake with a clear reason, rather than
 /// misread each other (an older node would, say, fail to decode newer log entries and
-/// diverge). Version 3 added membership changes (configuration entries, snapshots that
+/// diverge). Version 4 sends a snapshot's SHA-256 with its last piece only; version 3
+/// added membership changes (configuration entries, snapshots that
 /// carry a configuration, operators' commands between nodes); version 2 keepalives, the
 /// term of a forwarded write and the origin in log entries; version 1 (which sent no
 /// version) was the first.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The first frame on every connection, from the dialer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
