@@ -163,7 +163,7 @@ impl Connections {
     /// Runs `work`, which opens a connection of its own to the state database, as a read:
     /// no install replaces the file meanwhile.
     pub fn reading<R>(&self, work: impl FnOnce() -> R) -> R {
-        let _reading = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _open = self.gate.read().unwrap_or_else(|e| e.into_inner());
         work()
     }
 
