@@ -129,8 +129,8 @@ pub struct Connections {
     path: PathBuf,
     slots: Vec<Mutex<Option<Reader>>>,
     /// Shared by every read under way, taken alone by an install. Once an install waits
-    /// for it, new reads wait behind it (the standard library's lock prefers writers),
-    /// so a busy node cannot hold an install off.
+    /// for it, new reads wait behind it (on Linux the standard library's lock prefers
+    /// writers), so a busy node cannot hold an install off. No thread takes it twice.
     gate: RwLock<()>,
 }
 

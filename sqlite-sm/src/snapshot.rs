@@ -86,8 +86,10 @@ pub fn read_pages(
         }
         buffer.extend_from_slice(&data);
         while buffer.len() >= piece_bytes {
-            let rest = buffer.split_off(piece_bytes);
-            piece(header, std::mem::replace(&mut buffer, rest))?;
+            let mut next = Vec::with_capacity(piece_bytes);
+            next.extend_from_slice(&buffer[piece_bytes..]);
+            buffer.truncate(piece_bytes);
+            piece(header, std::mem::replace(&mut buffer, next))?;
         }
     }
     if pages != page_count {
