@@ -152,14 +152,20 @@ mod tests {
         sm.apply(&entry).expect("applied");
     }
 
-    #[test]
-    fn a_copy_installs_as_the_same_state_with_the_same_rowids() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let leader_path = dir.path().join("leader.sqlite");
-        let mut leader = StateMachine::open(&leader_path).expect("open");
+    /// A leader's state at index 3: rows 1 and 3 of t (row 2 deleted).
+    fn leader_at_3(dir: &Path) -> (std::path::PathBuf, StateMachine) {
+        let path = dir.join("leader.sqlite");
+        let mut leader = StateMachine::open(&path).expect("open");
         write(&mut leader, 1, "CREATE TABLE t(x)");
         write(&mut leader, 2, "INSERT INTO t VALUES (1), (2), (3)");
         write(&mut leader, 3, "DELETE FROM t WHERE x = 2");
+        (path, leader)
+    }
+
+    #[test]
+    fn a_copy_installs_as_the_same_state_with_the_same_rowids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (leader_path, mut leader) = leader_at_3(dir.path());
         let copy_path = dir.path().join("snapshot");
         assert_eq!(copy(&leader_path, &copy_path).expect("copy"), 3);
         verify(&copy_path, 3).expect("sound");
@@ -171,11 +177,6 @@ mod tests {
         // The next entry applies identically: same rowids, same result.
         write(&mut leader, 4, "INSERT INTO t VALUES (4)");
         write(&mut follower, 4, "INSERT INTO t VALUES (4)");
-        let rows = |path: &Path| -> Vec<(i64, i64)> {
-            let conn = Connection::open(path).expect("open");
-            let mut stmt = conn.prepare("SELECT rowid, x FROM t ORDER BY rowid").expect("prepare");
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("query").map(|r| r.expect("row")).collect()
-        };
         assert_eq!(rows(&leader_path), rows(&dir.path().join("follower.sqlite")));
         assert_eq!(rows(&leader_path), vec![(1, 1), (3, 3), (4, 4)]);
     }
@@ -233,11 +234,7 @@ mod tests {
     #[test]
     fn received_pages_install_by_taking_the_state_name_when_no_one_else_reads_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let leader_path = dir.path().join("leader.sqlite");
-        let mut leader = StateMachine::open(&leader_path).expect("open");
-        write(&mut leader, 1, "CREATE TABLE t(x)");
-        write(&mut leader, 2, "INSERT INTO t VALUES (1), (2), (3)");
-        write(&mut leader, 3, "DELETE FROM t WHERE x = 2");
+        let (leader_path, mut leader) = leader_at_3(dir.path());
         let received = dir.path().join("received");
         receive(&leader_path, &received, 1000, || {});
         verify(&received, 3).expect("sound");
