@@ -141,6 +141,7 @@ fn what_cannot_be_replicated_is_refused_with_a_reason() {
         // writing them would corrupt every replica.
         ("SELECT data FROM sqlite_dbpage WHERE pgno = 1", "sqlite_dbpage"),
         ("SELECT count(*) FROM sqlite_dbpage('main')", "sqlite_dbpage"),
+        ("SELECT pgno FROM main.\"SQLITE_DBPAGE\"", "sqlite_dbpage"),
         ("UPDATE sqlite_dbpage SET data = zeroblob(4096) WHERE pgno = 2", "sqlite_dbpage"),
         ("INSERT INTO sqlite_dbpage VALUES (2, zeroblob(4096))", "sqlite_dbpage"),
         ("DELETE FROM sqlite_dbpage", "sqlite_dbpage"),
