@@ -94,9 +94,10 @@ fn copy_of_one_file(source: &Path, copy: &Path) -> Result<u64, String> {
     };
     for _ in 0..3 {
         let before = identity()?;
-        let index = sqlite_sm::snapshot::copy(source, copy)?;
+        let copied = sqlite_sm::snapshot::copy(source, copy);
+        // A copy that failed while the file was replaced is tried again too.
         if identity()? == before {
-            return Ok(index);
+            return copied;
         }
     }
     Err("the node replaced its state (snapshot installs) during three copies in a row; try again".to_string())

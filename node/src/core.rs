@@ -580,12 +580,12 @@ impl Core {
                 }
                 self.send(from, ack);
             }
-            Received::Complete { id: done, meta, total, .. } => {
+            Received::Complete { id: done, meta, total, flusher, .. } => {
                 debug_assert_eq!(id, done);
                 // All arrived: say so now, and the verdict once checked.
                 self.send(from, PeerMessage::SnapshotAck { id, received: total, verified: false, error: None });
                 let path = self.receiving.path().to_path_buf();
-                if let Err(e) = snapshots::verify(path, from, done, meta, self.events.clone()) {
+                if let Err(e) = snapshots::verify(path, from, done, meta, flusher, self.events.clone()) {
                     warn!("{e}");
                     self.receiving.finish();
                     self.send(from, PeerMessage::SnapshotAck { id, received: 0, verified: false, error: Some(e) });
@@ -692,7 +692,18 @@ impl Core {
         let applied = loop {
             match rx.recv_timeout(Duration::from_millis(10)) {
                 Ok(result) => break result.map_err(StorageError)?,
-                Err(RecvTimeoutError::Timeout) => self.deferred.extend(events.try_iter().take(4096)),
+                Err(RecvTimeoutError::Timeout) => {
+                    for event in events.try_iter().take(4096) {
+                        match event {
+                            // A transfer of this node's (from when it led) must not wait
+                            // for the install, which waits for it to stop reading.
+                            Event::SnapshotTerm { reply, .. } => {
+                                let _ = reply.send(None);
+                            }
+                            other => self.deferred.push(other),
+                        }
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => return Err(StorageError("the apply thread stopped".into())),
             }
         };

@@ -14,6 +14,7 @@
 //! neither exhaust memory nor tie up the reader threads.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -132,6 +133,9 @@ pub struct Connections {
     /// for it, new reads wait behind it (on Linux the standard library's lock prefers
     /// writers), so a busy node cannot hold an install off. No thread takes it twice.
     gate: RwLock<()>,
+    /// An install is waiting for the gate: a snapshot being read stops rather than
+    /// keep it waiting.
+    installing: AtomicBool,
 }
 
 impl std::fmt::Debug for Connections {
@@ -145,7 +149,7 @@ impl Connections {
     /// read its database fails at start).
     pub fn open(path: &Path, count: usize) -> Result<Connections, String> {
         let slots = (0..count).map(|_| Reader::open(path).map(|r| Mutex::new(Some(r)))).collect::<Result<_, _>>()?;
-        Ok(Connections { path: path.to_path_buf(), slots, gate: RwLock::new(()) })
+        Ok(Connections { path: path.to_path_buf(), slots, gate: RwLock::new(()), installing: AtomicBool::new(false) })
     }
 
     /// Runs `work` on connection `slot`, reopening it first if an install closed it.
@@ -167,10 +171,17 @@ impl Connections {
         work()
     }
 
+    /// Whether an install waits for the reads under way: a long one should stop.
+    pub fn install_waiting(&self) -> bool {
+        self.installing.load(Ordering::Relaxed)
+    }
+
     /// Runs `work` with every connection closed, once the reads under way have ended;
     /// none reopens, and no other read starts, before `work` returns.
     pub fn closed<R>(&self, work: impl FnOnce() -> R) -> R {
+        self.installing.store(true, Ordering::Relaxed);
         let _alone = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.installing.store(false, Ordering::Relaxed);
         let mut held: Vec<_> = self.slots.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner())).collect();
         for slot in &mut held {
             **slot = None;

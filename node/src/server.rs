@@ -122,6 +122,7 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
     }
     let mut store = RaftStore::open(&config.meta_path(index), &config.cluster.name, id)?;
+    sqlite_sm::snapshot::check_pages_readable()?;
     let sm = StateMachine::open(&config.sm_path(index))?;
     let applied = sm.applied_index();
     // A snapshot install the node crashed in the middle of is finished or forgotten here.

@@ -202,6 +202,11 @@ impl Transfer<'_> {
             self.progress_at = Instant::now();
         }
         while self.spool.is_none() && self.window_full() {
+            if job.readers.install_waiting() {
+                // This node (no longer leading) installs a snapshot of its own, which
+                // waits for this read to end.
+                return Err("this node is installing a snapshot".to_string());
+            }
             if Instant::now() >= hold {
                 let file = File::options()
                     .read(true)
@@ -212,10 +217,12 @@ impl Transfer<'_> {
                     .map_err(|e| format!("cannot create {}: {e}", job.spool.display()))?;
                 self.spool = Some((file, 0));
             } else {
-                self.wait(Some(hold))?;
+                // In short steps, to notice an install waiting.
+                self.wait(Some(hold.min(Instant::now() + Duration::from_millis(100))))?;
             }
         }
         match &mut self.spool {
+            Some(_) if job.readers.install_waiting() => Err("this node is installing a snapshot".to_string()),
             Some((file, spooled)) => {
                 file.write_all(&data).map_err(|e| format!("cannot write {}: {e}", job.spool.display()))?;
                 *spooled += data.len() as u64;
@@ -329,6 +336,7 @@ const FLUSH_BYTES: u64 = 64 << 20;
 /// disk and network work at once. It never blocks the Raft thread, which only signals it.
 struct Flusher {
     signal: SyncSender<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Flusher {
@@ -343,7 +351,15 @@ impl Flusher {
                 let _ = file.sync_data();
             }
         });
-        spawned.ok().map(|_| Flusher { signal })
+        spawned.ok().map(|thread| Flusher { signal, thread })
+    }
+
+    /// Stops it; the thread ends once a sync under way has finished. Join it before the
+    /// file may become the state database: its descriptor must be closed by then (closing
+    /// any descriptor of a file drops this process's locks on it).
+    fn stop(self) -> std::thread::JoinHandle<()> {
+        drop(self.signal);
+        self.thread
     }
 
     /// Asks for a sync; one already asked for and not yet started covers this one too.
@@ -367,6 +383,8 @@ pub enum Received {
         meta: SnapshotMeta,
         /// Its size.
         total: u64,
+        /// The writeback thread, to join before the file is used (see [`Flusher::stop`]).
+        flusher: Option<std::thread::JoinHandle<()>>,
     },
 }
 
@@ -425,6 +443,10 @@ impl Receiving {
             });
         }
         let Some(current) = self.current.as_mut() else { return ack(chunk.id, 0, Some("no transfer".into())) };
+        if current.received == current.total {
+            // All arrived and being checked: a late or repeated piece changes nothing.
+            return ack(chunk.id, current.total, None);
+        }
         let fits = chunk.offset.checked_add(chunk.data.len() as u64).is_some_and(|end| end <= current.total);
         let consistent = chunk.total == current.total && chunk.meta == current.meta;
         if !fits || !consistent {
@@ -466,8 +488,14 @@ impl Receiving {
             self.current = None;
             return ack(chunk.id, 0, Some(error));
         }
-        current.flusher = None;
-        Received::Complete { id: current.id, term: current.term, meta: current.meta.clone(), total: current.total }
+        let flusher = current.flusher.take().map(Flusher::stop);
+        Received::Complete {
+            id: current.id,
+            term: current.term,
+            meta: current.meta.clone(),
+            total: current.total,
+            flusher,
+        }
     }
 
     /// The term, snapshot point and size of transfer `id` from `from`, if it is still
@@ -486,10 +514,23 @@ impl Receiving {
 /// the whole file) and makes it durable. The result goes to the core as
 /// [`Event::SnapshotVerified`]. Fails only if no thread can be started (the core then
 /// refuses the snapshot itself).
-pub fn verify(path: PathBuf, from: NodeId, id: u64, meta: SnapshotMeta, core: SyncSender<Event>) -> Result<(), String> {
+pub fn verify(
+    path: PathBuf,
+    from: NodeId,
+    id: u64,
+    meta: SnapshotMeta,
+    flusher: Option<std::thread::JoinHandle<()>>,
+    core: SyncSender<Event>,
+) -> Result<(), String> {
     let spawned = std::thread::Builder::new().name("snapshot-verify".into()).spawn(move || {
         let started = Instant::now();
-        let result = check(&path, meta.index);
+        if let Some(flusher) = flusher {
+            let _ = flusher.join();
+        }
+        // A verdict must come whatever happens here, or the node would refuse every
+        // later snapshot as "still checking" this one.
+        let result = std::panic::catch_unwind(|| check(&path, meta.index))
+            .unwrap_or_else(|_| Err("checking the snapshot failed unexpectedly".to_string()));
         info!(
             "checked the snapshot at index {} from node {from} in {:.2} s",
             meta.index,
@@ -615,6 +656,22 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_being_read_stops_for_an_install_on_its_own_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = state(dir.path(), 6);
+        // A follower that takes nothing, and limits far off: only the install ends it.
+        let (job, _pieces, _acks) = transfer(&path, Duration::from_secs(20), Duration::from_secs(20));
+        let readers = job.readers.clone();
+        let leader = std::thread::spawn(move || send(&job));
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        readers.closed(|| ());
+        assert!(started.elapsed() < Duration::from_secs(5), "the install waited {:?}", started.elapsed());
+        let error = leader.join().expect("leader").1.expect_err("the transfer stops");
+        assert!(error.contains("installing"), "{error}");
+    }
+
+    #[test]
     fn a_follower_that_answers_without_taking_more_cannot_hold_a_transfer() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = state(dir.path(), 6);
@@ -665,6 +722,19 @@ mod tests {
             Received::Complete { id: 1, total: 20, .. } => {}
             other => panic!("expected the transfer complete, got {other:?}"),
         }
+        assert_eq!(std::fs::read(receiving.path()).expect("read"), whole);
+    }
+
+    #[test]
+    fn a_piece_after_the_whole_arrived_leaves_the_transfer_being_checked_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut receiving = Receiving::new(dir.path().join("incoming"), 1 << 20);
+        let whole = b"0123456789";
+        assert!(matches!(receiving.chunk(0, piece(0, whole, 10, Some(sha(whole)))), Received::Complete { .. }));
+        // The same transfer again, claiming another size, or a fresh start of it.
+        assert_eq!(refusal(receiving.chunk(0, piece(10, b"", 99, None))), None);
+        assert_eq!(refusal(receiving.chunk(0, piece(0, b"xx", 2, None))), None);
+        assert!(receiving.current(0, 1).is_some(), "still the one being checked");
         assert_eq!(std::fs::read(receiving.path()).expect("read"), whole);
     }
 

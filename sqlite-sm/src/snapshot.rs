@@ -104,6 +104,20 @@ pub fn read_pages(
     Ok(index)
 }
 
+/// Fails unless this build of SQLite has the `sqlite_dbpage` table that [`read_pages`]
+/// needs (it is compiled in by the workspace's `.cargo/config.toml`): a node without it
+/// could never send a snapshot, so it says so at start.
+pub fn check_pages_readable() -> Result<(), String> {
+    crate::vfs::register()?;
+    let conn = Connection::open_in_memory().map_err(|e| format!("cannot open SQLite: {e}"))?;
+    conn.prepare("SELECT pgno FROM sqlite_dbpage").map(|_| ()).map_err(|e| {
+        format!(
+            "this build's SQLite has no sqlite_dbpage table ({e}), so it could not send snapshots; \
+             build it from the workspace, whose .cargo/config.toml sets LIBSQLITE3_FLAGS"
+        )
+    })
+}
+
 /// Checks a received snapshot before it may replace the state: the file is a sound
 /// SQLite database (`PRAGMA integrity_check`) recording `expected` as its applied index.
 pub fn verify(path: &Path, expected: Index) -> Result<(), String> {
@@ -274,6 +288,11 @@ mod tests {
         assert!(received.exists(), "copied in, not renamed from under the reader");
         assert_eq!(count(&reader), 2, "the open reader sees the new state");
         assert_eq!(rows(&follower_path), vec![(1, 7), (2, 8)]);
+    }
+
+    #[test]
+    fn this_build_can_read_pages() {
+        check_pages_readable().expect("sqlite_dbpage compiled in");
     }
 
     #[test]
