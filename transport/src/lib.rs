@@ -8,10 +8,12 @@
 //!
 //! Connections are one-way: each node dials every peer and only writes messages to that
 //! connection; what a peer says arrives on the connection it dialed to us. Sending never
-//! blocks the caller: each peer has a bounded queue, drained by a task that dials (and
-//! redials, with backoff) the peer. When a queue is full, or the peer is not connected,
-//! the message is dropped and the caller told so; Raft already tolerates lost messages,
-//! and blocking the Raft loop would be worse.
+//! blocks the caller. The caller's own thread writes the frame to the socket when nothing
+//! is queued ahead of it and the socket takes it whole (the usual case: no other thread
+//! has to wake up for the message to leave). Otherwise the rest goes to the peer's bounded
+//! queue, drained by the task that dials (and redials, with backoff) the peer. When the
+//! queue is full, or the peer is not connected, the message is dropped and the caller told
+//! so; Raft already tolerates lost messages, and blocking the Raft loop would be worse.
 //!
 //! A connection can die without a word: the peer's machine stops, or the network drops
 //! every packet. TCP alone would notice late (its retransmissions back off to minutes),
@@ -33,13 +35,13 @@ pub mod handshake;
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn, Instrument};
@@ -105,6 +107,16 @@ impl std::fmt::Display for FrameError {
 }
 
 impl std::error::Error for FrameError {}
+
+/// One frame's bytes: the length, then `msg` as JSON. None if it cannot be encoded or
+/// its length does not fit the prefix.
+fn encode_frame<T: Serialize>(msg: &T) -> Option<Vec<u8>> {
+    let mut bytes = vec![0u8; 4];
+    serde_json::to_writer(&mut bytes, msg).ok()?;
+    let len = u32::try_from(bytes.len() - 4).ok()?;
+    bytes[..4].copy_from_slice(&len.to_be_bytes());
+    Some(bytes)
+}
 
 /// Writes one frame: the length, then the payload.
 pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, payload: &[u8]) -> io::Result<()> {
@@ -175,15 +187,36 @@ pub enum SendError {
     UnknownPeer(NodeId),
     /// The peer's queue is full (it is slow or unreachable).
     QueueFull(NodeId),
+    /// The message could not be encoded as JSON, or its frame would exceed 4 GiB.
+    Unencodable(NodeId),
     /// There is no connection to the peer right now (it is down, unreachable, or being
     /// dialed again): the message would only be discarded.
     Disconnected(NodeId),
 }
 
-/// The sending half of one peer: its queue, and whether its connection is up.
-struct Outbound<T> {
-    queue: mpsc::Sender<T>,
-    connected: Arc<AtomicBool>,
+/// The sending half of one peer: its connection, if up, and the queue of frames its
+/// dialer's task writes when a sender could not.
+struct Outbound {
+    queue: mpsc::Sender<Vec<u8>>,
+    line: Arc<Mutex<Line>>,
+}
+
+/// One peer's connection as senders see it.
+#[derive(Default)]
+struct Line {
+    /// The connection's writing half, while it is up.
+    writer: Option<Arc<OwnedWriteHalf>>,
+    /// Bytes wait in the queue (or the task is writing them): a new frame must queue
+    /// behind them, or frames would overtake or cut into each other. Cleared by the task,
+    /// under this lock, once the queue is empty; so while it is clear the queue is empty,
+    /// and the rest of a frame cut short always fits in it.
+    queued: bool,
+}
+
+impl Outbound {
+    fn is_connected(&self) -> bool {
+        self.line.lock().unwrap_or_else(|e| e.into_inner()).writer.is_some()
+    }
 }
 
 /// Who may connect: the current peers, or any node that knows the secret (`open`), for
@@ -200,19 +233,15 @@ struct Shared<T> {
     /// Where new dialers are started (the caller may be a plain thread).
     runtime: tokio::runtime::Handle,
     /// Per peer: its address and sending half.
-    outbound: RwLock<BTreeMap<NodeId, (SocketAddr, Outbound<T>)>>,
+    outbound: RwLock<BTreeMap<NodeId, (SocketAddr, Outbound)>>,
     admission: Arc<RwLock<Admission>>,
+    /// Senders take any `T`; only frames are kept.
+    _message: std::marker::PhantomData<fn(T)>,
 }
 
 /// The sending half: one bounded queue per peer. Clones share the queues.
 pub struct Transport<T> {
     shared: Arc<Shared<T>>,
-}
-
-impl<T> Clone for Outbound<T> {
-    fn clone(&self) -> Outbound<T> {
-        Outbound { queue: self.queue.clone(), connected: self.connected.clone() }
-    }
 }
 
 impl<T> Clone for Transport<T> {
@@ -238,6 +267,7 @@ where
             outbound: RwLock::new(BTreeMap::new()),
             admission,
             config,
+            _message: std::marker::PhantomData,
         };
         let transport = Transport { shared: Arc::new(shared) };
         transport.set_peers(transport.shared.config.peers.clone(), false);
@@ -257,10 +287,10 @@ where
                 continue;
             }
             let (queue, rx) = mpsc::channel(shared.config.queue_capacity.max(1));
-            let connected = Arc::new(AtomicBool::new(false));
-            let dialer = dial_loop(peer, addr, shared.config.clone(), rx, connected.clone());
+            let line = Arc::new(Mutex::new(Line::default()));
+            let dialer = dial_loop(peer, addr, shared.config.clone(), rx, line.clone());
             shared.runtime.spawn(dialer.in_current_span());
-            outbound.insert(peer, (addr, Outbound { queue, connected }));
+            outbound.insert(peer, (addr, Outbound { queue, line }));
         }
         *shared.admission.write().unwrap_or_else(|e| e.into_inner()) = Admission { peers, open };
     }
@@ -270,21 +300,50 @@ where
         self.shared.outbound.read().unwrap_or_else(|e| e.into_inner()).keys().copied().collect()
     }
 
-    /// Queues `msg` for `to` without waiting. Refuses it at once if `to` is not connected
-    /// or its queue is full, so the caller knows the message never left.
+    /// Sends `msg` to `to` without waiting: written from this thread if the socket takes
+    /// it at once, queued otherwise. Refuses it at once if `to` is not connected or its
+    /// queue is full, so the caller knows the message never left.
     pub fn send(&self, to: NodeId, msg: T) -> Result<(), SendError> {
         let outbound = self.shared.outbound.read().unwrap_or_else(|e| e.into_inner());
         let (_, peer) = outbound.get(&to).ok_or(SendError::UnknownPeer(to))?;
-        if !peer.connected.load(Ordering::Acquire) {
+        if !peer.is_connected() {
             return Err(SendError::Disconnected(to));
         }
-        peer.queue.try_send(msg).map_err(|_| SendError::QueueFull(to))
+        // Encoded before taking the line, so a large message never holds up its task.
+        let frame = encode_frame(&msg).ok_or(SendError::Unencodable(to))?;
+        let mut line = peer.line.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(writer) = line.writer.as_ref() else {
+            return Err(SendError::Disconnected(to));
+        };
+        let mut rest = &frame[..];
+        if !line.queued {
+            // A non-blocking write: it takes what the socket's buffer has room for.
+            while !rest.is_empty() {
+                match writer.try_write(rest) {
+                    Ok(n) if n > 0 => rest = &rest[n..],
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // Full (or failed: the task will meet the error and redial).
+                    _ => break,
+                }
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+            if rest.len() < frame.len() {
+                // Half a frame is on the wire: the rest must follow it, and it will,
+                // since the queue is empty while `queued` is clear.
+                line.queued = true;
+                return peer.queue.try_send(rest.to_vec()).map_err(|_| SendError::Disconnected(to));
+            }
+        }
+        line.queued = true;
+        peer.queue.try_send(frame).map_err(|_| SendError::QueueFull(to))
     }
 
     /// Whether `to` is connected right now.
     pub fn is_connected(&self, to: NodeId) -> bool {
         let outbound = self.shared.outbound.read().unwrap_or_else(|e| e.into_inner());
-        outbound.get(&to).is_some_and(|(_, peer)| peer.connected.load(Ordering::Acquire))
+        outbound.get(&to).is_some_and(|(_, peer)| peer.is_connected())
     }
 }
 
@@ -542,12 +601,12 @@ async fn introduce(stream: &mut TcpStream, hello: &Hello, secret: &Secret) -> Re
 }
 
 /// Keeps a connection to one peer and writes its queued messages, redialing with backoff.
-async fn dial_loop<T: Serialize>(
+async fn dial_loop(
     peer: NodeId,
     addr: SocketAddr,
     config: TransportConfig,
-    mut queue: mpsc::Receiver<T>,
-    connected: Arc<AtomicBool>,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    line: Arc<Mutex<Line>>,
 ) {
     const MIN_BACKOFF: Duration = Duration::from_millis(20);
     // A small backoff: a peer that comes back after a long absence is reached within
@@ -568,15 +627,17 @@ async fn dial_loop<T: Serialize>(
         };
         info!("connected to peer {peer} at {addr}");
         was_connected = true;
-        connected.store(true, Ordering::Release);
         let since = Instant::now();
         let (mut reader, writer) = stream.into_split();
-        let mut writer = BufWriter::new(writer);
+        let writer = Arc::new(writer);
+        *line.lock().unwrap_or_else(|e| e.into_inner()) = Line { writer: Some(writer.clone()), queued: false };
         let outcome = tokio::select! {
-            outcome = pump(&mut writer, &mut queue) => outcome,
+            outcome = pump(&writer, &mut queue, &line) => outcome,
             e = expect_keepalives(&mut reader, config.dead_after()) => Err(e),
         };
-        connected.store(false, Ordering::Release);
+        // Senders stop writing to this connection before it closes (with the last handle).
+        *line.lock().unwrap_or_else(|e| e.into_inner()) = Line::default();
+        drop(writer);
         match outcome {
             Ok(()) => return, // the node is shutting down
             Err(e) => info!("lost connection to peer {peer}: {e}"),
@@ -682,17 +743,38 @@ fn drain<T>(queue: &mut mpsc::Receiver<T>) -> bool {
     }
 }
 
-/// Writes queued messages until the queue closes (Ok) or the connection fails (Err).
-/// Messages are flushed whenever the queue runs empty, so bursts share a syscall.
-async fn pump<T: Serialize, W: AsyncWrite + Unpin>(writer: &mut W, queue: &mut mpsc::Receiver<T>) -> io::Result<()> {
-    while let Some(msg) = queue.recv().await {
-        let mut next = Some(msg);
-        while let Some(msg) = next.take() {
-            let bytes = serde_json::to_vec(&msg).map_err(io::Error::other)?;
-            write_frame(writer, &bytes).await?;
-            next = queue.try_recv().ok();
+/// Writes queued frames until the queue closes (Ok) or the connection fails (Err).
+/// Frames queued together leave in one write. Once the queue is empty, senders may
+/// write to the socket themselves again.
+async fn pump(writer: &OwnedWriteHalf, queue: &mut mpsc::Receiver<Vec<u8>>, line: &Mutex<Line>) -> io::Result<()> {
+    /// Enough to share a syscall, small enough not to copy a snapshot's pieces together.
+    const BATCH: usize = 64 << 10;
+    while let Some(mut bytes) = queue.recv().await {
+        while bytes.len() < BATCH {
+            match queue.try_recv() {
+                Ok(more) => bytes.extend_from_slice(&more),
+                Err(_) => break,
+            }
         }
-        writer.flush().await?;
+        write_all(writer, &bytes).await?;
+        let mut line = line.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.is_empty() {
+            line.queued = false;
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes`, waiting for room in the socket's buffer as needed.
+async fn write_all(writer: &OwnedWriteHalf, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        writer.writable().await?;
+        match writer.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
@@ -974,6 +1056,52 @@ mod tests {
         let got = tokio::time::timeout(Duration::from_secs(5), b_rx.recv()).await.expect("delivered in time");
         assert_eq!(got, Some((0, "through".to_string())));
         drop(idle);
+    }
+
+    /// Messages sent from a plain thread are written from it while the socket takes them
+    /// and queued when it does not. Here the peer stops reading for a while, so frames are
+    /// cut short, the queue fills and the dialer's task finishes them. Every message must
+    /// still arrive whole and in order: a frame that overtook, or cut into, another would
+    /// end the connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_written_directly_or_queued_arrive_whole_and_in_order() {
+        const MESSAGES: usize = 300;
+        let (a, _listener, _config, peer) = dialed_by_a_real_node().await;
+        let (mut from_a, mut to_a) = peer.into_split();
+        // The dialer drops a connection whose peer stays silent: keep it alive.
+        let keepalives = tokio::spawn(async move {
+            while write_frame(&mut to_a, &[]).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let message = |i: usize| format!("{i}:{}", "x".repeat(if i % 3 == 0 { 500_000 } else { i }));
+        let sender = std::thread::spawn(move || {
+            let mut found_the_queue_full = false;
+            for i in 0..MESSAGES {
+                let mut tries = 0;
+                loop {
+                    match a.send(1, message(i)) {
+                        Ok(()) => break,
+                        Err(SendError::QueueFull(_)) => found_the_queue_full = true,
+                        Err(SendError::Disconnected(_)) if i == 0 && tries < 500 => tries += 1,
+                        Err(e) => panic!("message {i} refused: {e:?}"),
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            found_the_queue_full
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for i in 0..MESSAGES {
+            let frame = tokio::time::timeout(Duration::from_secs(20), read_frame(&mut from_a, 1 << 20)).await;
+            let frame = frame.expect("in time").expect("a whole frame");
+            let got: String = serde_json::from_slice(&frame).expect("a whole message");
+            assert_eq!(got.len(), message(i).len(), "message {i} arrived whole, in its place");
+            assert!(got.starts_with(&format!("{i}:")), "message {i} arrived in its place");
+        }
+        let full = tokio::task::spawn_blocking(move || sender.join().expect("the sender finished"));
+        assert!(full.await.expect("joined"), "the peer stopped reading, so the queue filled");
+        keepalives.abort();
     }
 
     #[tokio::test]
