@@ -49,6 +49,31 @@ async fn writes_through_every_node_are_seen_by_linearizable_reads_on_every_node(
     assert_eq!(count(&x), 0, "the first statement of the failed line was rolled back");
 }
 
+/// A follower applies committed writes by itself, with no read to prompt it: it holds
+/// them only a moment, to apply them in larger groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_applies_writes_with_no_read_to_prompt_it() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    let mut writer = cluster.client(leader).await;
+    let mut watcher = cluster.client((leader + 1) % 3).await;
+    until_ok(&mut watcher, ".consistency local").await;
+    until_ok(&mut writer, "CREATE TABLE t (x)").await;
+    for written in 1..=3 {
+        until_ok(&mut writer, &format!("INSERT INTO t VALUES ({written})")).await;
+        // A local read asks nothing of the leader or the apply thread.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let reply = watcher.request("SELECT count(*) FROM t").await.expect("session stays open");
+            if reply.get("error").is_none() && count(&reply) == written {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the follower never applied write {written}: {reply}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_of_the_leader_writes_continue_and_the_node_catches_up_on_restart() {
     let mut cluster = Cluster::start(3);
