@@ -820,7 +820,7 @@ impl Core {
         let forward = PeerMessage::Forward { id, term, settled_below, sql: write.sql.clone() };
         // Refused at once when the leader is not connected: then it was surely not sent,
         // and waits for a leader we can reach.
-        if self.transport.send(leader, forward).is_ok() {
+        if self.send_peer(leader, forward).is_ok() {
             debug!("forwarded write {id} to leader {leader} in term {term}");
             self.forwarded.sent(id, leader, term, write, Instant::now());
         } else {
@@ -1179,7 +1179,20 @@ impl Core {
     fn send(&self, to: NodeId, msg: PeerMessage) {
         // Refused when the peer is not connected or its queue is full (it is slow): Raft
         // retries what matters.
-        let _ = self.transport.send(to, msg);
+        let _ = self.send_peer(to, msg);
+    }
+
+    /// Raft's own messages (bounded by the append size) and short forwarded lines are
+    /// encoded and written from this thread; the rest may carry a client's line or its
+    /// results, megabytes of JSON, and are encoded by the peer's task, so that no client
+    /// can stall this loop with them.
+    fn send_peer(&self, to: NodeId, msg: PeerMessage) -> Result<(), transport::SendError> {
+        const DIRECT_LINE: usize = 64 << 10;
+        match &msg {
+            PeerMessage::Raft(_) => self.transport.send(to, msg),
+            PeerMessage::Forward { sql, .. } if sql.len() <= DIRECT_LINE => self.transport.send(to, msg),
+            _ => self.transport.send_queued(to, msg),
+        }
     }
 
     fn begin_shutdown(&mut self) {

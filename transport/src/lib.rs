@@ -8,12 +8,14 @@
 //!
 //! Connections are one-way: each node dials every peer and only writes messages to that
 //! connection; what a peer says arrives on the connection it dialed to us. Sending never
-//! blocks the caller. The caller's own thread writes the frame to the socket when nothing
-//! is queued ahead of it and the socket takes it whole (the usual case: no other thread
-//! has to wake up for the message to leave). Otherwise the rest goes to the peer's bounded
-//! queue, drained by the task that dials (and redials, with backoff) the peer. When the
-//! queue is full, or the peer is not connected, the message is dropped and the caller told
-//! so; Raft already tolerates lost messages, and blocking the Raft loop would be worse.
+//! blocks the caller. With [`Transport::send`] the caller's own thread encodes the message
+//! and writes the frame to the socket when nothing is queued ahead of it and the socket
+//! takes it (the usual case: no other thread has to wake up for the message to leave).
+//! Otherwise the rest goes to the peer's bounded queue, drained by the task that dials
+//! (and redials, with backoff) the peer; [`Transport::send_queued`] always goes that way,
+//! for messages too large to encode on a thread that must not stall. When the queue is
+//! full, or the peer is not connected, the message is dropped and the caller told so;
+//! Raft already tolerates lost messages, and blocking the Raft loop would be worse.
 //!
 //! A connection can die without a word: the peer's machine stops, or the network drops
 //! every packet. TCP alone would notice late (its retransmissions back off to minutes),
@@ -194,11 +196,25 @@ pub enum SendError {
     Disconnected(NodeId),
 }
 
-/// The sending half of one peer: its connection, if up, and the queue of frames its
-/// dialer's task writes when a sender could not.
-struct Outbound {
-    queue: mpsc::Sender<Vec<u8>>,
+/// The sending half of one peer: its connection, if up, and the queue its dialer's task
+/// writes when a sender could not.
+struct Outbound<T> {
+    queue: mpsc::Sender<Outgoing<T>>,
     line: Arc<Mutex<Line>>,
+}
+
+impl<T> Clone for Outbound<T> {
+    fn clone(&self) -> Outbound<T> {
+        Outbound { queue: self.queue.clone(), line: self.line.clone() }
+    }
+}
+
+/// What waits in a peer's queue.
+enum Outgoing<T> {
+    /// Bytes ready to write: a whole frame, or the rest of one cut short.
+    Bytes(Vec<u8>),
+    /// A message the task encodes.
+    Message(T),
 }
 
 /// One peer's connection as senders see it.
@@ -213,7 +229,7 @@ struct Line {
     queued: bool,
 }
 
-impl Outbound {
+impl<T> Outbound<T> {
     fn is_connected(&self) -> bool {
         self.line.lock().unwrap_or_else(|e| e.into_inner()).writer.is_some()
     }
@@ -233,10 +249,8 @@ struct Shared<T> {
     /// Where new dialers are started (the caller may be a plain thread).
     runtime: tokio::runtime::Handle,
     /// Per peer: its address and sending half.
-    outbound: RwLock<BTreeMap<NodeId, (SocketAddr, Outbound)>>,
+    outbound: RwLock<BTreeMap<NodeId, (SocketAddr, Outbound<T>)>>,
     admission: Arc<RwLock<Admission>>,
-    /// Senders take any `T`; only frames are kept.
-    _message: std::marker::PhantomData<fn(T)>,
 }
 
 /// The sending half: one bounded queue per peer. Clones share the queues.
@@ -267,7 +281,6 @@ where
             outbound: RwLock::new(BTreeMap::new()),
             admission,
             config,
-            _message: std::marker::PhantomData,
         };
         let transport = Transport { shared: Arc::new(shared) };
         transport.set_peers(transport.shared.config.peers.clone(), false);
@@ -300,15 +313,26 @@ where
         self.shared.outbound.read().unwrap_or_else(|e| e.into_inner()).keys().copied().collect()
     }
 
-    /// Sends `msg` to `to` without waiting: written from this thread if the socket takes
-    /// it at once, queued otherwise. Refuses it at once if `to` is not connected or its
-    /// queue is full, so the caller knows the message never left.
-    pub fn send(&self, to: NodeId, msg: T) -> Result<(), SendError> {
+    /// The sending half for `to`, if it is connected and its queue has room.
+    fn outbound(&self, to: NodeId) -> Result<Outbound<T>, SendError> {
         let outbound = self.shared.outbound.read().unwrap_or_else(|e| e.into_inner());
         let (_, peer) = outbound.get(&to).ok_or(SendError::UnknownPeer(to))?;
-        if !peer.is_connected() {
+        let line = peer.line.lock().unwrap_or_else(|e| e.into_inner());
+        if line.writer.is_none() {
             return Err(SendError::Disconnected(to));
         }
+        if line.queued && peer.queue.capacity() == 0 {
+            return Err(SendError::QueueFull(to));
+        }
+        drop(line);
+        Ok(peer.clone())
+    }
+
+    /// Sends `msg` to `to` without waiting: encoded and written from this thread if the
+    /// socket takes it at once, queued otherwise. Refuses it at once if `to` is not
+    /// connected or its queue is full, so the caller knows the message never left.
+    pub fn send(&self, to: NodeId, msg: T) -> Result<(), SendError> {
+        let peer = self.outbound(to)?;
         // Encoded before taking the line, so a large message never holds up its task.
         let frame = encode_frame(&msg).ok_or(SendError::Unencodable(to))?;
         let mut line = peer.line.lock().unwrap_or_else(|e| e.into_inner());
@@ -333,11 +357,24 @@ where
                 // Half a frame is on the wire: the rest must follow it, and it will,
                 // since the queue is empty while `queued` is clear.
                 line.queued = true;
-                return peer.queue.try_send(rest.to_vec()).map_err(|_| SendError::Disconnected(to));
+                return peer.queue.try_send(Outgoing::Bytes(rest.to_vec())).map_err(|_| SendError::Disconnected(to));
             }
         }
         line.queued = true;
-        peer.queue.try_send(frame).map_err(|_| SendError::QueueFull(to))
+        peer.queue.try_send(Outgoing::Bytes(frame)).map_err(|_| SendError::QueueFull(to))
+    }
+
+    /// Queues `msg` for `to`, to be encoded and written by the peer's task: for messages
+    /// that may be large, from a thread that must not spend long encoding. Refused like
+    /// [`Transport::send`].
+    pub fn send_queued(&self, to: NodeId, msg: T) -> Result<(), SendError> {
+        let peer = self.outbound(to)?;
+        let mut line = peer.line.lock().unwrap_or_else(|e| e.into_inner());
+        if line.writer.is_none() {
+            return Err(SendError::Disconnected(to));
+        }
+        line.queued = true;
+        peer.queue.try_send(Outgoing::Message(msg)).map_err(|_| SendError::QueueFull(to))
     }
 
     /// Whether `to` is connected right now.
@@ -601,13 +638,17 @@ async fn introduce(stream: &mut TcpStream, hello: &Hello, secret: &Secret) -> Re
 }
 
 /// Keeps a connection to one peer and writes its queued messages, redialing with backoff.
-async fn dial_loop(
+async fn dial_loop<T: Serialize>(
     peer: NodeId,
     addr: SocketAddr,
     config: TransportConfig,
-    mut queue: mpsc::Receiver<Vec<u8>>,
+    mut queue: mpsc::Receiver<Outgoing<T>>,
     line: Arc<Mutex<Line>>,
 ) {
+    // However this task ends (even dropped with the runtime), senders stop writing to
+    // its connection.
+    let line = ClearOnDrop(line);
+    let line = &line.0;
     const MIN_BACKOFF: Duration = Duration::from_millis(20);
     // A small backoff: a peer that comes back after a long absence is reached within
     // about two beats, not after an ever-growing wait.
@@ -632,7 +673,7 @@ async fn dial_loop(
         let writer = Arc::new(writer);
         *line.lock().unwrap_or_else(|e| e.into_inner()) = Line { writer: Some(writer.clone()), queued: false };
         let outcome = tokio::select! {
-            outcome = pump(&writer, &mut queue, &line) => outcome,
+            outcome = pump(&writer, &mut queue, line) => outcome,
             e = expect_keepalives(&mut reader, config.dead_after()) => Err(e),
         };
         // Senders stop writing to this connection before it closes (with the last handle).
@@ -743,26 +784,64 @@ fn drain<T>(queue: &mut mpsc::Receiver<T>) -> bool {
     }
 }
 
-/// Writes queued frames until the queue closes (Ok) or the connection fails (Err).
-/// Frames queued together leave in one write. Once the queue is empty, senders may
+/// Resets a peer's line when its dialer's task ends.
+struct ClearOnDrop(Arc<Mutex<Line>>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Line::default();
+    }
+}
+
+/// Writes what is queued until the queue closes (Ok) or the connection fails (Err).
+/// Small frames queued together leave in one write. Once the queue is empty, senders may
 /// write to the socket themselves again.
-async fn pump(writer: &OwnedWriteHalf, queue: &mut mpsc::Receiver<Vec<u8>>, line: &Mutex<Line>) -> io::Result<()> {
-    /// Enough to share a syscall, small enough not to copy a snapshot's pieces together.
+async fn pump<T: Serialize>(
+    writer: &OwnedWriteHalf,
+    queue: &mut mpsc::Receiver<Outgoing<T>>,
+    line: &Mutex<Line>,
+) -> io::Result<()> {
+    /// Enough to share a syscall, small enough not to copy large frames together.
     const BATCH: usize = 64 << 10;
-    while let Some(mut bytes) = queue.recv().await {
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(bytes) => bytes,
+            None => match queue.recv().await {
+                Some(outgoing) => bytes_of(outgoing),
+                None => return Ok(()),
+            },
+        };
+        let mut bytes = first;
         while bytes.len() < BATCH {
-            match queue.try_recv() {
-                Ok(more) => bytes.extend_from_slice(&more),
-                Err(_) => break,
+            let Ok(outgoing) = queue.try_recv() else { break };
+            let more = bytes_of(outgoing);
+            if bytes.len() + more.len() > BATCH {
+                next = Some(more);
+                break;
             }
+            bytes.extend_from_slice(&more);
         }
         write_all(writer, &bytes).await?;
-        let mut line = line.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.is_empty() {
-            line.queued = false;
+        if next.is_none() {
+            let mut line = line.lock().unwrap_or_else(|e| e.into_inner());
+            if queue.is_empty() {
+                line.queued = false;
+            }
         }
     }
-    Ok(())
+}
+
+/// The bytes to write for a queued item. A message that cannot be encoded is dropped
+/// (nothing is written for it), like one lost on the way.
+fn bytes_of<T: Serialize>(outgoing: Outgoing<T>) -> Vec<u8> {
+    match outgoing {
+        Outgoing::Bytes(bytes) => bytes,
+        Outgoing::Message(msg) => encode_frame(&msg).unwrap_or_else(|| {
+            warn!("a message could not be encoded and was dropped");
+            Vec::new()
+        }),
+    }
 }
 
 /// Writes all of `bytes`, waiting for room in the socket's buffer as needed.
@@ -1059,7 +1138,7 @@ mod tests {
     }
 
     /// Messages sent from a plain thread are written from it while the socket takes them
-    /// and queued when it does not. Here the peer stops reading for a while, so frames are
+    /// and queued when it does not (or when sent with `send_queued`). Here the peer stops reading for a while, so frames are
     /// cut short, the queue fills and the dialer's task finishes them. Every message must
     /// still arrive whole and in order: a frame that overtook, or cut into, another would
     /// end the connection.
@@ -1074,13 +1153,21 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        let message = |i: usize| format!("{i}:{}", "x".repeat(if i % 3 == 0 { 500_000 } else { i }));
+        // The first is larger than any socket buffer, so it is surely cut short.
+        let size = |i: usize| match i {
+            0 => 24 << 20,
+            _ if i % 3 == 0 => 500_000,
+            _ => i,
+        };
+        let message = move |i: usize| format!("{i}:{}", "x".repeat(size(i)));
         let sender = std::thread::spawn(move || {
             let mut found_the_queue_full = false;
             for i in 0..MESSAGES {
                 let mut tries = 0;
                 loop {
-                    match a.send(1, message(i)) {
+                    // Some are encoded by the task: they too keep their place.
+                    let sent = if i % 5 == 4 { a.send_queued(1, message(i)) } else { a.send(1, message(i)) };
+                    match sent {
                         Ok(()) => break,
                         Err(SendError::QueueFull(_)) => found_the_queue_full = true,
                         Err(SendError::Disconnected(_)) if i == 0 && tries < 500 => tries += 1,
@@ -1093,7 +1180,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         for i in 0..MESSAGES {
-            let frame = tokio::time::timeout(Duration::from_secs(20), read_frame(&mut from_a, 1 << 20)).await;
+            let frame = tokio::time::timeout(Duration::from_secs(20), read_frame(&mut from_a, 32 << 20)).await;
             let frame = frame.expect("in time").expect("a whole frame");
             let got: String = serde_json::from_slice(&frame).expect("a whole message");
             assert_eq!(got.len(), message(i).len(), "message {i} arrived whole, in its place");
