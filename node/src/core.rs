@@ -1018,7 +1018,8 @@ impl Core {
                 self.tracers.emit(|| format!("send {}", trace::message(msg)));
                 self.send(msg.to, PeerMessage::Raft(msg.clone()));
             }
-            // 4. Apply, in order, on the apply thread. Results come back as events.
+            // 4. Apply, in order, on the apply thread (a follower holds them a moment
+            //    first, see `release_held`). Results come back as events.
             if !ready.committed.is_empty() {
                 self.bytes_since_compaction += ready.committed.iter().map(|e| e.size() as u64).sum::<u64>();
                 self.held.extend(ready.committed.iter().cloned());

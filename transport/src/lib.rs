@@ -1138,10 +1138,10 @@ mod tests {
     }
 
     /// Messages sent from a plain thread are written from it while the socket takes them
-    /// and queued when it does not (or when sent with `send_queued`). Here the peer stops reading for a while, so frames are
-    /// cut short, the queue fills and the dialer's task finishes them. Every message must
-    /// still arrive whole and in order: a frame that overtook, or cut into, another would
-    /// end the connection.
+    /// and queued when it does not (or when sent with `send_queued`). Here the peer stops
+    /// reading for a while, so frames are cut short, the queue fills and the dialer's task
+    /// finishes them. Every message must still arrive whole and in order: a frame that
+    /// overtook, or cut into, another would end the connection.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn messages_written_directly_or_queued_arrive_whole_and_in_order() {
         const MESSAGES: usize = 300;
