@@ -6,6 +6,7 @@
 //! order") may finish later, as long as entries are applied in order and nobody is told
 //! an index is applied (a read served, a write answered) before it is.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::Arc;
@@ -37,8 +38,9 @@ pub enum Applied {
 /// Work for the apply thread, done in the order sent.
 #[derive(Debug)]
 pub enum Job {
-    /// Apply these committed entries.
-    Entries(Vec<Entry>),
+    /// Apply these committed entries, and answer the clients waiting for some of them
+    /// (by index) as soon as their group commits; the rest of the results go to the core.
+    Entries(Vec<Entry>, Vec<(Index, tokio::sync::oneshot::Sender<crate::protocol::Reply>)>),
     /// Make everything applied so far durable, and report it as [`Applied::Durable`].
     Checkpoint,
     /// Replace the state with the snapshot at `path` (§7) and answer with the applied
@@ -77,19 +79,23 @@ fn run(sm: &mut StateMachine, jobs: &Receiver<Job>, core: &SyncSender<Event>, re
             },
         };
         let go_on = match job {
-            Job::Entries(mut batch) => {
+            Job::Entries(mut batch, waiting) => {
+                let mut waiting: HashMap<_, _> = waiting.into_iter().collect();
                 // Take the entries already waiting, so one report covers them all; a job of
                 // another kind must wait for them, so it ends the batch.
                 while let Ok(more) = jobs.try_recv() {
                     match more {
-                        Job::Entries(entries) => batch.extend(entries),
+                        Job::Entries(entries, more) => {
+                            batch.extend(entries);
+                            waiting.extend(more);
+                        }
                         other => {
                             next = Some(other);
                             break;
                         }
                     }
                 }
-                apply_batch(sm, batch, core)
+                apply_batch(sm, batch, waiting, core)
             }
             Job::Checkpoint => {
                 let report = match sm.make_durable() {
@@ -118,7 +124,12 @@ fn run(sm: &mut StateMachine, jobs: &Receiver<Job>, core: &SyncSender<Event>, re
 
 /// Applies a batch, one transaction per group of entries, and reports each group as it
 /// commits (its clients wait for nothing else); false if the thread must stop.
-fn apply_batch(sm: &mut StateMachine, batch: Vec<Entry>, core: &SyncSender<Event>) -> bool {
+fn apply_batch(
+    sm: &mut StateMachine,
+    batch: Vec<Entry>,
+    mut waiting: HashMap<Index, tokio::sync::oneshot::Sender<crate::protocol::Reply>>,
+    core: &SyncSender<Event>,
+) -> bool {
     // Applied before a restart (the log hands them out again), or inside a snapshot.
     let first = batch.partition_point(|e| e.index <= sm.applied_index());
     let mut rest = &batch[first..];
@@ -136,8 +147,17 @@ fn apply_batch(sm: &mut StateMachine, batch: Vec<Entry>, core: &SyncSender<Event
             }
         };
         rest = &rest[group.count.max(1).min(rest.len())..];
+        // Clients waiting here are answered at once, one thread hop fewer.
+        let mut results = group.results;
+        results.retain_mut(|(index, result)| match waiting.remove(index) {
+            Some(client) => {
+                let _ = client.send(crate::core::reply_of(std::mem::replace(result, Ok(Vec::new()))));
+                false
+            }
+            None => true,
+        });
         // Blocking: a result must never be dropped, or its client would wait in vain.
-        let report = Applied::Up { index: sm.applied_index(), results: group.results };
+        let report = Applied::Up { index: sm.applied_index(), results };
         if core.send(Event::Applied(report)).is_err() {
             return false;
         }

@@ -1018,12 +1018,15 @@ impl Core {
                 self.tracers.emit(|| format!("send {}", trace::message(msg)));
                 self.send(msg.to, PeerMessage::Raft(msg.clone()));
             }
+            // Writes whose entries committed now wait for the apply thread's result.
+            self.answer_proposals(&ready);
             // 4. Apply, in order, on the apply thread (a follower holds them a moment
             //    first, see `release_held`). Results come back as events.
             if !ready.committed.is_empty() {
                 self.bytes_since_compaction += ready.committed.iter().map(|e| e.size() as u64).sum::<u64>();
                 self.held.extend(ready.committed.iter().cloned());
                 self.held_since.get_or_insert_with(Instant::now);
+                self.release_held(false)?;
             }
             // Forwarded writes our log proves lost go again, to whoever leads now.
             for write in self.forwarded.committed(&ready.committed) {
@@ -1031,7 +1034,6 @@ impl Core {
                 self.submit_write(write);
             }
             // 5. Answer clients: writes once applied, reads once applied far enough.
-            self.answer_proposals(&ready);
             self.answer_reads(&ready);
             // 6.
             self.raft.advance(&ready);
@@ -1064,7 +1066,16 @@ impl Core {
             return Ok(());
         }
         self.held_since = None;
-        if self.applier.send(Job::Entries(std::mem::take(&mut self.held))).is_err() {
+        // The clients of writes proposed here get their answers from the apply thread.
+        let mut waiting = Vec::new();
+        for entry in &self.held {
+            if matches!(self.committed.get(&entry.index), Some(Write { waiter: Waiter::Client(_), .. })) {
+                if let Some(Write { waiter: Waiter::Client(client), .. }) = self.committed.remove(&entry.index) {
+                    waiting.push((entry.index, client));
+                }
+            }
+        }
+        if self.applier.send(Job::Entries(std::mem::take(&mut self.held), waiting)).is_err() {
             return Err(StorageError("the apply thread stopped".to_string()));
         }
         Ok(())
@@ -1248,7 +1259,7 @@ impl Core {
     }
 }
 
-fn reply_of(result: LineResult) -> Reply {
+pub(crate) fn reply_of(result: LineResult) -> Reply {
     match result {
         Ok(results) => Reply::Results(results),
         Err(message) => Reply::error(ErrorCode::SqlError, message),
