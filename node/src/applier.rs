@@ -25,7 +25,8 @@ pub enum Applied {
     Up {
         /// The last index now applied.
         index: Index,
-        /// (index, result) for every command applied in this batch.
+        /// (index, result) for every command applied in this batch whose client the
+        /// apply thread did not answer itself.
         results: Vec<(Index, LineResult)>,
     },
     /// Everything up to `index` is durable in the state database: the log may be
@@ -134,6 +135,7 @@ fn apply_batch(
     let first = batch.partition_point(|e| e.index <= sm.applied_index());
     let mut rest = &batch[first..];
     if rest.is_empty() {
+        answer_unmatched(waiting);
         let report = Applied::Up { index: sm.applied_index(), results: Vec::new() };
         return core.send(Event::Applied(report)).is_ok();
     }
@@ -149,18 +151,32 @@ fn apply_batch(
         rest = &rest[group.count.max(1).min(rest.len())..];
         // Clients waiting here are answered at once, one thread hop fewer.
         let mut results = group.results;
-        results.retain_mut(|(index, result)| match waiting.remove(index) {
-            Some(client) => {
-                let _ = client.send(crate::core::reply_of(std::mem::replace(result, Ok(Vec::new()))));
-                false
-            }
-            None => true,
-        });
+        if !waiting.is_empty() {
+            results.retain_mut(|(index, result)| match waiting.remove(index) {
+                Some(client) => {
+                    let _ = client.send(crate::core::reply_of(std::mem::replace(result, Ok(Vec::new()))));
+                    false
+                }
+                None => true,
+            });
+        }
         // Blocking: a result must never be dropped, or its client would wait in vain.
         let report = Applied::Up { index: sm.applied_index(), results };
         if core.send(Event::Applied(report)).is_err() {
             return false;
         }
     }
+    answer_unmatched(waiting);
     true
+}
+
+/// Every command entry has a result, so no client should be left waiting here; if one
+/// ever were, it hears that its write was applied without a result kept, rather than
+/// nothing, or that the node stopped.
+fn answer_unmatched(waiting: HashMap<Index, tokio::sync::oneshot::Sender<crate::protocol::Reply>>) {
+    debug_assert!(waiting.is_empty(), "writes applied without a result: {:?}", waiting.keys());
+    for (_, client) in waiting {
+        let message = "the write reached the state machine but its result was not kept; check whether it took effect";
+        let _ = client.send(crate::protocol::Reply::error(crate::protocol::ErrorCode::OutcomeUnknown, message));
+    }
 }

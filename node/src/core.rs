@@ -12,8 +12,9 @@
 //! one log append, one fsync and one append message.
 //!
 //! Client requests never get lost in here: each one is answered exactly once, either
-//! with its outcome or, when its deadline passes, with `unavailable` (never proposed)
-//! or `outcome_unknown` (proposed, fate unknown). Nothing waits for its deadline once
+//! with its outcome (a write proposed here by the apply thread, which gets its answer
+//! channel with the entry) or, when its deadline passes, with `unavailable` (never
+//! proposed) or `outcome_unknown` (proposed, fate unknown). Nothing waits for its deadline once
 //! its fate is known: a write whose proposal was lost, or forwarded to a leader that
 //! then lost its term without committing it ([`crate::forwarding`]), is sent again at
 //! once, to whoever leads now.
@@ -168,7 +169,8 @@ pub struct Core {
     config: CoreConfig,
     /// Writes proposed here, by (term, index), waiting for their fate.
     proposed: HashMap<(Term, Index), Write>,
-    /// Writes committed, waiting for the apply thread's result.
+    /// Writes committed, waiting for the apply thread's result: forwarded ones, and this
+    /// node's own until their entries are handed to the apply thread, which answers them.
     committed: HashMap<Index, Write>,
     /// Writes forwarded to a leader, waiting for its answer or for our log to tell.
     forwarded: Forwarded<Write>,
@@ -184,9 +186,9 @@ pub struct Core {
     parked_reads: Vec<Barrier>,
     /// The last index the apply thread reported applied.
     applied: Index,
-    /// As follower: committed entries not yet handed to the apply thread, and since when.
-    /// Nothing waits for a follower's apply (the leader answers writes), so it applies
-    /// in larger groups: fewer SQLite transactions and fewer wakeups per entry.
+    /// Committed entries not yet handed to the apply thread, and since when. A leader
+    /// hands them over at once; nothing waits for a follower's apply (the leader answers
+    /// writes), so it applies in larger groups: fewer transactions and wakeups per entry.
     held: Vec<raft_core::Entry>,
     held_since: Option<Instant>,
     ids: Ids,
@@ -901,11 +903,14 @@ impl Core {
                 self.answer(write.waiter, reply_of(result));
             }
         }
-        // A committed proposal always has a result; this only guards against waiting forever.
+        // A committed proposal always has a result; this only guards against waiting
+        // forever. Applied, but not necessarily successfully: say so, never claim success.
         let done: Vec<Index> = self.committed.keys().copied().filter(|&at| at <= index).collect();
         for at in done.into_iter().chain(self.forwarded.committed_up_to(index)) {
             if let Some(write) = self.committed.remove(&at).or_else(|| self.forwarded.applied(at)) {
-                self.answer(write.waiter, Reply::Results(Vec::new()));
+                let message =
+                    "the write reached the state machine but its result was not kept; check whether it took effect";
+                self.answer(write.waiter, Reply::error(ErrorCode::OutcomeUnknown, message));
             }
         }
         let (fresh, waiting): (Vec<_>, Vec<_>) =
@@ -1060,6 +1065,8 @@ impl Core {
         let due = now
             || self.raft.role() == Role::Leader
             || !self.confirmed.is_empty()
+            // A client of this node's (proposed when it led) waits for one of them.
+            || self.committed.values().any(|w| matches!(w.waiter, Waiter::Client(_)))
             || self.held.len() >= HOLD_ENTRIES
             || since.elapsed() >= HOLD_APPLY;
         if !due {
@@ -1069,9 +1076,12 @@ impl Core {
         // The clients of writes proposed here get their answers from the apply thread.
         let mut waiting = Vec::new();
         for entry in &self.held {
-            if matches!(self.committed.get(&entry.index), Some(Write { waiter: Waiter::Client(_), .. })) {
-                if let Some(Write { waiter: Waiter::Client(client), .. }) = self.committed.remove(&entry.index) {
-                    waiting.push((entry.index, client));
+            if let Some(write) = self.committed.remove(&entry.index) {
+                match write.waiter {
+                    Waiter::Client(client) => waiting.push((entry.index, client)),
+                    Waiter::Peer { .. } => {
+                        self.committed.insert(entry.index, write);
+                    }
                 }
             }
         }

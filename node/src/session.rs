@@ -681,9 +681,9 @@ async fn barrier(config: &SessionConfig) -> Result<(), Reply> {
     rx.await.unwrap_or_else(|_| Err(Reply::error(ErrorCode::Unavailable, "the node is shutting down")))
 }
 
-/// Waits for a submitted write's outcome. The core answers every write exactly once, so
-/// there is no timeout here: a write that takes long to apply is still answered with its
-/// result.
+/// Waits for a submitted write's outcome. The core (or, for a write it proposed, the
+/// apply thread) answers every write exactly once, so there is no timeout here: a write
+/// that takes long to apply is still answered with its result.
 async fn outcome(answer: oneshot::Receiver<Reply>) -> Reply {
     answer.await.unwrap_or_else(|_| {
         Reply::error(ErrorCode::OutcomeUnknown, "the node stopped before answering; the write may have been applied")

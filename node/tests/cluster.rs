@@ -74,6 +74,41 @@ async fn a_follower_applies_writes_with_no_read_to_prompt_it() {
     }
 }
 
+/// Writes through the leader share apply groups, and the apply thread answers their
+/// clients itself; each client still gets its own line's result: its rows from
+/// RETURNING, or its own error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_on_the_leader_each_get_their_own_result() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    let mut setup = cluster.client(leader).await;
+    until_ok(&mut setup, "CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)").await;
+    until_ok(&mut setup, "INSERT INTO t VALUES ('taken', 0)").await;
+    let mut sessions = tokio::task::JoinSet::new();
+    for s in 0..6 {
+        let mut client = cluster.client(leader).await;
+        sessions.spawn(async move {
+            for j in 0..40 {
+                if j % 5 == 4 {
+                    let line = format!("INSERT INTO t VALUES ('taken', {j}) RETURNING k");
+                    let reply = client.request(&line).await.expect("an answer");
+                    assert_eq!(reply["code"], json!("sql_error"), "session {s}, line {j}: {reply}");
+                } else {
+                    let tag = format!("s{s}-{j}");
+                    let line = format!("INSERT INTO t VALUES ('{tag}', {j}) RETURNING k, v");
+                    let reply = client.request(&line).await.expect("an answer");
+                    assert_eq!(reply["rows"], json!([[tag, j]]), "session {s}, line {j}: {reply}");
+                }
+            }
+        });
+    }
+    while let Some(session) = sessions.join_next().await {
+        session.expect("every answer was the session's own");
+    }
+    let count = until_ok(&mut setup, "SELECT count(*) FROM t").await;
+    assert_eq!(count["rows"], json!([[1 + 6 * 32]]), "{count}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_of_the_leader_writes_continue_and_the_node_catches_up_on_restart() {
     let mut cluster = Cluster::start(3);
