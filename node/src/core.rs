@@ -12,12 +12,12 @@
 //! one log append, one fsync and one append message.
 //!
 //! Client requests never get lost in here: each one is answered exactly once, either
-//! with its outcome (a write proposed here by the apply thread, which gets its answer
-//! channel with the entry) or, when its deadline passes, with `unavailable` (never
-//! proposed) or `outcome_unknown` (proposed, fate unknown). Nothing waits for its deadline once
-//! its fate is known: a write whose proposal was lost, or forwarded to a leader that
-//! then lost its term without committing it ([`crate::forwarding`]), is sent again at
-//! once, to whoever leads now.
+//! with its outcome or, when its deadline passes, with `unavailable` (never proposed)
+//! or `outcome_unknown` (proposed, fate unknown). (The outcome of a write proposed here
+//! comes from the apply thread, which gets the write's answer channel with its entry.)
+//! Nothing waits for its deadline once its fate is known: a write whose proposal was
+//! lost, or forwarded to a leader that then lost its term without committing it
+//! ([`crate::forwarding`]), is sent again at once, to whoever leads now.
 
 mod admin;
 
