@@ -16,6 +16,7 @@ use sqlite_sm::{LineResult, StateMachine};
 use tracing::error;
 
 use crate::core::Event;
+use crate::quiet::Quiet;
 use crate::readers::Connections;
 
 /// What the apply thread reports to the Raft core.
@@ -54,22 +55,28 @@ pub enum Job {
     },
 }
 
-/// Starts the apply thread. Send it committed entries in order; it reports to `core`.
+/// Starts the apply thread. Send it committed entries in order; it reports to `core`, or
+/// to `quiet` what the core need not be woken for.
 /// `readers` are closed while a snapshot is installed.
-pub fn start(mut sm: StateMachine, core: SyncSender<Event>, readers: Arc<Connections>) -> Result<Sender<Job>, String> {
+pub fn start(
+    mut sm: StateMachine,
+    core: SyncSender<Event>,
+    readers: Arc<Connections>,
+    quiet: Arc<Quiet>,
+) -> Result<Sender<Job>, String> {
     let (tx, rx) = std::sync::mpsc::channel::<Job>();
     let span = tracing::Span::current();
     std::thread::Builder::new()
         .name("apply".into())
         .spawn(move || {
             let _enter = span.enter();
-            run(&mut sm, &rx, &core, &readers);
+            run(&mut sm, &rx, &core, &readers, &quiet);
         })
         .map_err(|e| format!("cannot start the apply thread: {e}"))?;
     Ok(tx)
 }
 
-fn run(sm: &mut StateMachine, jobs: &Receiver<Job>, core: &SyncSender<Event>, readers: &Connections) {
+fn run(sm: &mut StateMachine, jobs: &Receiver<Job>, core: &SyncSender<Event>, readers: &Connections, quiet: &Quiet) {
     let mut next: Option<Job> = None;
     loop {
         let job = match next.take() {
@@ -96,7 +103,7 @@ fn run(sm: &mut StateMachine, jobs: &Receiver<Job>, core: &SyncSender<Event>, re
                         }
                     }
                 }
-                apply_batch(sm, batch, waiting, core)
+                apply_batch(sm, batch, waiting, core, quiet)
             }
             Job::Checkpoint => {
                 let report = match sm.make_durable() {
@@ -130,6 +137,7 @@ fn apply_batch(
     batch: Vec<Entry>,
     mut waiting: HashMap<Index, tokio::sync::oneshot::Sender<crate::protocol::Reply>>,
     core: &SyncSender<Event>,
+    quiet: &Quiet,
 ) -> bool {
     // Applied before a restart (the log hands them out again), or inside a snapshot.
     let first = batch.partition_point(|e| e.index <= sm.applied_index());
@@ -159,6 +167,9 @@ fn apply_batch(
                 }
                 None => true,
             });
+        }
+        if results.is_empty() && !quiet.applied_quietly(sm.applied_index()) {
+            continue; // Nothing the core needs now: it looks at the next turn.
         }
         // Blocking: a result must never be dropped, or its client would wait in vain.
         let report = Applied::Up { index: sm.applied_index(), results };

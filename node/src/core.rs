@@ -133,6 +133,8 @@ pub struct CoreConfig {
     pub known: BTreeMap<NodeId, Address>,
     /// What operators watch (`metricsBindPort`).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Answers from peers that waited for our next turn instead of waking us.
+    pub quiet: std::sync::Arc<crate::quiet::Quiet>,
 }
 
 /// When the log is compacted (§7): once it holds `entries` entries beyond its snapshot
@@ -344,6 +346,15 @@ impl Core {
                     Err(_) => break,
                 }
             }
+            // Answers that did not wake us (they change nothing urgent): before the tick,
+            // which must see them (see `raft_core::wake_hint`).
+            for (from, msg) in self.config.quiet.take() {
+                self.handle(Event::Peer(from, PeerMessage::Raft(msg)));
+            }
+            let quietly = self.config.quiet.applied();
+            if quietly > self.applied {
+                self.reached(quietly);
+            }
             if let Some(e) = self.failed.take() {
                 return Err(e);
             }
@@ -362,6 +373,8 @@ impl Core {
                     return Ok(());
                 }
             }
+            // Last, before we sleep: what changed this turn may be waiting for the apply thread.
+            self.want_applied();
         }
     }
 
@@ -509,7 +522,7 @@ impl Core {
             term: s.term,
             leader: s.leader,
             commit_index: s.commit_index,
-            applied_index: self.applied,
+            applied_index: self.applied.max(self.config.quiet.applied()),
             snapshot_index: s.snapshot_index,
             first_index: s.snapshot_index + 1,
             last_index: s.last_index,
@@ -893,11 +906,7 @@ impl Core {
 
     /// The apply thread reached `index`: answer the writes and reads waiting for it.
     fn applied(&mut self, index: Index, results: Vec<(Index, LineResult)>) {
-        if index > self.applied {
-            let id = self.id;
-            self.tracers.emit(|| format!("n{id} applied up to {index}"));
-        }
-        self.applied = self.applied.max(index);
+        self.reached(index);
         for (at, result) in results {
             if let Some(write) = self.committed.remove(&at).or_else(|| self.forwarded.applied(at)) {
                 self.answer(write.waiter, reply_of(result));
@@ -913,11 +922,32 @@ impl Core {
                 self.answer(write.waiter, Reply::error(ErrorCode::OutcomeUnknown, message));
             }
         }
+    }
+
+    /// The apply thread reached `index`: serve the reads waiting for it. (Writes wait for
+    /// their results, which come in order, with the report that carries them.)
+    fn reached(&mut self, index: Index) {
+        if index > self.applied {
+            let id = self.id;
+            self.tracers.emit(|| format!("n{id} applied up to {index}"));
+        }
+        self.applied = self.applied.max(index);
         let (fresh, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.confirmed).into_iter().partition(|(at, _)| *at <= index);
         self.confirmed = waiting;
         for (_, barrier) in fresh {
             barrier.reply.passed(Ok(()));
+        }
+    }
+
+    /// Tells the apply thread the first index that something here waits for, so that it
+    /// wakes us when it gets there; then takes what it reported without waking us.
+    fn want_applied(&mut self) {
+        let first = self.confirmed.iter().map(|(at, _)| *at).chain(self.committed.keys().copied()).min();
+        self.config.quiet.want_applied(first.unwrap_or(Index::MAX));
+        let quietly = self.config.quiet.applied();
+        if quietly > self.applied {
+            self.reached(quietly);
         }
     }
 
@@ -987,9 +1017,24 @@ impl Core {
     fn process_ready(&mut self, events: &Receiver<Event>) -> Result<(), StorageError> {
         while self.raft.has_ready() {
             let ready = self.raft.ready();
+            // Before this ready's messages leave, so that the answers to a read round's
+            // heartbeats are never left waiting.
+            self.config.quiet.publish(self.raft.wake_hint());
             self.log_status(&ready);
             for refusal in &ready.refused {
                 warn!("{refusal}");
+            }
+            // Committed entries that were durable here before this ready (none of them is
+            // among the entries it persists, as on a leader, which counts its own copy only
+            // once durable) may be applied before steps 1 to 3: the clients waiting for them
+            // then need not wait for this ready's messages and disk write.
+            let durable_already = ready.install_snapshot.is_none()
+                && ready
+                    .committed
+                    .last()
+                    .is_some_and(|last| ready.entries.first().is_none_or(|e| e.index > last.index));
+            if durable_already {
+                self.hand_over(&ready)?;
             }
             // 1. A leader's appends and heartbeats leave before its own write (§10.2.1).
             for msg in &ready.messages {
@@ -1023,15 +1068,8 @@ impl Core {
                 self.tracers.emit(|| format!("send {}", trace::message(msg)));
                 self.send(msg.to, PeerMessage::Raft(msg.clone()));
             }
-            // Writes whose entries committed now wait for the apply thread's result.
-            self.answer_proposals(&ready);
-            // 4. Apply, in order, on the apply thread (a follower holds them a moment
-            //    first, see `release_held`). Results come back as events.
-            if !ready.committed.is_empty() {
-                self.bytes_since_compaction += ready.committed.iter().map(|e| e.size() as u64).sum::<u64>();
-                self.held.extend(ready.committed.iter().cloned());
-                self.held_since.get_or_insert_with(Instant::now);
-                self.release_held(false)?;
+            if !durable_already {
+                self.hand_over(&ready)?;
             }
             // Forwarded writes our log proves lost go again, to whoever leads now.
             for write in self.forwarded.committed(&ready.committed) {
@@ -1054,6 +1092,21 @@ impl Core {
         });
         self.maybe_compact();
         self.sync_peers();
+        Ok(())
+    }
+
+    /// Step 4 of a ready: its committed entries go to the apply thread, in order (a
+    /// follower holds them a moment first, see `release_held`), with the answer channels
+    /// of the writes proposed here. Other results come back as events.
+    fn hand_over(&mut self, ready: &Ready) -> Result<(), StorageError> {
+        // Writes whose entries committed now wait for the apply thread's result.
+        self.answer_proposals(ready);
+        if !ready.committed.is_empty() {
+            self.bytes_since_compaction += ready.committed.iter().map(|e| e.size() as u64).sum::<u64>();
+            self.held.extend(ready.committed.iter().cloned());
+            self.held_since.get_or_insert_with(Instant::now);
+            self.release_held(false)?;
+        }
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! - [`core`] is the thread that drives raft-core and answers every client request;
 //!   [`forwarding`] is how it learns the fate of writes it forwarded to a leader.
 //! - [`applier`] applies committed entries; [`readers`] serve reads; both off that thread.
+//!   [`quiet`] holds the answers that thread need not be woken for.
 //! - [`session`] and [`format`] are what `nc` users see; `catalog` holds the shell
 //!   commands that read the schema (`.tables`, `.schema`, `.indexes`, `.dump`), and
 //!   [`shell`] is `lightraft shell`, the same protocol with line editing.
@@ -27,6 +28,7 @@ pub mod join;
 pub mod members;
 pub mod metrics;
 pub mod protocol;
+pub mod quiet;
 pub mod readers;
 pub mod server;
 pub mod session;

@@ -19,6 +19,7 @@ use crate::core::{Core, CoreConfig, Event};
 use crate::members::Address;
 use crate::metrics::{self, Metrics, Scrapes};
 use crate::protocol::PeerMessage;
+use crate::quiet::Quiet;
 use crate::readers::ReadPool;
 use crate::session::{self, SessionConfig};
 
@@ -165,6 +166,7 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         Restored { hard_state: stored.hard_state, snapshot: stored.snapshot, entries: stored.entries, applied };
     let raft = Node::new(raft_config, restored).map_err(|e| format!("cannot restore the Raft state: {e}"))?;
     let (core_tx, core_rx) = sync_channel(65_536);
+    let quiet = Arc::new(Quiet::default());
     let readers = ReadPool::start(
         &config.sm_path(index),
         core_tx.clone(),
@@ -187,7 +189,7 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         // A peer silent for a whole election timeout is lost to Raft too: redial it.
         peer_timeout: config.tick() * config.raft.election_ticks as u32,
     };
-    let transport = Transport::start(transport_config, PeerInbox(core_tx.clone()))
+    let transport = Transport::start(transport_config, PeerInbox(core_tx.clone(), quiet.clone()))
         .await
         .map_err(|e| format!("cannot listen for peers on {rpc_addr}: {e}"))?;
 
@@ -206,7 +208,7 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         info!("serving metrics on http://{addr}/metrics");
     }
 
-    let applier = applier::start(sm, core_tx.clone(), readers.connections())?;
+    let applier = applier::start(sm, core_tx.clone(), readers.connections(), quiet.clone())?;
     let core_config = CoreConfig {
         tick: config.tick(),
         election: config.tick() * config.raft.election_ticks as u32,
@@ -218,6 +220,7 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         max_snapshot_bytes: config.max_snapshot_bytes(),
         known,
         metrics: metrics.clone(),
+        quiet,
     };
     let core =
         Core::new(raft, store, applied, transport, applier, core_tx.clone(), core_config).map_err(|e| e.to_string())?;
@@ -270,11 +273,19 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
     result
 }
 
-/// Peer messages go straight from the connection's task to the Raft core's queue.
-struct PeerInbox(SyncSender<Event>);
+/// Peer messages go straight from the connection's task to the Raft core's queue, or
+/// wait for its next turn if raft-core's hint allows ([`crate::quiet`]).
+struct PeerInbox(SyncSender<Event>, Arc<Quiet>);
 
 impl transport::Inbox<PeerMessage> for PeerInbox {
     fn deliver(&self, from: u64, msg: PeerMessage) -> transport::Delivery {
+        let msg = match msg {
+            PeerMessage::Raft(msg) => match self.1.offer(from, msg) {
+                Ok(()) => return transport::Delivery::Taken,
+                Err(msg) => PeerMessage::Raft(msg),
+            },
+            other => other,
+        };
         match self.0.try_send(Event::Peer(from, msg)) {
             Ok(()) => transport::Delivery::Taken,
             // A full core queue drops peer messages like a lossy network would.

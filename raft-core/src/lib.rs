@@ -23,6 +23,7 @@
 //!    the cluster one voter at a time, with learners (chapter 4).
 //! 8. [`refusal`]: messages no correct peer could send, and why they are dropped.
 //! 9. [`ready`]: the contract with the driver, in the order it must be carried out.
+//! 10. [`wake_hint`]: which answers a driver may leave queued, an optimisation only.
 //!
 //! ## The driver's loop
 //! ```text
@@ -73,6 +74,7 @@ pub mod snapshot;
 pub mod step;
 pub mod transfer;
 pub mod types;
+pub mod wake_hint;
 
 pub use config::Config;
 pub use log::Log;
@@ -83,3 +85,4 @@ pub use ready::{ProposalOutcome, ReadError, ReadOutcome, Ready, SnapshotRequest,
 pub use refusal::Refusal;
 pub use transfer::TransferError;
 pub use types::{Entry, HardState, Index, NodeId, Payload, Role, SnapshotMeta, Term, Ticks, MAX_TERM};
+pub use wake_hint::WakeHint;

@@ -108,7 +108,7 @@ impl Node {
 
     /// The heartbeat round a majority (this leader included) has acknowledged, if the
     /// leader has committed an entry of its term (step 1); `None` otherwise.
-    fn confirmed_read_round(&self) -> Option<u64> {
+    pub(crate) fn confirmed_read_round(&self) -> Option<u64> {
         let RoleState::Leader(leader) = &self.role else { return None };
         if self.log.term_at(self.commit_index) != Some(self.term) {
             return None;

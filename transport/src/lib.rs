@@ -1083,12 +1083,20 @@ mod tests {
     /// A real node "a" dialing a hand-driven peer "b": a, b's listener and configuration,
     /// and a's first connection to b, handshake done.
     async fn dialed_by_a_real_node() -> (Transport<String>, TcpListener, TransportConfig, TcpStream) {
+        dialed_by_a_real_node_with(MIN_PEER_TIMEOUT).await
+    }
+
+    /// The same, with the dialer's `peer_timeout` given.
+    async fn dialed_by_a_real_node_with(
+        peer_timeout: Duration,
+    ) -> (Transport<String>, TcpListener, TransportConfig, TcpStream) {
         let (a_addr, b_addr) = (free_addr(), free_addr());
         let secret = "sixteen bytes or more of secret";
         let b_config = config(1, b_addr, &[(0, a_addr)], secret);
         let b = TcpListener::bind(b_addr).await.expect("b listens");
         let (a_in, _a_rx) = mpsc::channel::<(NodeId, String)>(16);
-        let a = Transport::start(config(0, a_addr, &[(1, b_addr)], secret), a_in).await.expect("a starts");
+        let a_config = TransportConfig { peer_timeout, ..config(0, a_addr, &[(1, b_addr)], secret) };
+        let a = Transport::start(a_config, a_in).await.expect("a starts");
         let first = tokio::time::timeout(Duration::from_secs(5), accept_as_peer(&b, &b_config)).await.expect("dialed");
         (a, b, b_config, first)
     }
@@ -1145,7 +1153,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn messages_written_directly_or_queued_arrive_whole_and_in_order() {
         const MESSAGES: usize = 300;
-        let (a, _listener, _config, peer) = dialed_by_a_real_node().await;
+        // Moving tens of MiB through a loaded machine (the other tests run meanwhile) may
+        // starve the keepalives below for longer than the shortest timeout; this test is
+        // about order, not timeouts (once, a dropped connection failed it).
+        let (a, _listener, _config, peer) = dialed_by_a_real_node_with(Duration::from_secs(10)).await;
         let (mut from_a, mut to_a) = peer.into_split();
         // The dialer drops a connection whose peer stays silent: keep it alive.
         let keepalives = tokio::spawn(async move {

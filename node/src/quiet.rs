@@ -1,0 +1,83 @@
+//! News the Raft thread need not be woken for.
+//!
+//! On this kind of machine waking a thread costs more than handling most news, and much
+//! news changes nothing that anyone waits for. Two kinds are kept here instead of in the
+//! Raft thread's queue, and it takes them at the start of its next turn (which comes at
+//! the latest with its next tick):
+//! - Answers from peers that raft-core's hint allows to wait (`raft_core::wake_hint`): in
+//!   a steady cluster, a leader's second acknowledgement of each append, and heartbeat
+//!   answers that can confirm no read. The Raft thread publishes the hint after each
+//!   ready.
+//! - The apply thread's progress when it has no result for the core (the leader's own
+//!   clients, which it answered itself), unless the core waits for that index (a read,
+//!   or a write whose result the core hands on).
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Mutex, MutexGuard};
+
+use raft_core::{Index, Message, NodeId, WakeHint};
+
+/// Answers kept beyond this go to the Raft thread's queue as usual (and wake it).
+const CAPACITY: usize = 4096;
+
+/// The hint and the answers it let wait, shared by the Raft thread and the connections.
+#[derive(Debug, Default)]
+pub struct Quiet {
+    hint: Mutex<WakeHint>,
+    waiting: Mutex<Vec<(NodeId, Message)>>,
+    /// The highest index the apply thread reported here.
+    applied: AtomicU64,
+    /// The first applied index the core waits for; 0 (everything) until it says.
+    wanted: AtomicU64,
+}
+
+/// A poisoned lock only means a thread panicked while holding it; the data (a copy or a
+/// list of messages) is still whole.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Quiet {
+    /// The Raft thread's newest hint, published before the messages of its ready leave.
+    pub fn publish(&self, hint: WakeHint) {
+        *lock(&self.hint) = hint;
+    }
+
+    /// Keeps `msg` if the hint lets it wait; hands it back otherwise.
+    pub fn offer(&self, from: NodeId, msg: Message) -> Result<(), Message> {
+        if !lock(&self.hint).may_wait(&msg) {
+            return Err(msg);
+        }
+        let mut waiting = lock(&self.waiting);
+        if waiting.len() >= CAPACITY {
+            return Err(msg);
+        }
+        waiting.push((from, msg));
+        Ok(())
+    }
+
+    /// Everything kept, oldest first.
+    pub fn take(&self) -> Vec<(NodeId, Message)> {
+        std::mem::take(&mut *lock(&self.waiting))
+    }
+
+    /// The apply thread reached `index` with no result for the core. Says whether the core
+    /// waits for it, and so must be told the usual way, which wakes it.
+    pub fn applied_quietly(&self, index: Index) -> bool {
+        // With `want_applied`, sequentially consistent: either this sees the core's newest
+        // wish, or the core's next look (after publishing it) sees this index.
+        self.applied.fetch_max(index, SeqCst);
+        index >= self.wanted.load(SeqCst)
+    }
+
+    /// The core waits for the apply thread to reach `index` (`Index::MAX`: for nothing).
+    /// It looks at [`Quiet::applied`] after this, before it sleeps.
+    pub fn want_applied(&self, index: Index) {
+        self.wanted.store(index, SeqCst);
+    }
+
+    /// The highest index the apply thread reported here.
+    pub fn applied(&self) -> Index {
+        self.applied.load(SeqCst)
+    }
+}

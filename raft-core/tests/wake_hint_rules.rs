@@ -1,0 +1,169 @@
+//! The wake hint (`raft_core::wake_hint`): a driver that holds back what it allows still
+//! commits and serves reads at once, and it never allows holding back what could matter.
+
+mod common;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use raft_core::{
+    AppendResult, Config, Message, MessageKind, Node, NodeId, ProposalOutcome, ReadId, Restored, Role, WakeHint,
+};
+
+use common::{drive, elect, msg};
+
+/// Three nodes on a network that delivers in order, with a driver like lightraft's: after
+/// each ready it publishes the node's hint, and a message the hint lets wait is held until
+/// the node next steps another message (before that ready) or ticks. Nothing here ticks,
+/// so whatever was held back wrongly is never stepped.
+struct Trio {
+    nodes: BTreeMap<NodeId, Node>,
+    hints: BTreeMap<NodeId, WakeHint>,
+    network: VecDeque<Message>,
+    held: BTreeMap<NodeId, Vec<Message>>,
+    /// How many messages were held back in all.
+    held_count: usize,
+    committed: Vec<(NodeId, ProposalOutcome)>,
+    served: Vec<(NodeId, ReadId)>,
+}
+
+impl Trio {
+    fn new() -> Trio {
+        let mut trio = Trio {
+            nodes: BTreeMap::new(),
+            hints: BTreeMap::new(),
+            network: VecDeque::new(),
+            held: BTreeMap::new(),
+            held_count: 0,
+            committed: Vec::new(),
+            served: Vec::new(),
+        };
+        for id in 1..=3 {
+            let node = Node::new(Config::new(id, vec![1, 2, 3]), Restored::default()).expect("valid config");
+            trio.nodes.insert(id, node);
+            trio.hints.insert(id, WakeHint::default());
+        }
+        trio
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut Node {
+        self.nodes.get_mut(&id).expect("a node of the trio")
+    }
+
+    /// Carries out every ready and delivers every message, until nothing moves.
+    fn settle(&mut self) {
+        loop {
+            for (&id, node) in &mut self.nodes {
+                while node.has_ready() {
+                    let ready = node.ready();
+                    // Published before the ready's messages leave, as the driver must.
+                    self.hints.insert(id, node.wake_hint());
+                    self.network.extend(ready.messages.iter().cloned());
+                    self.network.extend(ready.persisted_messages.iter().cloned());
+                    self.committed.extend(ready.proposals.iter().map(|p| (id, *p)));
+                    self.served.extend(ready.reads.iter().filter(|r| r.result.is_ok()).map(|r| (id, r.id)));
+                    node.advance(&ready);
+                }
+            }
+            let Some(m) = self.network.pop_front() else { return };
+            let to = m.to;
+            if self.hints[&to].may_wait(&m) {
+                self.held_count += 1;
+                self.held.entry(to).or_default().push(m);
+                continue;
+            }
+            let held = self.held.remove(&to).unwrap_or_default();
+            let node = self.node(to);
+            node.step(m);
+            for m in held {
+                node.step(m);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_leader_holding_back_what_its_hint_allows_still_commits_and_serves_reads_without_a_tick() {
+    let mut trio = Trio::new();
+    trio.node(1).campaign();
+    trio.settle();
+    assert_eq!(trio.node(1).role(), Role::Leader);
+    for round in 0..10u64 {
+        let (term, index) = trio.node(1).propose(format!("w{round}").into_bytes()).expect("the leader takes it");
+        trio.settle();
+        assert!(
+            trio.committed.contains(&(1, ProposalOutcome::Committed { term, index })),
+            "write {round} not committed without a tick: held back {:?}",
+            trio.held
+        );
+        let (on_leader, on_follower) = (100 + round, 200 + round);
+        trio.node(1).read(on_leader);
+        trio.node(2 + round % 2).read(on_follower);
+        trio.settle();
+        assert!(trio.served.contains(&(1, on_leader)), "read {round} on the leader not served: {:?}", trio.held);
+        assert!(
+            trio.served.contains(&(2 + round % 2, on_follower)),
+            "read {round} on a follower not served: held back {:?}",
+            trio.held
+        );
+    }
+    // Otherwise this test would show nothing about holding back.
+    assert!(trio.held_count >= 10, "only {} messages were held back", trio.held_count);
+}
+
+#[test]
+fn only_answers_that_change_nothing_urgent_may_wait() {
+    let mut leader = Node::new(Config::new(1, vec![1, 2, 3]), Restored::default()).expect("valid config");
+    let hb_of = |from, term, read_round| msg(from, 1, term, MessageKind::HeartbeatResp { read_round });
+    let hb = |term| hb_of(2, term, 0);
+    let ack = |term, match_index| msg(2, 1, term, MessageKind::AppendResp(AppendResult::Accepted { match_index }));
+
+    // A follower's hint, and a fresh leader's that does not yet know where its followers'
+    // logs match, hold back nothing.
+    assert!(!leader.wake_hint().may_wait(&hb(0)));
+    elect(&mut leader, 2);
+    let term = leader.status().term;
+    assert!(!leader.wake_hint().may_wait(&hb(term)));
+
+    // Both followers hold the no-op: the leader is steady.
+    for from in [2, 3] {
+        let last = leader.status().last_index;
+        leader.step(msg(from, 1, term, MessageKind::AppendResp(AppendResult::Accepted { match_index: last })));
+        drive(&mut leader);
+    }
+    let commit = leader.status().commit_index;
+    let hint = leader.wake_hint();
+    assert!(hint.may_wait(&ack(term, commit)), "an acknowledgement of what is committed");
+    assert!(hint.may_wait(&hb(term)), "a heartbeat's answer with no read waiting");
+    assert!(!hint.may_wait(&hb(term + 1)), "a message of another term");
+    assert!(!hint.may_wait(&msg(2, 1, term, MessageKind::ReadIndex { id: 1 })), "a request");
+
+    // A new entry: the acknowledgement that commits it is urgent.
+    leader.propose(b"x".to_vec()).expect("the leader takes it");
+    drive(&mut leader);
+    assert!(!leader.wake_hint().may_wait(&ack(term, commit + 1)));
+
+    // A read waits for its round: an answer that may confirm it is urgent.
+    leader.read(7);
+    drive(&mut leader);
+    assert!(!leader.wake_hint().may_wait(&hb_of(2, term, 1)));
+    // The first answer confirms it; then the other follower's answer for that round can
+    // confirm nothing, even with another read waiting for the next round.
+    leader.step(hb_of(2, term, 1));
+    leader.read(8);
+    drive(&mut leader);
+    assert!(leader.wake_hint().may_wait(&hb_of(3, term, 1)));
+    assert!(!leader.wake_hint().may_wait(&hb_of(3, term, 2)));
+
+    // A transfer under way waits for its target's acknowledgements.
+    let mut leader = Node::new(Config::new(1, vec![1, 2, 3]), Restored::default()).expect("valid config");
+    elect(&mut leader, 2);
+    for from in [2, 3] {
+        let last = leader.status().last_index;
+        leader.step(msg(from, 1, term, MessageKind::AppendResp(AppendResult::Accepted { match_index: last })));
+        drive(&mut leader);
+    }
+    assert!(leader.wake_hint().may_wait(&ack(term, commit)));
+    leader.transfer_leadership(3).expect("3 is a voter");
+    drive(&mut leader);
+    assert!(!leader.wake_hint().may_wait(&ack(term, commit)));
+}
