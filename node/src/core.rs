@@ -943,12 +943,17 @@ impl Core {
     /// Tells the apply thread the first index that something here waits for, so that it
     /// wakes us when it gets there; then takes what it reported without waking us.
     fn want_applied(&mut self) {
-        let first = self.confirmed.iter().map(|(at, _)| *at).chain(self.committed.keys().copied()).min();
-        self.config.quiet.want_applied(first.unwrap_or(Index::MAX));
+        self.publish_wanted();
         let quietly = self.config.quiet.applied();
         if quietly > self.applied {
             self.reached(quietly);
         }
+    }
+
+    /// The first applied index that a read or a write's result here waits for.
+    fn publish_wanted(&self) {
+        let first = self.confirmed.iter().map(|(at, _)| *at).chain(self.committed.keys().copied()).min();
+        self.config.quiet.want_applied(first.unwrap_or(Index::MAX));
     }
 
     /// Deadlines and retries, once per tick.
@@ -1024,10 +1029,11 @@ impl Core {
             for refusal in &ready.refused {
                 warn!("{refusal}");
             }
-            // Committed entries that were durable here before this ready (none of them is
-            // among the entries it persists, as on a leader, which counts its own copy only
-            // once durable) may be applied before steps 1 to 3: the clients waiting for them
-            // then need not wait for this ready's messages and disk write.
+            // Committed entries that were durable here before this ready may be applied
+            // before steps 1 to 3, so that their clients need not wait for this ready's
+            // messages and disk write. Every earlier ready was persisted (and advanced)
+            // before this one was taken, so those not among its own entries are; a
+            // leader's always are, as it counts its own copy only once durable.
             let durable_already = ready.install_snapshot.is_none()
                 && ready
                     .committed
@@ -1138,6 +1144,9 @@ impl Core {
                 }
             }
         }
+        // Before the entries go: a result the apply thread owes us for one of them must
+        // wake us, even if it reaches that index before this turn ends.
+        self.publish_wanted();
         if self.applier.send(Job::Entries(std::mem::take(&mut self.held), waiting)).is_err() {
             return Err(StorageError("the apply thread stopped".to_string()));
         }

@@ -21,9 +21,10 @@
 //! 4. Apply `committed` entries to the state machine, in order. This step may finish
 //!    later, on another thread (a long write then delays nobody's heartbeat), provided
 //!    entries are applied in order and step 5 waits for it. It may also come first, when
-//!    none of the entries is among this ready's `entries`: an entry must be durable here
-//!    before it is applied (a restarted node's state may not be ahead of its log), and
-//!    those are already, as a leader's committed entries always are.
+//!    every entry was written by a ready whose step 2 is done: an entry must be durable
+//!    here before it is applied (a restarted node's state may not be ahead of its log).
+//!    A leader's committed entries always are; a follower may commit entries it has not
+//!    yet made durable (those of this ready, or of an earlier one still being written).
 //! 5. Answer clients: `proposals` outcomes, then `reads`. A write is answered once its
 //!    entry is applied; a read is served once the state machine has applied at least up
 //!    to the read's index.

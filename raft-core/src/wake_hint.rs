@@ -7,17 +7,25 @@
 //! are such:
 //! - an acknowledgement that cannot advance the commit index, because a majority already
 //!   holds what it acknowledges (in a cluster of three, the second answer to each append);
-//! - a heartbeat's answer that can confirm no read (§6.4): while no read waits for a round
-//!   (heartbeats also carry commit indexes, and each is answered), or for a round that a
-//!   majority already confirmed (the second answer of a cluster of three).
+//! - a heartbeat's answer that can confirm no read (§6.4): while no read waits for a round,
+//!   or for a round that a majority already confirmed (the second answer of a cluster of
+//!   three). Most heartbeats start no round: a leader also sends one to say a new commit
+//!   index, and every heartbeat is answered.
+//!
+//! Holding such an answer back delays only bookkeeping: the follower's match index and
+//! read round, CheckQuorum's record of having heard from it, and the empty append with
+//! which a heartbeat's answer from a follower that lacks entries starts its catch-up.
 //!
 //! A driver that receives messages on other threads can publish [`Node::wake_hint`] after
 //! each [`Node::ready`], before sending that ready's messages, and let those threads
 //! queue such messages without waking the thread that owns the node. It must step them
-//! before the node's next [`Node::tick`], so that CheckQuorum (§6.2) still sees every
-//! follower it heard from. A stale hint is harmless: the commit index only grows, a read
-//! round is announced in the hint before its heartbeats leave, and every other change
-//! makes the leader unsteady, which holds nothing back.
+//! at the node's next turn, which must come within about a tick (its next tick at the
+//! latest): a message held back is then no later than one the network delayed that long,
+//! and CheckQuorum (§6.2) still hears from every follower that answers. A stale hint is
+//! harmless: the commit index only grows, a read round is announced in the hint before
+//! its heartbeats leave, and any other change that makes an answer matter also makes the
+//! leader unsteady (it sends an append, or a follower's rejection arrives, neither of
+//! which is ever held back), so from then on nothing more is held.
 
 use crate::message::{AppendResult, Message, MessageKind};
 use crate::node::{Node, RoleState};
@@ -35,7 +43,8 @@ pub struct WakeHint {
     steady: bool,
     /// Reads wait for a heartbeat round to be acknowledged.
     reads_waiting: bool,
-    /// The newest read round a majority acknowledged.
+    /// The newest read round a majority acknowledged (0 until the leader has committed an
+    /// entry of its term, when none counts as confirmed, §6.4).
     confirmed_round: u64,
 }
 

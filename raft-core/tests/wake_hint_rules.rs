@@ -6,7 +6,8 @@ mod common;
 use std::collections::{BTreeMap, VecDeque};
 
 use raft_core::{
-    AppendResult, Config, Message, MessageKind, Node, NodeId, ProposalOutcome, ReadId, Restored, Role, WakeHint,
+    AppendResult, Config, MembershipChange, Message, MessageKind, Node, NodeId, ProposalOutcome, ReadId, Restored,
+    Role, WakeHint,
 };
 
 use common::{drive, elect, msg};
@@ -55,7 +56,8 @@ impl Trio {
             for (&id, node) in &mut self.nodes {
                 while node.has_ready() {
                     let ready = node.ready();
-                    // Published before the ready's messages leave, as the driver must.
+                    // As lightraft's driver does, before the ready's messages leave. (Here
+                    // every message arrives after all readies, so the order is not tested.)
                     self.hints.insert(id, node.wake_hint());
                     self.network.extend(ready.messages.iter().cloned());
                     self.network.extend(ready.persisted_messages.iter().cloned());
@@ -164,6 +166,20 @@ fn only_answers_that_change_nothing_urgent_may_wait() {
     }
     assert!(leader.wake_hint().may_wait(&ack(term, commit)));
     leader.transfer_leadership(3).expect("3 is a voter");
+    drive(&mut leader);
+    assert!(!leader.wake_hint().may_wait(&ack(term, commit)));
+
+    // So does a configuration change: a learner to add (and promote once caught up).
+    let mut leader = Node::new(Config::new(1, vec![1, 2, 3]), Restored::default()).expect("valid config");
+    elect(&mut leader, 2);
+    for from in [2, 3] {
+        let last = leader.status().last_index;
+        leader.step(msg(from, 1, term, MessageKind::AppendResp(AppendResult::Accepted { match_index: last })));
+        drive(&mut leader);
+    }
+    assert!(leader.wake_hint().may_wait(&ack(term, commit)));
+    let add = MembershipChange::AddLearner { id: 4, address: "n4".into() };
+    leader.propose_membership(add).expect("the leader takes it");
     drive(&mut leader);
     assert!(!leader.wake_hint().may_wait(&ack(term, commit)));
 }
