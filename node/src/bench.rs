@@ -59,7 +59,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             args.seconds,
             if args.spread { "every node".to_string() } else { format!("the leader (node {leader})") }
         );
-        println!("durability: every write acknowledged after a majority fsynced it (SQLite WAL, synchronous=FULL)");
+        println!("durability: every write acknowledged after a majority made it durable (the Raft log's segment files, one fdatasync per batch)");
         let duration = Duration::from_secs(args.seconds);
         let writes = phase(&targets, args.clients, duration, |c, i| {
             format!("INSERT INTO bench (client, seq, payload) VALUES ({c}, {i}, 'payload-{c}-{i}')")
