@@ -20,7 +20,7 @@ use raft_core::{Index, Message, NodeId, WakeHint};
 /// Answers kept beyond this go to the Raft thread's queue as usual (and wake it).
 const CAPACITY: usize = 4096;
 
-/// The hint and the answers it let wait, shared by the Raft thread and the connections.
+/// Shared by the Raft thread, the connections' tasks and the apply thread.
 #[derive(Debug, Default)]
 pub struct Quiet {
     hint: Mutex<WakeHint>,

@@ -58,6 +58,7 @@ impl WakeHint {
         match msg.kind {
             // A majority holds the commit index already: this answer cannot raise it.
             MessageKind::AppendResp(AppendResult::Accepted { match_index }) => match_index <= self.commit,
+            // It can confirm a read only if one waits for a round beyond those confirmed.
             MessageKind::HeartbeatResp { read_round } => !self.reads_waiting || read_round <= self.confirmed_round,
             _ => false,
         }
