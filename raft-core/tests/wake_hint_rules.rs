@@ -112,6 +112,24 @@ fn a_leader_holding_back_what_its_hint_allows_still_commits_and_serves_reads_wit
     assert!(trio.held_count >= 10, "only {} messages were held back", trio.held_count);
 }
 
+/// Node 1 of three, newly elected leader; see `both_followers_hold_everything`.
+fn steady_leader() -> Node {
+    let mut leader = Node::new(Config::new(1, vec![1, 2, 3]), Restored::default()).expect("valid config");
+    elect(&mut leader, 2);
+    both_followers_hold_everything(&mut leader);
+    leader
+}
+
+/// Nodes 2 and 3 acknowledge the leader's whole log, so it is steady.
+fn both_followers_hold_everything(leader: &mut Node) {
+    let term = leader.status().term;
+    for from in [2, 3] {
+        let last = leader.status().last_index;
+        leader.step(msg(from, 1, term, MessageKind::AppendResp(AppendResult::Accepted { match_index: last })));
+        drive(leader);
+    }
+}
+
 #[test]
 fn only_answers_that_change_nothing_urgent_may_wait() {
     let mut leader = Node::new(Config::new(1, vec![1, 2, 3]), Restored::default()).expect("valid config");
@@ -127,11 +145,7 @@ fn only_answers_that_change_nothing_urgent_may_wait() {
     assert!(!leader.wake_hint().may_wait(&hb(term)));
 
     // Both followers hold the no-op: the leader is steady.
-    for from in [2, 3] {
-        let last = leader.status().last_index;
-        leader.step(msg(from, 1, term, MessageKind::AppendResp(AppendResult::Accepted { match_index: last })));
-        drive(&mut leader);
-    }
+    both_followers_hold_everything(&mut leader);
     let commit = leader.status().commit_index;
     let hint = leader.wake_hint();
     assert!(hint.may_wait(&ack(term, commit)), "an acknowledgement of what is committed");
@@ -157,26 +171,14 @@ fn only_answers_that_change_nothing_urgent_may_wait() {
     assert!(!leader.wake_hint().may_wait(&hb_of(3, term, 2)));
 
     // A transfer under way waits for its target's acknowledgements.
-    let mut leader = Node::new(Config::new(1, vec![1, 2, 3]), Restored::default()).expect("valid config");
-    elect(&mut leader, 2);
-    for from in [2, 3] {
-        let last = leader.status().last_index;
-        leader.step(msg(from, 1, term, MessageKind::AppendResp(AppendResult::Accepted { match_index: last })));
-        drive(&mut leader);
-    }
+    let mut leader = steady_leader();
     assert!(leader.wake_hint().may_wait(&ack(term, commit)));
     leader.transfer_leadership(3).expect("3 is a voter");
     drive(&mut leader);
     assert!(!leader.wake_hint().may_wait(&ack(term, commit)));
 
     // So does a configuration change: a learner to add (and promote once caught up).
-    let mut leader = Node::new(Config::new(1, vec![1, 2, 3]), Restored::default()).expect("valid config");
-    elect(&mut leader, 2);
-    for from in [2, 3] {
-        let last = leader.status().last_index;
-        leader.step(msg(from, 1, term, MessageKind::AppendResp(AppendResult::Accepted { match_index: last })));
-        drive(&mut leader);
-    }
+    let mut leader = steady_leader();
     assert!(leader.wake_hint().may_wait(&ack(term, commit)));
     let add = MembershipChange::AddLearner { id: 4, address: "n4".into() };
     leader.propose_membership(add).expect("the leader takes it");
