@@ -118,6 +118,7 @@ fn barrier_then_query(core: &SyncSender<Event>, query: PendingQuery) {
 #[derive(Clone)]
 pub struct ReadPool {
     classify: SyncSender<Classify>,
+    core: SyncSender<Event>,
     queries: SyncSender<Query>,
     connections: Arc<Connections>,
 }
@@ -212,6 +213,7 @@ impl ReadPool {
         let classifier = connections.clone();
         let classifier_span = span.clone();
         let to_readers = queries.clone();
+        let pool_core = core.clone();
         std::thread::Builder::new()
             .name("classify".into())
             .spawn(move || {
@@ -230,13 +232,7 @@ impl ReadPool {
                             }
                             Classified::Read { statements, items }
                         }
-                        Kind::Write => {
-                            let (tx, rx) = oneshot::channel();
-                            match submit_to_core(&core, Request::Write { sql, reply: tx }) {
-                                Ok(()) => Classified::Submitted(rx),
-                                Err(refused) => Classified::Refused(refused),
-                            }
-                        }
+                        Kind::Write => write(&core, sql),
                     });
                     let _ = reply.send(result);
                 }
@@ -254,7 +250,7 @@ impl ReadPool {
                 })
                 .map_err(|e| format!("cannot start a reader thread: {e}"))?;
         }
-        Ok(ReadPool { classify, queries, connections })
+        Ok(ReadPool { classify, queries, connections, core: pool_core })
     }
 
     /// The pool's connections, for a snapshot install to close.
@@ -275,12 +271,26 @@ impl ReadPool {
         answer.await.map_err(|_| "the node is shutting down; nothing was done")
     }
 
+    /// Hands a line known to be a write to the Raft core.
+    pub fn write(&self, sql: String) -> Classified {
+        write(&self.core, sql)
+    }
+
     /// Starts a read; its results arrive on the returned channel as they are produced.
     /// Dropping the receiver stops the read.
     pub fn query(&self, sql: String) -> Result<mpsc::UnboundedReceiver<ReadItem>, &'static str> {
         let (sink, items) = mpsc::unbounded_channel();
         submit(&self.queries, Query { sql, sink })?;
         Ok(items)
+    }
+}
+
+/// Hands a write to the Raft core without waiting: its answer arrives on the receiver.
+fn write(core: &SyncSender<Event>, sql: String) -> Classified {
+    let (tx, rx) = oneshot::channel();
+    match submit_to_core(core, Request::Write { sql, reply: tx }) {
+        Ok(()) => Classified::Submitted(rx),
+        Err(refused) => Classified::Refused(refused),
     }
 }
 

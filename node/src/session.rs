@@ -3,10 +3,12 @@
 //! One request is one line, or, in the text modes, as many lines as a statement takes:
 //! a first line that leaves its statement unfinished (cut short, or inside a string, a
 //! comment or a trigger body) goes on, at the continuation prompt, until a `;` ends it,
-//! as in the sqlite3 shell (JSON mode keeps one line, one request). SQL is classified by SQLite on a reader thread: reads run on a reader
-//! (after a ReadIndex barrier if linearizable) and stream their rows back; writes go to
-//! the Raft core. Lines starting with `.` are shell commands, as in sqlite3 (those that
-//! read the schema are in [`crate::catalog`]).
+//! as in the sqlite3 shell (JSON mode keeps one line, one request). SQL is classified
+//! by SQLite on a thread of its own (a line that begins with INSERT, UPDATE, DELETE or
+//! REPLACE needs no asking): reads run on a reader (after a ReadIndex barrier if
+//! linearizable) and stream their rows back; writes go to the Raft core. Lines starting
+//! with `.` are shell commands, as in sqlite3 (those that read the schema are in
+//! [`crate::catalog`]).
 //! Whatever arrives (an over-long line, invalid UTF-8, a NUL byte, binary garbage) gets
 //! a clear error, and the session goes on (inside a statement that spans lines, it ends
 //! instead: what follows could no longer be read as meant).
@@ -590,7 +592,16 @@ async fn run_sql(
     let started = Instant::now();
     let linearizable = state.consistency == Consistency::Linearizable;
     let refused = |code: ErrorCode| config.metrics.request("refused", code.as_str(), started);
-    let classified = match config.readers.classify(sql.clone(), linearizable).await {
+    // SQLite would judge this line a write whatever the schema: skip asking it, a thread
+    // hop and a parse on every such write. If the line is broken, applying it says so,
+    // as for a line whose later statement fails. A line the shell may still continue
+    // must be judged, to tell a statement cut short from a broken one.
+    let judged = if !wait_if_incomplete && sqlite_sm::text::begins_with_a_write(&sql) {
+        Ok(Ok(config.readers.write(sql.clone())))
+    } else {
+        config.readers.classify(sql.clone(), linearizable).await
+    };
+    let classified = match judged {
         Err(busy) => {
             refused(ErrorCode::Unavailable);
             return out.put(error(state, ErrorCode::Unavailable, busy).as_bytes()).await.map(|_| Ran::Answered);

@@ -79,6 +79,40 @@ async fn json_mode_stays_one_line_one_request_and_refuses_a_cut_statement() {
     assert_eq!(count(&reply), 0, "{reply}");
 }
 
+/// A line that begins with INSERT, UPDATE, DELETE or REPLACE goes to Raft without
+/// SQLite's judgement first (it is a write under any schema): whatever is wrong with it
+/// must still come back as SQLite's own error, change nothing, and leave the node
+/// serving; and the shell must still wait for the rest of such a statement cut short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_sent_without_classifying_still_fail_cleanly_and_can_span_lines() {
+    let cluster = one_node().await;
+    let mut c = cluster.client(0).await;
+    until_ok(&mut c, "CREATE TABLE a (x UNIQUE)").await;
+    for (line, error) in [
+        ("INSERT INTO a VALUES (", "incomplete input"),
+        ("  /* note */ insert INTO missing VALUES (1)", "no such table: missing"),
+        ("UPDATE a SET nope = 1", "no such column: nope"),
+        ("DELETE FROM a WHERE", "incomplete input"),
+        ("REPLACE INTO a VALUES (1), (1); SELECT * FROM nowhere", "no such table: nowhere"),
+        ("INSERT INTO a VALUES (1); ATTACH 'x.db' AS x", "ATTACH and DETACH are not supported"),
+        ("INSERT INTO a VALUES (2); VACUUM INTO 'copy.db'", "VACUUM INTO is not supported"),
+    ] {
+        let reply = c.request(line).await.expect("reply");
+        let message = reply["error"].as_str().unwrap_or_default();
+        assert!(message.contains(error), "{line:?}: {reply}");
+    }
+    let reply = c.request("SELECT count(*) FROM a").await.expect("reply");
+    assert_eq!(count(&reply), 0, "every failing line was rolled back: {reply}");
+    let reply = c.request("INSERT INTO a VALUES (3)").await.expect("reply");
+    assert_eq!(reply["rows_affected"], 1, "{reply}");
+
+    // In the table mode, a first line that SQLite finds cut short waits for the rest.
+    let out = transcript(&cluster, 0, "INSERT INTO a VALUES (4),\n(5);\nSELECT count(*) FROM a;").await;
+    assert!(!out.contains("ERROR"), "{out}");
+    assert_eq!(out.matches("lightraft-# ").count(), 1, "{out}");
+    assert!(out.contains("| 3        |"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_commands_show_and_change_the_settings() {
     let cluster = one_node().await;

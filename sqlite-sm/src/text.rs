@@ -180,18 +180,33 @@ fn keyword(word: &[u8]) -> usize {
 /// Whether `sql` holds nothing but white space, comments and semicolons: a line the
 /// sqlite3 shell accepts silently.
 pub fn is_blank(sql: &str) -> bool {
+    skip_blanks(sql).is_empty()
+}
+
+/// Whether the first statement of `sql` begins with `INSERT`, `UPDATE`, `DELETE` or
+/// `REPLACE`. SQLite judges such a line a write under any schema (a line writes if any of
+/// its statements does), or fails to prepare it; so it need not be asked.
+pub fn begins_with_a_write(sql: &str) -> bool {
+    let rest = skip_blanks(sql).as_bytes();
+    let len = rest.iter().position(|&b| !is_id_char(b)).unwrap_or(rest.len());
+    let word = &rest[..len];
+    ["insert", "update", "delete", "replace"].iter().any(|k| word.eq_ignore_ascii_case(k.as_bytes()))
+}
+
+/// `sql` after the white space, comments and semicolons it starts with, as SQLite skips
+/// them before a statement.
+fn skip_blanks(sql: &str) -> &str {
     let mut rest = sql.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
-    while !rest.is_empty() {
+    loop {
         if let Some(comment) = rest.strip_prefix("--") {
             rest = comment.split_once('\n').map_or("", |(_, after)| after);
         } else if let Some(comment) = rest.strip_prefix("/*") {
             rest = comment.split_once("*/").map_or("", |(_, after)| after);
         } else {
-            return false;
+            return rest;
         }
         rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
     }
-    true
 }
 
 #[cfg(test)]
@@ -298,6 +313,42 @@ mod tests {
         }
         for sql in ["SELECT 1", "; x", "-- a\nSELECT 1", "/* a */ 1"] {
             assert!(!is_blank(sql), "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn a_line_taken_for_a_write_unasked_is_one_sqlite_judges_a_write() {
+        let conn = rusqlite::Connection::open_in_memory().expect("open");
+        conn.execute_batch("CREATE TABLE t (x); CREATE VIEW v AS SELECT x FROM t").expect("schema");
+        let writes = [
+            "INSERT INTO t VALUES (1)",
+            "  insert into t values (1); SELECT 1",
+            ";; /* a */ -- b\nUpdate t SET x = 2",
+            "DELETE FROM t",
+            "REPLACE INTO t VALUES (1)",
+            "INSERT\tINTO t SELECT 1",
+        ];
+        for sql in writes {
+            assert!(begins_with_a_write(sql), "{sql:?}");
+            use rusqlite::fallible_iterator::FallibleIterator;
+            let mut batch = rusqlite::Batch::new(&conn, sql);
+            let first = batch.next().expect("prepares").expect("a statement");
+            assert!(!first.readonly(), "SQLite judges {sql:?} a write");
+        }
+        let others = [
+            "SELECT 1",
+            "WITH c AS (SELECT 1) INSERT INTO t SELECT * FROM c",
+            "EXPLAIN INSERT INTO t VALUES (1)",
+            "INSERTED",
+            "insert_into",
+            "-- INSERT\nSELECT 1",
+            "/* DELETE */ SELECT 1",
+            "\"INSERT\"",
+            "",
+            "VALUES (1)",
+        ];
+        for sql in others {
+            assert!(!begins_with_a_write(sql), "{sql:?}");
         }
     }
 }
