@@ -4,7 +4,10 @@
 //! never hold up a write's classification. The classifier also starts the work a line
 //! needs: a write goes from there straight to the Raft core, a read to a reader, or, if
 //! it must be linearizable, to the core, which starts it once its barrier passes. Each
-//! is one thread hop fewer than going back through the session.
+//! is one thread hop fewer than going back through the session. A line whose kind SQLite
+//! could not judge otherwise under any schema (see `sqlite_sm::text`) needs no
+//! classifying: its session starts the same work itself ([`ReadPool::write`],
+//! [`ReadPool::read`]).
 //!
 //! A read never delays heartbeats, commits or `.status`, and it never waits for a client:
 //! rows go into the session's queue at once. What they may cost is bounded twice: each
@@ -222,16 +225,7 @@ impl ReadPool {
                     let judged = classifier.with(0, |reader| reader.classify_counted(&sql));
                     let judged = judged.unwrap_or_else(|e| Err(ClassifyError::unavailable(e)));
                     let result = judged.map(|(kind, statements)| match kind {
-                        Kind::Read => {
-                            let (sink, items) = mpsc::unbounded_channel();
-                            let query = PendingQuery { queries: to_readers.clone(), job: Query { sql, sink } };
-                            if linearizable {
-                                barrier_then_query(&core, query);
-                            } else {
-                                query.start(Ok(()));
-                            }
-                            Classified::Read { statements, items }
-                        }
+                        Kind::Read => read(&core, &to_readers, sql, statements, linearizable),
                         Kind::Write => write(&core, sql),
                     });
                     let _ = reply.send(result);
@@ -276,6 +270,12 @@ impl ReadPool {
         write(&self.core, sql)
     }
 
+    /// Starts a line known to be a read of one statement (after its barrier, if it must be
+    /// linearizable).
+    pub fn read(&self, sql: String, linearizable: bool) -> Classified {
+        read(&self.core, &self.queries, sql, 1, linearizable)
+    }
+
     /// Starts a read; its results arrive on the returned channel as they are produced.
     /// Dropping the receiver stops the read.
     pub fn query(&self, sql: String) -> Result<mpsc::UnboundedReceiver<ReadItem>, &'static str> {
@@ -283,6 +283,25 @@ impl ReadPool {
         submit(&self.queries, Query { sql, sink })?;
         Ok(items)
     }
+}
+
+/// Starts a read on a reader, after its barrier (which the Raft core asks for) if it must
+/// be linearizable: its outputs arrive on the receiver.
+fn read(
+    core: &SyncSender<Event>,
+    queries: &SyncSender<Query>,
+    sql: String,
+    statements: usize,
+    linearizable: bool,
+) -> Classified {
+    let (sink, items) = mpsc::unbounded_channel();
+    let query = PendingQuery { queries: queries.clone(), job: Query { sql, sink } };
+    if linearizable {
+        barrier_then_query(core, query);
+    } else {
+        query.start(Ok(()));
+    }
+    Classified::Read { statements, items }
 }
 
 /// Hands a write to the Raft core without waiting: its answer arrives on the receiver.

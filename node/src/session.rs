@@ -592,12 +592,17 @@ async fn run_sql(
     let started = Instant::now();
     let linearizable = state.consistency == Consistency::Linearizable;
     let refused = |code: ErrorCode| config.metrics.request("refused", code.as_str(), started);
-    // SQLite would judge this line a write whatever the schema: skip asking it, a thread
-    // hop and a parse on every such write. If the line is broken, applying it says so,
-    // as for a line whose later statement fails. A line the shell may still continue
-    // must be judged, to tell a statement cut short from a broken one.
-    let judged = if !wait_if_incomplete && sqlite_sm::text::begins_with_a_write(&sql) {
+    // SQLite would judge these lines a write, or a read of one statement, whatever the
+    // schema: skip asking it, a thread hop and a parse for each. If the line is broken,
+    // applying or reading it says so, as for a line whose later statement fails. A line
+    // the shell may still continue must be judged, to tell a statement cut short from a
+    // broken one.
+    let judged = if wait_if_incomplete {
+        config.readers.classify(sql.clone(), linearizable).await
+    } else if sqlite_sm::text::begins_with_a_write(&sql) {
         Ok(Ok(config.readers.write(sql.clone())))
+    } else if sqlite_sm::text::is_a_select_alone(&sql) {
+        Ok(Ok(config.readers.read(sql.clone(), linearizable)))
     } else {
         config.readers.classify(sql.clone(), linearizable).await
     };

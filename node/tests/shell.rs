@@ -80,11 +80,12 @@ async fn json_mode_stays_one_line_one_request_and_refuses_a_cut_statement() {
 }
 
 /// A line that begins with INSERT, UPDATE, DELETE or REPLACE goes to Raft without
-/// SQLite's judgement first (it is a write under any schema): whatever is wrong with it
-/// must still come back as SQLite's own error, change nothing, and leave the node
-/// serving; and the shell must still wait for the rest of such a statement cut short.
+/// SQLite's judgement first (it is a write under any schema), and one SELECT alone to a
+/// reader (a read under any schema): whatever is wrong with either must still come back
+/// as SQLite's own error, change nothing, and leave the node serving; and the shell must
+/// still wait for the rest of such a statement cut short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_sent_without_classifying_still_fail_cleanly_and_can_span_lines() {
+async fn lines_sent_without_classifying_still_fail_cleanly_and_can_span_lines() {
     let cluster = one_node().await;
     let mut c = cluster.client(0).await;
     until_ok(&mut c, "CREATE TABLE a (x UNIQUE)").await;
@@ -96,6 +97,10 @@ async fn writes_sent_without_classifying_still_fail_cleanly_and_can_span_lines()
         ("REPLACE INTO a VALUES (1), (1); SELECT * FROM nowhere", "no such table: nowhere"),
         ("INSERT INTO a VALUES (1); ATTACH 'x.db' AS x", "ATTACH and DETACH are not supported"),
         ("INSERT INTO a VALUES (2); VACUUM INTO 'copy.db'", "VACUUM INTO is not supported"),
+        ("SELECT * FROM nowhere", "no such table: nowhere"),
+        ("SELECT 1 +", "incomplete input"),
+        ("SELECT x FROM a WHERE nope = 1;", "no such column: nope"),
+        ("SELECT total_changes()", "total_changes() is not supported"),
     ] {
         let reply = c.request(line).await.expect("reply");
         let message = reply["error"].as_str().unwrap_or_default();
@@ -105,11 +110,16 @@ async fn writes_sent_without_classifying_still_fail_cleanly_and_can_span_lines()
     assert_eq!(count(&reply), 0, "every failing line was rolled back: {reply}");
     let reply = c.request("INSERT INTO a VALUES (3)").await.expect("reply");
     assert_eq!(reply["rows_affected"], 1, "{reply}");
+    for consistency in [".consistency local", ".consistency linearizable"] {
+        c.request(consistency).await.expect("reply");
+        let reply = c.request(" select x FROM a ; ").await.expect("reply");
+        assert_eq!(reply["rows"], serde_json::json!([[3]]), "{reply}");
+    }
 
     // In the table mode, a first line that SQLite finds cut short waits for the rest.
-    let out = transcript(&cluster, 0, "INSERT INTO a VALUES (4),\n(5);\nSELECT count(*) FROM a;").await;
+    let out = transcript(&cluster, 0, "INSERT INTO a VALUES (4),\n(5);\nSELECT\ncount(*) FROM a;").await;
     assert!(!out.contains("ERROR"), "{out}");
-    assert_eq!(out.matches("lightraft-# ").count(), 1, "{out}");
+    assert_eq!(out.matches("lightraft-# ").count(), 2, "{out}");
     assert!(out.contains("| 3        |"), "{out}");
 }
 

@@ -187,10 +187,23 @@ pub fn is_blank(sql: &str) -> bool {
 /// `REPLACE`. SQLite judges such a line a write under any schema (a line writes if any of
 /// its statements does), or fails to prepare it; so it need not be asked.
 pub fn begins_with_a_write(sql: &str) -> bool {
+    ["insert", "update", "delete", "replace"].iter().any(|k| first_word(sql).eq_ignore_ascii_case(k.as_bytes()))
+}
+
+/// Whether `sql` is one `SELECT` statement: it begins with `SELECT`, and holds no `;`
+/// but at its end (one inside a string or a comment is taken for one between
+/// statements, to be safe). SQLite judges such a line a read under any schema, or fails
+/// to prepare it; so it need not be asked.
+pub fn is_a_select_alone(sql: &str) -> bool {
+    let body = sql.trim_end_matches(|c: char| c.is_whitespace() || c == ';');
+    first_word(sql).eq_ignore_ascii_case(b"select") && !body.contains(';')
+}
+
+/// The first word of `sql`'s first statement.
+fn first_word(sql: &str) -> &[u8] {
     let rest = skip_blanks(sql).as_bytes();
     let len = rest.iter().position(|&b| !is_id_char(b)).unwrap_or(rest.len());
-    let word = &rest[..len];
-    ["insert", "update", "delete", "replace"].iter().any(|k| word.eq_ignore_ascii_case(k.as_bytes()))
+    &rest[..len]
 }
 
 /// `sql` after the white space, comments and semicolons it starts with, as SQLite skips
@@ -349,6 +362,38 @@ mod tests {
         ];
         for sql in others {
             assert!(!begins_with_a_write(sql), "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn a_line_taken_for_one_select_unasked_is_one_read_only_statement_to_sqlite() {
+        let conn = rusqlite::Connection::open_in_memory().expect("open");
+        conn.execute_batch("CREATE TABLE t (x)").expect("schema");
+        let reads = [
+            "SELECT 1",
+            " /* a */ select x FROM t WHERE x = 'a' ;; ",
+            "SELECT\n1 -- note\n",
+            "SELECT 1;",
+            "SELECT 1 -- ;",
+        ];
+        for sql in reads {
+            assert!(is_a_select_alone(sql), "{sql:?}");
+            let stmt = conn.prepare(sql).expect("one statement");
+            assert!(stmt.readonly(), "SQLite judges {sql:?} a read");
+        }
+        let others = [
+            "SELECT 1; INSERT INTO t VALUES (1)",
+            "SELECT 1; SELECT 2",
+            "SELECT ';'",
+            "SELECT 1 -- ;\nINSERT INTO t VALUES (1)",
+            "WITH c AS (SELECT 1) SELECT * FROM c",
+            "VALUES (1)",
+            "SELECTED",
+            "INSERT INTO t SELECT 1",
+            "",
+        ];
+        for sql in others {
+            assert!(!is_a_select_alone(sql), "{sql:?}");
         }
     }
 }
