@@ -348,8 +348,14 @@ impl Core {
             }
             // Answers that did not wake us (they change nothing urgent): before the tick,
             // which must see them (see `raft_core::wake_hint`).
-            for (from, msg) in self.config.quiet.take() {
-                self.handle(Event::Peer(from, PeerMessage::Raft(msg)));
+            for kept in self.config.quiet.take() {
+                if kept.answered {
+                    self.last_heard.insert(kept.from, Instant::now());
+                    self.tracers.emit(|| format!("recv {} (answered at once)", trace::message(&kept.msg)));
+                    self.raft.step_answered(kept.msg);
+                } else {
+                    self.handle(Event::Peer(kept.from, PeerMessage::Raft(kept.msg)));
+                }
             }
             let quietly = self.config.quiet.applied();
             if quietly > self.applied {

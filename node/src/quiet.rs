@@ -8,6 +8,8 @@
 //!   a steady cluster, a leader's second acknowledgement of each append, and heartbeat
 //!   answers that can confirm no read. The Raft thread publishes the hint after each
 //!   ready.
+//! - On a follower, its leader's heartbeats that bring nothing new: the connection's task
+//!   answers them itself, from the hint, and keeps them for the Raft thread to note.
 //! - The apply thread's progress when it has no result for the core (the leader's own
 //!   clients, which it answered itself), unless the core waits for that index (a read,
 //!   or a write whose result the core hands on).
@@ -24,11 +26,22 @@ const CAPACITY: usize = 4096;
 #[derive(Debug, Default)]
 pub struct Quiet {
     hint: Mutex<WakeHint>,
-    waiting: Mutex<Vec<(NodeId, Message)>>,
+    waiting: Mutex<Vec<Kept>>,
     /// The highest index the apply thread reported here.
     applied: AtomicU64,
     /// The first applied index the core waits for; 0 (everything) until it says.
     wanted: AtomicU64,
+}
+
+/// A message kept for the Raft thread.
+#[derive(Debug)]
+pub struct Kept {
+    /// The peer it came from (the transport proved who).
+    pub from: NodeId,
+    /// The message, from `from`.
+    pub msg: Message,
+    /// Already answered from the hint: step it with `Node::step_answered`.
+    pub answered: bool,
 }
 
 /// A poisoned lock only means a thread panicked while holding it; the data (a copy or a
@@ -48,16 +61,28 @@ impl Quiet {
         if !lock(&self.hint).may_wait(&msg) {
             return Err(msg);
         }
+        self.keep(Kept { from, msg, answered: false })
+    }
+
+    /// Keeps `msg` if the hint lets this node answer it at once, and returns the answer for
+    /// the caller to send (if that fails, it is as if the network lost it); hands `msg`
+    /// back otherwise.
+    pub fn answer(&self, from: NodeId, msg: Message) -> Result<Message, Message> {
+        let Some(answer) = lock(&self.hint).answer(&msg) else { return Err(msg) };
+        self.keep(Kept { from, msg, answered: true }).map(|()| answer)
+    }
+
+    fn keep(&self, kept: Kept) -> Result<(), Message> {
         let mut waiting = lock(&self.waiting);
         if waiting.len() >= CAPACITY {
-            return Err(msg);
+            return Err(kept.msg);
         }
-        waiting.push((from, msg));
+        waiting.push(kept);
         Ok(())
     }
 
     /// Everything kept, oldest first.
-    pub fn take(&self) -> Vec<(NodeId, Message)> {
+    pub fn take(&self) -> Vec<Kept> {
         std::mem::take(&mut *lock(&self.waiting))
     }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use raft_core::{Node, Restored};
@@ -189,9 +189,12 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         // A peer silent for a whole election timeout is lost to Raft too: redial it.
         peer_timeout: config.tick() * config.raft.election_ticks as u32,
     };
-    let transport = Transport::start(transport_config, PeerInbox(core_tx.clone(), quiet.clone()))
+    let answers = Arc::new(OnceLock::new());
+    let inbox = PeerInbox { core: core_tx.clone(), quiet: quiet.clone(), answers: answers.clone() };
+    let transport = Transport::start(transport_config, inbox)
         .await
         .map_err(|e| format!("cannot listen for peers on {rpc_addr}: {e}"))?;
+    let _ = answers.set(transport.clone());
 
     let metrics = Arc::new(Metrics::new());
     // A node that joined is not in the config, so it has no metrics port.
@@ -275,18 +278,32 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
 
 /// Peer messages go straight from the connection's task to the Raft core's queue, or
 /// wait for its next turn if raft-core's hint allows ([`crate::quiet`]).
-struct PeerInbox(SyncSender<Event>, Arc<Quiet>);
+struct PeerInbox {
+    core: SyncSender<Event>,
+    quiet: Arc<Quiet>,
+    /// Where a follower's answers from the hint go (set once the transport runs).
+    answers: Arc<OnceLock<Transport<PeerMessage>>>,
+}
 
 impl transport::Inbox<PeerMessage> for PeerInbox {
     fn deliver(&self, from: u64, msg: PeerMessage) -> transport::Delivery {
         let msg = match msg {
-            PeerMessage::Raft(msg) => match self.1.offer(from, msg) {
-                Ok(()) => return transport::Delivery::Taken,
-                Err(msg) => PeerMessage::Raft(msg),
+            // Only a message that names its real sender may be answered for the Raft thread.
+            PeerMessage::Raft(msg) if msg.from == from => match self.quiet.answer(from, msg) {
+                Ok(answer) => {
+                    if let Some(transport) = self.answers.get() {
+                        let _ = transport.send(answer.to, PeerMessage::Raft(answer));
+                    }
+                    return transport::Delivery::Taken;
+                }
+                Err(msg) => match self.quiet.offer(from, msg) {
+                    Ok(()) => return transport::Delivery::Taken,
+                    Err(msg) => PeerMessage::Raft(msg),
+                },
             },
             other => other,
         };
-        match self.0.try_send(Event::Peer(from, msg)) {
+        match self.core.try_send(Event::Peer(from, msg)) {
             Ok(()) => transport::Delivery::Taken,
             // A full core queue drops peer messages like a lossy network would.
             Err(TrySendError::Full(_)) => transport::Delivery::Dropped,

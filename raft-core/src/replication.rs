@@ -220,14 +220,23 @@ impl Node {
         self.send_append(from, false);
     }
 
-    /// A follower handles a heartbeat: the leader lives; commit what it says we hold.
+    /// A follower handles a heartbeat: the leader lives; commit what it says we hold; and
+    /// answer, which confirms the leader's read round (§6.4).
     pub(crate) fn handle_heartbeat(&mut self, from: NodeId, commit: Index, read_round: u64) {
+        if self.heed_heartbeat(from, commit) {
+            self.send(from, MessageKind::HeartbeatResp { read_round });
+        }
+    }
+
+    /// A heartbeat's effect on a follower, without the answer; false on a leader, which
+    /// ignores it.
+    pub(crate) fn heed_heartbeat(&mut self, from: NodeId, commit: Index) -> bool {
         if matches!(self.role, RoleState::Leader(_)) {
-            return;
+            return false;
         }
         self.become_follower(self.term, Some(from));
         self.commit_to(commit.min(self.log.last_index()));
-        self.send(from, MessageKind::HeartbeatResp { read_round });
+        true
     }
 
     /// The leader handles a heartbeat answer: note the read round, and if the follower

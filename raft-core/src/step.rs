@@ -62,6 +62,19 @@ impl Node {
         }
     }
 
+    /// Steps a heartbeat that the driver has already answered from this node's hint
+    /// ([`crate::WakeHint::answer`]): the leader lives and the commit index moves, as with
+    /// [`Node::step`], but no second answer is sent. Anything else, or a heartbeat whose
+    /// term has passed since, is stepped as usual.
+    pub fn step_answered(&mut self, msg: Message) {
+        match msg.kind {
+            MessageKind::Heartbeat { commit, .. } if msg.term == self.term && self.check_message(&msg).is_ok() => {
+                self.heed_heartbeat(msg.from, commit);
+            }
+            _ => self.step(msg),
+        }
+    }
+
     /// Answers a request from an older term with our term, so a stale leader or candidate
     /// steps down (Figure 2: "Reply false if term < currentTerm").
     fn reply_to_stale(&mut self, msg: &Message) {

@@ -13,16 +13,19 @@ use raft_core::{
 use common::{drive, elect, msg};
 
 /// Three nodes on a network that delivers in order, with a driver like lightraft's: after
-/// each ready it publishes the node's hint, and a message the hint lets wait is held until
-/// the node next steps another message (before that ready) or ticks. Nothing here ticks,
-/// so whatever was held back wrongly is never stepped.
+/// each ready it publishes the node's hint; a heartbeat the hint lets a follower answer at
+/// once is answered from it, and that heartbeat, like a message the hint lets wait, is
+/// held until the node next steps another message (before that one) or ticks. Nothing
+/// here ticks, so whatever was held back wrongly is never stepped.
 struct Trio {
     nodes: BTreeMap<NodeId, Node>,
     hints: BTreeMap<NodeId, WakeHint>,
     network: VecDeque<Message>,
-    held: BTreeMap<NodeId, Vec<Message>>,
-    /// How many messages were held back in all.
+    /// Held messages, and whether each was answered from the hint.
+    held: BTreeMap<NodeId, Vec<(Message, bool)>>,
+    /// How many messages were held back in all, and how many answered from a hint.
     held_count: usize,
+    answered_count: usize,
     committed: Vec<(NodeId, ProposalOutcome)>,
     served: Vec<(NodeId, ReadId)>,
 }
@@ -35,6 +38,7 @@ impl Trio {
             network: VecDeque::new(),
             held: BTreeMap::new(),
             held_count: 0,
+            answered_count: 0,
             committed: Vec::new(),
             served: Vec::new(),
         };
@@ -68,23 +72,33 @@ impl Trio {
             }
             let Some(m) = self.network.pop_front() else { return };
             let to = m.to;
+            if let Some(answer) = self.hints[&to].answer(&m) {
+                self.answered_count += 1;
+                self.network.push_back(answer);
+                self.held.entry(to).or_default().push((m, true));
+                continue;
+            }
             if self.hints[&to].may_wait(&m) {
                 self.held_count += 1;
-                self.held.entry(to).or_default().push(m);
+                self.held.entry(to).or_default().push((m, false));
                 continue;
             }
             let held = self.held.remove(&to).unwrap_or_default();
             let node = self.node(to);
-            node.step(m);
-            for m in held {
-                node.step(m);
+            for (m, answered) in held {
+                if answered {
+                    node.step_answered(m);
+                } else {
+                    node.step(m);
+                }
             }
+            node.step(m);
         }
     }
 }
 
 #[test]
-fn a_leader_holding_back_what_its_hint_allows_still_commits_and_serves_reads_without_a_tick() {
+fn a_cluster_holding_back_and_answering_what_its_hints_allow_still_commits_and_serves_reads_without_a_tick() {
     let mut trio = Trio::new();
     trio.node(1).campaign();
     trio.settle();
@@ -108,8 +122,9 @@ fn a_leader_holding_back_what_its_hint_allows_still_commits_and_serves_reads_wit
             trio.held
         );
     }
-    // Otherwise this test would show nothing about holding back.
+    // Otherwise this test would show nothing about holding back or answering at once.
     assert!(trio.held_count >= 10, "only {} messages were held back", trio.held_count);
+    assert!(trio.answered_count >= 10, "only {} heartbeats were answered at once", trio.answered_count);
 }
 
 /// Node 1 of three, newly elected leader; see `both_followers_hold_everything`.
@@ -184,4 +199,62 @@ fn only_answers_that_change_nothing_urgent_may_wait() {
     leader.propose_membership(add).expect("the leader takes it");
     drive(&mut leader);
     assert!(!leader.wake_hint().may_wait(&ack(term, commit)));
+}
+
+/// Node 2 of three, following leader 1 in term 1, with index 1 committed.
+fn follower() -> Node {
+    let mut node = Node::new(Config::new(2, vec![1, 2, 3]), Restored::default()).expect("valid config");
+    let noop = raft_core::Entry { index: 1, term: 1, payload: raft_core::Payload::Noop };
+    let append = MessageKind::Append { prev_index: 0, prev_term: 0, entries: vec![noop], commit: 0 };
+    node.step(msg(1, 2, 1, append));
+    drive(&mut node);
+    node.step(msg(1, 2, 1, MessageKind::Heartbeat { commit: 1, read_round: 0 }));
+    drive(&mut node);
+    assert_eq!((node.status().commit_index, node.status().leader), (1, Some(1)));
+    node
+}
+
+#[test]
+fn a_follower_answers_at_once_only_its_leaders_heartbeats_that_bring_nothing_new() {
+    let hb = |from, to, term, commit| msg(from, to, term, MessageKind::Heartbeat { commit, read_round: 4 });
+    let mut node = follower();
+    let hint = node.wake_hint();
+    let answer = msg(2, 1, 1, MessageKind::HeartbeatResp { read_round: 4 });
+    assert_eq!(hint.answer(&hb(1, 2, 1, 1)), Some(answer.clone()), "a heartbeat of what it knows");
+    assert_eq!(hint.answer(&hb(1, 2, 1, 0)), Some(answer), "one of less");
+    assert_eq!(hint.answer(&hb(1, 2, 1, 2)), None, "a new commit index must be learned now");
+    assert_eq!(hint.answer(&hb(3, 2, 1, 1)), None, "not from its leader");
+    assert_eq!(hint.answer(&hb(1, 3, 1, 1)), None, "addressed to another node");
+    assert_eq!(hint.answer(&hb(1, 2, 0, 1)), None, "an older term");
+    assert_eq!(hint.answer(&hb(1, 2, 2, 1)), None, "a later term");
+    assert_eq!(hint.answer(&msg(1, 2, 1, MessageKind::ReadIndexResp { id: 1, index: Some(1) })), None);
+
+    // Stepped once answered: the leader lives (no election however long this goes on),
+    // and nothing is answered twice.
+    for _ in 0..5 {
+        for _ in 0..9 {
+            node.tick();
+        }
+        node.step_answered(hb(1, 2, 1, 1));
+        let ready = drive(&mut node);
+        let sent: Vec<_> = ready.messages.iter().chain(&ready.persisted_messages).map(|m| m.to_string()).collect();
+        assert!(sent.is_empty(), "sent {sent:?}");
+    }
+    assert_eq!(node.role(), Role::Follower);
+
+    // Once it votes in a later term, the hint it publishes before the vote leaves answers
+    // nothing of the old leader's, nor of the same leader re-elected later, for an old term.
+    let vote = MessageKind::Vote { last_index: 1, last_term: 1, transfer: true };
+    node.step(msg(3, 2, 2, vote));
+    let ready = drive(&mut node);
+    assert!(ready.persisted_messages.iter().any(|m| m.kind == MessageKind::VoteResp { granted: true }));
+    assert_eq!(node.wake_hint().answer(&hb(1, 2, 1, 1)), None);
+    node.step(hb(1, 2, 3, 1));
+    drive(&mut node);
+    assert!(node.wake_hint().answer(&hb(1, 2, 3, 1)).is_some(), "its leader of term 3");
+    assert_eq!(node.wake_hint().answer(&hb(1, 2, 1, 1)), None, "the same leader, of term 1");
+
+    // A leader answers no heartbeat from its hint.
+    let leader = steady_leader();
+    assert_eq!(leader.wake_hint().answer(&hb(2, 1, leader.status().term, 0)), None);
 }
