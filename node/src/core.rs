@@ -346,8 +346,9 @@ impl Core {
                     Err(_) => break,
                 }
             }
-            // Answers that did not wake us (they change nothing urgent): before the tick,
-            // which must see them (see `raft_core::wake_hint`).
+            // What was kept without waking us (answers that change nothing urgent, and
+            // heartbeats answered already): before the tick, which must see them (see
+            // `raft_core::wake_hint`).
             for kept in self.config.quiet.take() {
                 if kept.answered {
                     self.last_heard.insert(kept.from, Instant::now());

@@ -1,7 +1,7 @@
 //! News the Raft thread need not be woken for.
 //!
 //! On this kind of machine waking a thread costs more than handling most news, and much
-//! news changes nothing that anyone waits for. Two kinds are kept here instead of in the
+//! news changes nothing that anyone waits for. Three kinds are kept here instead of in the
 //! Raft thread's queue, and it takes them at the start of its next turn (which comes at
 //! the latest with its next tick):
 //! - Answers from peers that raft-core's hint allows to wait (`raft_core::wake_hint`): in
@@ -9,13 +9,16 @@
 //!   answers that can confirm no read. The Raft thread publishes the hint after each
 //!   ready.
 //! - On a follower, its leader's heartbeats that bring nothing new: the connection's task
-//!   answers them itself, from the hint, and keeps them for the Raft thread to note.
+//!   answers them itself, from the hint, and keeps them for the Raft thread to note. Only
+//!   while that thread turns: one that has not taken what was kept for an election
+//!   timeout (a stalled disk, say) answers nothing, so its leader sees it as it is.
 //! - The apply thread's progress when it has no result for the core (the leader's own
 //!   clients, which it answered itself), unless the core waits for that index (a read,
 //!   or a write whose result the core hands on).
 
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use raft_core::{Index, Message, NodeId, WakeHint};
 
@@ -23,7 +26,7 @@ use raft_core::{Index, Message, NodeId, WakeHint};
 const CAPACITY: usize = 4096;
 
 /// Shared by the Raft thread, the connections' tasks and the apply thread.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Quiet {
     hint: Mutex<WakeHint>,
     waiting: Mutex<Vec<Kept>>,
@@ -31,6 +34,11 @@ pub struct Quiet {
     applied: AtomicU64,
     /// The first applied index the core waits for; 0 (everything) until it says.
     wanted: AtomicU64,
+    /// When the Raft thread last took what was kept, in milliseconds since `epoch`.
+    turned: AtomicU64,
+    epoch: Instant,
+    /// How long the Raft thread may go without taking before heartbeats go unanswered.
+    patience: Duration,
 }
 
 /// A message kept for the Raft thread.
@@ -51,6 +59,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Quiet {
+    /// Shared state for a node whose election timeout is `patience`.
+    pub fn new(patience: Duration) -> Quiet {
+        Quiet {
+            hint: Mutex::default(),
+            waiting: Mutex::default(),
+            applied: AtomicU64::new(0),
+            wanted: AtomicU64::new(0),
+            turned: AtomicU64::new(0),
+            epoch: Instant::now(),
+            patience,
+        }
+    }
+
+    fn since_epoch(&self) -> u64 {
+        self.epoch.elapsed().as_millis().min(u64::MAX as u128) as u64
+    }
+
     /// The Raft thread's newest hint, published before the messages of its ready leave.
     pub fn publish(&self, hint: WakeHint) {
         *lock(&self.hint) = hint;
@@ -68,6 +93,10 @@ impl Quiet {
     /// the caller to send (if that fails, it is as if the network lost it); hands `msg`
     /// back otherwise.
     pub fn answer(&self, from: NodeId, msg: Message) -> Result<Message, Message> {
+        let idle = self.since_epoch().saturating_sub(self.turned.load(Relaxed));
+        if Duration::from_millis(idle) > self.patience {
+            return Err(msg);
+        }
         let Some(answer) = lock(&self.hint).answer(&msg) else { return Err(msg) };
         self.keep(Kept { from, msg, answered: true }).map(|()| answer)
     }
@@ -83,6 +112,7 @@ impl Quiet {
 
     /// Everything kept, oldest first.
     pub fn take(&self) -> Vec<Kept> {
+        self.turned.store(self.since_epoch(), Relaxed);
         std::mem::take(&mut *lock(&self.waiting))
     }
 

@@ -166,7 +166,7 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
         Restored { hard_state: stored.hard_state, snapshot: stored.snapshot, entries: stored.entries, applied };
     let raft = Node::new(raft_config, restored).map_err(|e| format!("cannot restore the Raft state: {e}"))?;
     let (core_tx, core_rx) = sync_channel(65_536);
-    let quiet = Arc::new(Quiet::default());
+    let quiet = Arc::new(Quiet::new(config.tick() * config.raft.election_ticks as u32));
     let readers = ReadPool::start(
         &config.sm_path(index),
         core_tx.clone(),
@@ -277,7 +277,8 @@ async fn serve(config: &Config, index: usize, join: Option<Join>) -> Result<(), 
 }
 
 /// Peer messages go straight from the connection's task to the Raft core's queue, or
-/// wait for its next turn if raft-core's hint allows ([`crate::quiet`]).
+/// wait for its next turn if raft-core's hint allows; a follower's task answers its
+/// leader's heartbeats that bring nothing new itself ([`crate::quiet`]).
 struct PeerInbox {
     core: SyncSender<Event>,
     quiet: Arc<Quiet>,

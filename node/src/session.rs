@@ -4,9 +4,9 @@
 //! a first line that leaves its statement unfinished (cut short, or inside a string, a
 //! comment or a trigger body) goes on, at the continuation prompt, until a `;` ends it,
 //! as in the sqlite3 shell (JSON mode keeps one line, one request). SQL is classified
-//! by SQLite on a thread of its own (a line that begins with INSERT, UPDATE, DELETE or
-//! REPLACE needs no asking): reads run on a reader (after a ReadIndex barrier if
-//! linearizable) and stream their rows back; writes go to the Raft core. Lines starting
+//! by SQLite on a thread of its own (a line of one INSERT, UPDATE, DELETE, REPLACE or
+//! SELECT statement needs no asking): reads run on a reader (after a ReadIndex barrier
+//! if linearizable) and stream their rows back; writes go to the Raft core. Lines starting
 //! with `.` are shell commands, as in sqlite3 (those that read the schema are in
 //! [`crate::catalog`]).
 //! Whatever arrives (an over-long line, invalid UTF-8, a NUL byte, binary garbage) gets
@@ -578,10 +578,11 @@ enum Ran {
     Incomplete,
 }
 
-/// A request of SQL: classified by SQLite itself, then read or replicated. The classifier
-/// starts the work itself (a write goes to the Raft core, a read to a reader once its
-/// barrier passes), so the session only waits for the outcome. With `wait_if_incomplete`,
-/// SQL that stops mid-statement is not an error but [`Ran::Incomplete`].
+/// A request of SQL: classified by SQLite itself (unless its kind is plain from its
+/// text), then read or replicated. The classifier starts the work itself (a write goes to
+/// the Raft core, a read to a reader once its barrier passes), so the session only waits
+/// for the outcome. With `wait_if_incomplete`, SQL that stops mid-statement is not an
+/// error but [`Ran::Incomplete`].
 async fn run_sql(
     sql: String,
     state: &State,
@@ -599,7 +600,7 @@ async fn run_sql(
     // broken one.
     let judged = if wait_if_incomplete {
         config.readers.classify(sql.clone(), linearizable).await
-    } else if sqlite_sm::text::begins_with_a_write(&sql) {
+    } else if sqlite_sm::text::is_a_write_alone(&sql) {
         Ok(Ok(config.readers.write(sql.clone())))
     } else if sqlite_sm::text::is_a_select_alone(&sql) {
         Ok(Ok(config.readers.read(sql.clone(), linearizable)))

@@ -79,11 +79,12 @@ async fn json_mode_stays_one_line_one_request_and_refuses_a_cut_statement() {
     assert_eq!(count(&reply), 0, "{reply}");
 }
 
-/// A line that begins with INSERT, UPDATE, DELETE or REPLACE goes to Raft without
-/// SQLite's judgement first (it is a write under any schema), and one SELECT alone to a
-/// reader (a read under any schema): whatever is wrong with either must still come back
-/// as SQLite's own error, change nothing, and leave the node serving; and the shell must
-/// still wait for the rest of such a statement cut short.
+/// A line of one INSERT, UPDATE, DELETE or REPLACE statement goes to Raft without
+/// SQLite's judgement first (it is a write under any schema), and one of one SELECT to a
+/// reader (a read under any schema); lines of several statements are still judged.
+/// Whatever is wrong with any of them must still come back as SQLite's own error, change
+/// nothing, and leave the node serving; and the shell must still wait for the rest of a
+/// statement cut short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_sent_without_classifying_still_fail_cleanly_and_can_span_lines() {
     let cluster = one_node().await;

@@ -23,7 +23,8 @@
 //!    the cluster one voter at a time, with learners (chapter 4).
 //! 8. [`refusal`]: messages no correct peer could send, and why they are dropped.
 //! 9. [`ready`]: the contract with the driver, in the order it must be carried out.
-//! 10. [`wake_hint`]: which answers a driver may leave queued, an optimisation only.
+//! 10. [`wake_hint`]: which answers a driver may leave queued, and which heartbeats a
+//!     follower's driver may answer itself: an optimisation only.
 //!
 //! ## The driver's loop
 //! ```text

@@ -63,9 +63,9 @@ impl Node {
     }
 
     /// Steps a heartbeat that the driver has already answered from this node's hint
-    /// ([`crate::WakeHint::answer`]): the leader lives and the commit index moves, as with
-    /// [`Node::step`], but no second answer is sent. Anything else, or a heartbeat whose
-    /// term has passed since, is stepped as usual.
+    /// ([`crate::WakeHint::answer`]): it has the effect [`Node::step`] would (the leader
+    /// lives, §5.2), but no second answer is sent. Anything else, or a heartbeat whose term
+    /// has passed since, is stepped as usual.
     pub fn step_answered(&mut self, msg: Message) {
         match msg.kind {
             MessageKind::Heartbeat { commit, .. } if msg.term == self.term && self.check_message(&msg).is_ok() => {

@@ -41,7 +41,9 @@
 //! round still proves what §6.4 needs: no other leader existed when the reads it confirms
 //! arrived. (Stepped then, the heartbeat would also have renewed the follower's lease of
 //! §4.2.3, and it might have refused the vote; granting it costs no safety, as that lease
-//! only keeps a working leader from being disrupted.)
+//! only keeps a working leader from being disrupted.) So the driver must send the node's
+//! messages only as a ready gives them, each ready's after publishing the hint, and start
+//! a restarted node from the default hint, which answers nothing.
 
 use crate::message::{AppendResult, Message, MessageKind};
 use crate::node::{Node, RoleState};

@@ -183,20 +183,32 @@ pub fn is_blank(sql: &str) -> bool {
     skip_blanks(sql).is_empty()
 }
 
-/// Whether the first statement of `sql` begins with `INSERT`, `UPDATE`, `DELETE` or
-/// `REPLACE`. SQLite judges such a line a write under any schema (a line writes if any of
-/// its statements does), or fails to prepare it; so it need not be asked.
-pub fn begins_with_a_write(sql: &str) -> bool {
-    ["insert", "update", "delete", "replace"].iter().any(|k| first_word(sql).eq_ignore_ascii_case(k.as_bytes()))
+/// Whether `sql` is one `INSERT`, `UPDATE`, `DELETE` or `REPLACE` statement (see
+/// [`is_one_statement`]). SQLite judges such a line a write under any schema, or fails to
+/// prepare it; so it need not be asked.
+pub fn is_a_write_alone(sql: &str) -> bool {
+    let first = first_word(sql);
+    ["insert", "update", "delete", "replace"].iter().any(|k| first.eq_ignore_ascii_case(k.as_bytes()))
+        && is_one_statement(sql)
 }
 
-/// Whether `sql` is one `SELECT` statement: it begins with `SELECT`, and holds no `;`
-/// but at its end (one inside a string or a comment is taken for one between
-/// statements, to be safe). SQLite judges such a line a read under any schema, or fails
-/// to prepare it; so it need not be asked.
+/// Whether `sql` is one `SELECT` statement (see [`is_one_statement`]). SQLite judges such
+/// a line a read under any schema, or fails to prepare it; so it need not be asked.
 pub fn is_a_select_alone(sql: &str) -> bool {
-    let body = sql.trim_end_matches(|c: char| c.is_whitespace() || c == ';');
-    first_word(sql).eq_ignore_ascii_case(b"select") && !body.contains(';')
+    first_word(sql).eq_ignore_ascii_case(b"select") && is_one_statement(sql)
+}
+
+/// Whether `sql` holds no `;` but before and after its statement. One inside a string or
+/// a comment is taken for one between statements, to be safe: such a line is judged by
+/// SQLite.
+fn is_one_statement(sql: &str) -> bool {
+    !skip_blanks(sql).trim_end_matches(|c: char| is_blank_char(c) || c == ';').contains(';')
+}
+
+/// The white space SQLite's tokenizer skips (a character such as U+00A0 is, to SQLite,
+/// part of a name).
+fn is_blank_char(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0c' | '\r')
 }
 
 /// The first word of `sql`'s first statement.
@@ -209,7 +221,7 @@ fn first_word(sql: &str) -> &[u8] {
 /// `sql` after the white space, comments and semicolons it starts with, as SQLite skips
 /// them before a statement.
 fn skip_blanks(sql: &str) -> &str {
-    let mut rest = sql.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+    let mut rest = sql.trim_start_matches(|c: char| is_blank_char(c) || c == ';');
     loop {
         if let Some(comment) = rest.strip_prefix("--") {
             rest = comment.split_once('\n').map_or("", |(_, after)| after);
@@ -218,7 +230,7 @@ fn skip_blanks(sql: &str) -> &str {
         } else {
             return rest;
         }
-        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+        rest = rest.trim_start_matches(|c: char| is_blank_char(c) || c == ';');
     }
 }
 
@@ -321,28 +333,29 @@ mod tests {
 
     #[test]
     fn only_white_space_comments_and_semicolons_are_blank() {
-        for sql in ["", " ; ;; ", "-- a note", "/* a */ ; -- b\n;", "/* open"] {
+        for sql in ["", " ; ;; ", "-- a note", "/* a */ ; -- b\n;", "/* open", "\t\r\n\x0c"] {
             assert!(is_blank(sql), "{sql:?}");
         }
-        for sql in ["SELECT 1", "; x", "-- a\nSELECT 1", "/* a */ 1"] {
+        // U+00A0 is not white space to SQLite: such a line must reach it, to be refused.
+        for sql in ["SELECT 1", "; x", "-- a\nSELECT 1", "/* a */ 1", "\u{a0}"] {
             assert!(!is_blank(sql), "{sql:?}");
         }
     }
 
     #[test]
-    fn a_line_taken_for_a_write_unasked_is_one_sqlite_judges_a_write() {
+    fn a_line_taken_for_one_write_unasked_is_one_statement_sqlite_judges_a_write() {
         let conn = rusqlite::Connection::open_in_memory().expect("open");
         conn.execute_batch("CREATE TABLE t (x); CREATE VIEW v AS SELECT x FROM t").expect("schema");
         let writes = [
             "INSERT INTO t VALUES (1)",
-            "  insert into t values (1); SELECT 1",
+            "  insert into t values (1); ",
             ";; /* a */ -- b\nUpdate t SET x = 2",
             "DELETE FROM t",
             "REPLACE INTO t VALUES (1)",
             "INSERT\tINTO t SELECT 1",
         ];
         for sql in writes {
-            assert!(begins_with_a_write(sql), "{sql:?}");
+            assert!(is_a_write_alone(sql), "{sql:?}");
             use rusqlite::fallible_iterator::FallibleIterator;
             let mut batch = rusqlite::Batch::new(&conn, sql);
             let first = batch.next().expect("prepares").expect("a statement");
@@ -359,9 +372,12 @@ mod tests {
             "\"INSERT\"",
             "",
             "VALUES (1)",
+            "INSERT INTO t VALUES (1); ATTACH 'x' AS x",
+            "INSERT INTO t VALUES (';')",
+            "\u{a0}INSERT INTO t VALUES (1)",
         ];
         for sql in others {
-            assert!(!begins_with_a_write(sql), "{sql:?}");
+            assert!(!is_a_write_alone(sql), "{sql:?}");
         }
     }
 
@@ -391,6 +407,8 @@ mod tests {
             "SELECTED",
             "INSERT INTO t SELECT 1",
             "",
+            "SELECT 1;\u{2028}",
+            "\u{a0}SELECT 1",
         ];
         for sql in others {
             assert!(!is_a_select_alone(sql), "{sql:?}");

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use raft_core::{
     AppendResult, ChangeError, Config, Entry, HardState, Index, MembershipChange, Message, MessageKind, Node, NodeId,
-    Payload, ProposalOutcome, ProposeError, ReadId, Ready, Restored, Role, SnapshotMeta, Term,
+    Payload, ProposalOutcome, ProposeError, ReadId, Ready, Restored, Role, SnapshotMeta, Term, WakeHint,
 };
 
 use crate::checker::{Checker, DurableLog, Violation};
@@ -105,6 +105,10 @@ pub struct Faults {
     pub max_transfer: u64,
     /// Probability that a transfer is reported failed even though it arrived.
     pub transfer_fails: f64,
+    /// Probability that a heartbeat the receiver's last published hint lets its driver
+    /// answer at once is answered so, and stepped later with `Node::step_answered`, as
+    /// lightraft's transport tasks do (`raft_core::wake_hint`).
+    pub answer_at_once: f64,
 }
 
 /// What was put on the wire while [`Cluster::counting`] was on.
@@ -165,6 +169,10 @@ pub struct Cluster {
     pub traffic: Traffic,
     /// With `Faults::in_order`: the latest due time on each link.
     link_due: BTreeMap<(NodeId, NodeId), u64>,
+    /// Each running node's wake hint, as its driver published it at its latest ready.
+    hints: BTreeMap<NodeId, WakeHint>,
+    /// Heartbeats answered at once from a hint, kept for their node's next input.
+    answered: BTreeMap<NodeId, Vec<Message>>,
     /// Each running node's timers and claims, watched from outside.
     watches: BTreeMap<NodeId, Watch>,
     /// Vote requests and answers produced by the input being handled, for the watch.
@@ -205,6 +213,8 @@ impl Cluster {
             counting: false,
             traffic: Traffic::default(),
             link_due: BTreeMap::new(),
+            hints: BTreeMap::new(),
+            answered: BTreeMap::new(),
             watches: BTreeMap::new(),
             produced: Vec::new(),
             transfers: Vec::new(),
@@ -324,6 +334,10 @@ impl Cluster {
 
     /// Ticks node `id` once.
     pub fn tick(&mut self, id: NodeId) -> Result<(), Violation> {
+        // Its driver steps what it kept before the tick, which must see it.
+        if self.answered.get(&id).is_some_and(|kept| !kept.is_empty()) {
+            self.deliver_batch(id, Vec::new())?;
+        }
         let Some(raft) = self.raft_mut(id) else { return Ok(()) };
         let before = raft.status();
         raft.tick();
@@ -407,6 +421,8 @@ impl Cluster {
         let lone = raft.membership().voters.len() == 1 && raft.membership().is_voter(id);
         node.writing.clear();
         node.received.clear();
+        self.hints.remove(&id);
+        self.answered.remove(&id);
         // Its transfers die with it; the followers' drivers discard the pieces.
         self.transfers.retain(|t| t.from != id);
         self.proposals.retain(|&(n, _, _)| n != id);
@@ -496,9 +512,15 @@ impl Cluster {
     /// ready for all of them, as a real driver does when several arrive at once.
     pub fn deliver_batch(&mut self, to: NodeId, batch: Vec<Message>) -> Result<(), Violation> {
         let mut stepped = Vec::with_capacity(batch.len());
-        for msg in batch {
-            if self.blocked.contains(&(msg.from, msg.to)) {
+        // Heartbeats answered at once earlier come first: they arrived first.
+        let kept = self.answered.remove(&to).unwrap_or_default();
+        let batch = kept.into_iter().map(|m| (m, true)).chain(batch.into_iter().map(|m| (m, false)));
+        for (msg, answered) in batch {
+            if !answered && self.blocked.contains(&(msg.from, msg.to)) {
                 self.say(format!("drop {msg} (partitioned)"));
+                continue;
+            }
+            if !answered && self.answer_at_once(to, &msg) {
                 continue;
             }
             let Cluster { nodes, watches, .. } = &mut *self;
@@ -508,7 +530,11 @@ impl Cluster {
                 continue;
             };
             let before = raft.status();
-            raft.step(msg.clone());
+            if answered {
+                raft.step_answered(msg.clone());
+            } else {
+                raft.step(msg.clone());
+            }
             let after = raft.status();
             // Figure 2 ("if a request's term is older, reject it"): a message from an older
             // term may be answered, but it changes neither the receiver's term, role, leader
@@ -524,7 +550,7 @@ impl Cluster {
                 ));
             }
             let expected = watches.entry(to).or_default().stepped(&node.config, &msg, &before, &after, raft.log())?;
-            self.say(format!("recv {msg}"));
+            self.say(if answered { format!("recv {msg} (answered at once)") } else { format!("recv {msg}") });
             stepped.push((msg, before, expected));
         }
         if stepped.is_empty() {
@@ -540,6 +566,23 @@ impl Cluster {
             watch.answered(&node.config, msg, before, *expected, alone, produced)?;
         }
         Ok(())
+    }
+
+    /// With `Faults::answer_at_once`, node `to`'s driver may answer `msg` from the hint its
+    /// node published at its latest ready, and keep `msg` for the node's next input. True
+    /// if it did.
+    fn answer_at_once(&mut self, to: NodeId, msg: &Message) -> bool {
+        if self.faults.answer_at_once == 0.0 || self.nodes.get(&to).is_none_or(|n| n.raft.is_none()) {
+            return false;
+        }
+        let Some(answer) = self.hints.get(&to).and_then(|hint| hint.answer(msg)) else { return false };
+        if !self.rng.chance(self.faults.answer_at_once) {
+            return false;
+        }
+        self.say(format!("recv {msg}: n{to} answers it at once, from its hint"));
+        self.send(answer);
+        self.answered.entry(to).or_default().push(msg.clone());
+        true
     }
 
     /// Delivers every message due by now, in random order among themselves. With
@@ -669,6 +712,12 @@ impl Cluster {
 
     /// Ready steps 1 and 2a: send the leader's messages now, start the disk write.
     fn start_ready(&mut self, id: NodeId, ready: Ready) -> Result<(), Violation> {
+        // As lightraft's driver does: the hint is published before the ready's messages
+        // leave (see `raft_core::wake_hint`).
+        if let Some(raft) = self.raft(id) {
+            let hint = raft.wake_hint();
+            self.hints.insert(id, hint);
+        }
         // Every node here is correct, so none may ever see a message it must refuse: a
         // refusal means some rule produced a message the protocol forbids.
         if let Some(refusal) = ready.refused.first() {

@@ -116,6 +116,7 @@ impl Params {
                 batch: if rng.chance(0.5) { rng.range(10, 60) as f64 / 100.0 } else { 0.0 },
                 max_transfer: rng.range(0, 5 * UNITS_PER_TICK),
                 transfer_fails: rng.range(0, 20) as f64 / 100.0,
+                answer_at_once: 0.0,
             },
             chaos_ticks: rng.range(500, 1500),
             propose_rate: rng.range(2, 20) as f64 / 100.0,
@@ -128,6 +129,15 @@ impl Params {
         }
         .long_partitions(&mut rng)
         .membership_changes(&mut rng)
+        .answers_at_once(&mut rng)
+    }
+
+    /// Half the seeds answer heartbeats at once from the hint, as lightraft's followers do.
+    fn answers_at_once(mut self, rng: &mut SimRng) -> Params {
+        if rng.chance(0.5) {
+            self.faults.answer_at_once = rng.range(30, 101) as f64 / 100.0;
+        }
+        self
     }
 
     /// Three seeds in five change the configuration now and then.
