@@ -136,3 +136,32 @@ impl Quiet {
         self.applied.load(SeqCst)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_core::{Config, Entry, MessageKind, Node, Payload, Restored};
+
+    #[test]
+    fn a_follower_answers_heartbeats_at_once_only_while_its_raft_thread_turns() {
+        let mut node = Node::new(Config::new(2, vec![1, 2, 3]), Restored::default()).expect("valid config");
+        let noop = Entry { index: 1, term: 1, payload: Payload::Noop };
+        let append = MessageKind::Append { prev_index: 0, prev_term: 0, entries: vec![noop], commit: 0 };
+        node.step(Message { from: 1, to: 2, term: 1, kind: append });
+        let ready = node.ready();
+        node.advance(&ready);
+        let patience = Duration::from_millis(500);
+        let quiet = Quiet::new(patience);
+        quiet.publish(node.wake_hint());
+        let heartbeat = Message { from: 1, to: 2, term: 1, kind: MessageKind::Heartbeat { commit: 0, read_round: 3 } };
+        let answer = quiet.answer(1, heartbeat.clone()).expect("answered at once");
+        assert_eq!(answer.kind, MessageKind::HeartbeatResp { read_round: 3 });
+        let kept = quiet.take();
+        assert!(kept.len() == 1 && kept[0].answered, "kept for the Raft thread to note");
+        // A Raft thread that stops taking (a stalled disk) must look stalled to its leader.
+        std::thread::sleep(patience + Duration::from_millis(300));
+        assert!(quiet.answer(1, heartbeat.clone()).is_err(), "answered for a thread that stopped turning");
+        quiet.take();
+        assert!(quiet.answer(1, heartbeat).is_ok(), "answered again once it turns");
+    }
+}
