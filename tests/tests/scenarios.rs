@@ -28,9 +28,10 @@
 //!   (see `faults slowdisk`)
 //! - `compact N [keep=K]`: node N's driver compacts its log up to K entries before its
 //!   durable state machine's index (§7)
-//! - `faults [drop=P] [duplicate=P] [transferfails=P] [slowdisk=P diskdelay=U]`: make the
-//!   network (and snapshot transfers, and disks) unreliable from now on; `faults` alone
-//!   makes them reliable again. Deterministic: the cluster's random source has seed 0.
+//! - `faults [drop=P] [duplicate=P] [transferfails=P] [slowdisk=P diskdelay=U]
+//!   [answeratonce=P]`: make the network (and snapshot transfers, and disks) unreliable
+//!   from now on, or let followers answer heartbeats at once from their hints
+//!   (`raft_core::wake_hint`); `faults` alone makes them reliable again. Deterministic: the cluster's random source has seed 0.
 //! - `status`, `log [N...]`: show node state and logs
 //! - `check N [role=R] [term=T] [leader=L] [vote=V] [commit=C] [applied=A] [last=I]
 //!   [log=1@1,2@1,...] [snapshot=I@T] [disk=I@T..L] [voters=1,2,3] [learners=4,5|none]`: fail
@@ -225,6 +226,7 @@ impl goldenscript::Runner for Runner {
                     transfer_fails: key(command, "transferfails", 0.0)?,
                     slow_disk: key(command, "slowdisk", 0.0)?,
                     max_disk_delay: key(command, "diskdelay", 0u64)?,
+                    answer_at_once: key(command, "answeratonce", 0.0)?,
                     ..Faults::default()
                 };
                 cluster.say(format!("faults now {:?}", cluster.faults));
