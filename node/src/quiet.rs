@@ -93,11 +93,11 @@ impl Quiet {
     /// the caller to send (if that fails, it is as if the network lost it); hands `msg`
     /// back otherwise.
     pub fn answer(&self, from: NodeId, msg: Message) -> Result<Message, Message> {
+        let Some(answer) = lock(&self.hint).answer(&msg) else { return Err(msg) };
         let idle = self.since_epoch().saturating_sub(self.turned.load(Relaxed));
         if Duration::from_millis(idle) > self.patience {
             return Err(msg);
         }
-        let Some(answer) = lock(&self.hint).answer(&msg) else { return Err(msg) };
         self.keep(Kept { from, msg, answered: true }).map(|()| answer)
     }
 
